@@ -1,0 +1,65 @@
+//! The `jobd` command: parses arguments, installs the tracing subscriber,
+//! runs the server or a subcommand, and maps errors to exit codes
+//! (0 clean stop, 1 runtime failure, 2 usage or configuration error).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use jobd::LogFormat;
+use jobd::cli::{Cli, Command};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JOBD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Status(args)) => match jobd::status::read(&args.scoreboard) {
+            Ok(st) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&st).expect("status serializes"));
+                } else {
+                    print!("{}", st.render());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("jobd status: {:#}", anyhow::Error::new(e));
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            let cfg = match cli.run.to_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("jobd: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(cli.run.log_format);
+            let server = match jobd::Server::builder().config(cfg).build() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("jobd: {:#}", anyhow::Error::new(e));
+                    return ExitCode::from(2);
+                }
+            };
+            match server.run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let code = e.exit_code();
+                    tracing::error!("{:#}", anyhow::Error::new(e));
+                    eprintln!();
+                    ExitCode::from(code as u8)
+                }
+            }
+        }
+    }
+}

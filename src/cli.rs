@@ -1,0 +1,199 @@
+//! The `jobd` command line: clap's parse of the arguments, then validation
+//! into a [`Config`] (parse first, then validate, as ripgrep's
+//! `LowArgs` → `HiArgs`).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat, parse_duration};
+
+/// jobd: a connection-aware prefork job server.
+///
+/// Preforks workers; each accepts a TCP client and runs one job for it (the
+/// handler program, with the connection on stdin and stdout). When a client
+/// goes away, its job is cancelled.
+///
+/// Signals: SIGTERM stops gracefully (jobs finish within --grace), SIGINT
+/// kills every job and exits, SIGHUP replaces workers once idle.
+#[derive(Debug, Parser)]
+#[command(name = "jobd", version, args_conflicts_with_subcommands = true, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// A subcommand; without one, jobd serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Serving options.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+const AFTER_HELP: &str = "\
+Handler environment: PROTO (TCP or TCP6), TCPLOCALIP, TCPLOCALPORT, TCPREMOTEIP,
+TCPREMOTEPORT, JOBD_JOB_ID, JOBD_SLOT.
+
+Examples:
+  jobd --listen 127.0.0.1:7000 --prefork 4 --script ./examples/handler.sh
+  jobd --scoreboard /tmp/jobd.sb --script ./handler -- --verbose
+  jobd status --scoreboard /tmp/jobd.sb --json";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the slots and totals of a running jobd from its scoreboard file.
+    Status(StatusArgs),
+}
+
+/// `jobd status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The scoreboard file given to jobd with --scoreboard.
+    #[arg(long, value_name = "PATH")]
+    pub scoreboard: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// Serving options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address to listen on (IPv4 or [IPv6]:port; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+
+    /// Workers forked at start (0: one process runs jobs one at a time).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub prefork: u32,
+
+    /// The handler program, run for each client with the connection on
+    /// stdin and stdout (arguments for it go after `--`).
+    #[arg(long, value_name = "PATH")]
+    pub script: Option<PathBuf>,
+
+    /// Arguments for the handler.
+    #[arg(last = true, value_name = "ARGS")]
+    pub script_args: Vec<OsString>,
+
+    /// Scoreboard file (mode 0640) for `jobd status`; default: anonymous memory.
+    #[arg(long, value_name = "PATH")]
+    pub scoreboard: Option<PathBuf>,
+
+    /// On SIGTERM, how long running jobs may finish before they are killed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub grace: Duration,
+
+    /// When cancelling a job: SIGTERM, then SIGKILL after this.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub kill_grace: Duration,
+
+    /// Period of the disconnect scan.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration)]
+    pub check_interval: Duration,
+
+    /// Socket table for the disconnect scan (auto: sock_diag, else procfs).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub detector: DetectorKind,
+
+    /// Workers also watch their client's socket while a handler runs.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off)]
+    pub worker_watch: bool,
+
+    /// What a FIN from the client means: cancel the job, or keep it (the
+    /// client may have half-closed on purpose; a reset still cancels).
+    #[arg(long, value_enum, default_value = "cancel")]
+    pub on_fin: FinPolicy,
+
+    /// TCP keepalive idle time and TCP_USER_TIMEOUT for clients (0: off).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub keepalive: Duration,
+
+    /// What to do when a client disconnects and no hook decided.
+    #[arg(long, value_enum, default_value = "cancel")]
+    pub on_disconnect: DisconnectPolicy,
+
+    /// Program run with each disconnect event as JSON on stdin; exit 0
+    /// cancels, exit 3 keeps, anything else applies --on-disconnect.
+    #[arg(long, value_name = "PATH")]
+    pub disconnect_hook: Option<PathBuf>,
+
+    /// Time limit for --disconnect-hook.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub hook_timeout: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
+}
+
+impl RunArgs {
+    /// Validates the arguments into a configuration.
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let program = self.script.clone().ok_or(ConfigError::NoJob)?;
+        let mut c = Config::new(JobSpec::Handler { program, args: self.script_args.clone() });
+        c.listen = self.listen;
+        c.prefork = self.prefork as usize;
+        c.scoreboard = self.scoreboard.clone();
+        c.grace = self.grace;
+        c.kill_grace = self.kill_grace;
+        c.check_interval = self.check_interval;
+        c.detector = self.detector;
+        c.worker_watch = self.worker_watch;
+        c.on_fin = self.on_fin;
+        c.keepalive = self.keepalive;
+        c.on_disconnect = self.on_disconnect;
+        c.disconnect_hook = self.disconnect_hook.clone();
+        c.hook_timeout = self.hook_timeout;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_command() {
+        let cli = Cli::try_parse_from(["jobd", "--prefork", "4", "--script", "/bin/cat", "--", "-u"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.prefork, 4);
+        assert_eq!(cli.run.script_args, vec![OsString::from("-u")]);
+        let c = cli.run.to_config().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(c.grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn rejects_bad_numbers_and_addresses() {
+        assert!(Cli::try_parse_from(["jobd", "--prefork", "many", "--script", "/bin/cat"]).is_err());
+        assert!(Cli::try_parse_from(["jobd", "--prefork", "10001", "--script", "/bin/cat"]).is_err());
+        assert!(Cli::try_parse_from(["jobd", "--listen", "nowhere:x", "--script", "/bin/cat"]).is_err());
+        assert!(Cli::try_parse_from(["jobd", "--grace", "-1s", "--script", "/bin/cat"]).is_err());
+        let ok = Cli::try_parse_from(["jobd", "--listen", "[::1]:0", "--script", "/bin/cat"]).unwrap();
+        assert!(ok.run.listen.is_ipv6());
+    }
+
+    #[test]
+    fn status_subcommand() {
+        let cli = Cli::try_parse_from(["jobd", "status", "--scoreboard", "/tmp/x", "--json"]).unwrap();
+        match cli.command {
+            Some(Command::Status(s)) => assert!(s.json),
+            _ => panic!("expected status"),
+        }
+    }
+}

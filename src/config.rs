@@ -1,0 +1,327 @@
+//! Validated configuration: what a pool runs and how it watches its clients.
+//!
+//! Built by the `jobd` command from its arguments (see [`crate::cli`]) or by
+//! the library's [`crate::ServerBuilder`]; both go through [`Config::validate`]
+//! so that bad input fails before anything is bound or forked.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::hooks::JobContext;
+use crate::scoreboard::MAX_SLOTS;
+
+/// A Rust job: runs in the worker with the client connection.
+pub type JobFn = dyn Fn(TcpStream, &JobContext) -> std::io::Result<()>;
+
+/// What a worker runs for each client.
+#[derive(Clone)]
+pub enum JobSpec {
+    /// A handler program, executed directly (no shell) with the connection
+    /// on stdin and stdout.
+    Handler {
+        /// The program path.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<OsString>,
+    },
+    /// A Rust closure run in the worker process.
+    Closure(Rc<JobFn>),
+}
+
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobSpec::Handler { program, args } => f
+                .debug_struct("Handler")
+                .field("program", program)
+                .field("args", args)
+                .finish(),
+            JobSpec::Closure(_) => f.write_str("Closure(..)"),
+        }
+    }
+}
+
+/// Which socket table the periodic scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DetectorKind {
+    /// sock_diag, falling back to procfs with a warning when unavailable.
+    Auto,
+    /// NETLINK_SOCK_DIAG dumps filtered in the kernel.
+    SockDiag,
+    /// `/proc/net/tcp` and `/proc/net/tcp6` (the netstat way).
+    Procfs,
+}
+
+/// What a FIN from the client means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FinPolicy {
+    /// A FIN (close or half-close) is a disconnect: cancel the job.
+    Cancel,
+    /// A FIN may be a half-close: keep the job; only a reset counts.
+    Keep,
+}
+
+/// What to do when a client disconnects and no hook decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DisconnectPolicy {
+    /// Cancel the job.
+    Cancel,
+    /// Log the disconnect and let the job run.
+    Log,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Workers forked at start; 0 runs jobs one at a time in one process.
+    pub prefork: usize,
+    /// Scoreboard file, or None for an anonymous mapping.
+    pub scoreboard: Option<PathBuf>,
+    /// SIGTERM: how long running jobs may finish.
+    pub grace: Duration,
+    /// Cancelling: SIGTERM, then SIGKILL after this.
+    pub kill_grace: Duration,
+    /// Period of the disconnect scan.
+    pub check_interval: Duration,
+    /// Scan backend.
+    pub detector: DetectorKind,
+    /// Whether workers watch their client socket while a handler runs.
+    pub worker_watch: bool,
+    /// FIN policy.
+    pub on_fin: FinPolicy,
+    /// Keepalive idle time and TCP_USER_TIMEOUT for accepted sockets
+    /// (zero disables both).
+    pub keepalive: Duration,
+    /// Default action on disconnect.
+    pub on_disconnect: DisconnectPolicy,
+    /// External disconnect hook program.
+    pub disconnect_hook: Option<PathBuf>,
+    /// Time limit for the disconnect hook program.
+    pub hook_timeout: Duration,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// The job.
+    pub job: JobSpec,
+}
+
+/// A configuration error (exit status 2 in the command).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No job was given.
+    #[error("no job: give --script PATH (or a job in the library builder)")]
+    NoJob,
+    /// The handler program does not exist.
+    #[error("script {path}: no such file")]
+    ScriptMissing {
+        /// The path given.
+        path: String,
+    },
+    /// The handler program is not an executable file.
+    #[error("script {path}: {why}")]
+    ScriptNotExecutable {
+        /// The path given.
+        path: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// `--prefork` out of range.
+    #[error("--prefork {0}: must be at most {MAX_SLOTS}")]
+    Prefork(usize),
+    /// The scoreboard's directory does not exist.
+    #[error("--scoreboard {path}: directory {dir} does not exist")]
+    ScoreboardDir {
+        /// The path given.
+        path: String,
+        /// Its parent directory.
+        dir: String,
+    },
+    /// A duration is zero where it must not be.
+    #[error("{flag}: must be greater than zero")]
+    ZeroDuration {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// The disconnect hook program is unusable.
+    #[error("--disconnect-hook {path}: {why}")]
+    Hook {
+        /// The path given.
+        path: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+impl Config {
+    /// Defaults for everything but the job.
+    pub fn new(job: JobSpec) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            prefork: 4,
+            scoreboard: None,
+            grace: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(2),
+            check_interval: Duration::from_millis(100),
+            detector: DetectorKind::Auto,
+            worker_watch: true,
+            on_fin: FinPolicy::Cancel,
+            keepalive: Duration::from_secs(60),
+            on_disconnect: DisconnectPolicy::Cancel,
+            disconnect_hook: None,
+            hook_timeout: Duration::from_secs(5),
+            backlog: 1024,
+            job,
+        }
+    }
+
+    /// Number of scoreboard slots.
+    pub fn slots(&self) -> usize {
+        self.prefork.max(1)
+    }
+
+    /// Checks everything that can be checked before binding.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefork > MAX_SLOTS {
+            return Err(ConfigError::Prefork(self.prefork));
+        }
+        if let JobSpec::Handler { program, .. } = &self.job {
+            check_program(program).map_err(|e| match e {
+                ProgramError::Missing => ConfigError::ScriptMissing { path: program.display().to_string() },
+                ProgramError::Bad(why) => {
+                    ConfigError::ScriptNotExecutable { path: program.display().to_string(), why }
+                }
+            })?;
+        }
+        if let Some(hook) = &self.disconnect_hook {
+            check_program(hook).map_err(|e| ConfigError::Hook {
+                path: hook.display().to_string(),
+                why: match e {
+                    ProgramError::Missing => "no such file",
+                    ProgramError::Bad(why) => why,
+                },
+            })?;
+        }
+        if let Some(sb) = &self.scoreboard {
+            let dir = match sb.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(ConfigError::ScoreboardDir {
+                    path: sb.display().to_string(),
+                    dir: dir.display().to_string(),
+                });
+            }
+        }
+        if self.check_interval.is_zero() {
+            return Err(ConfigError::ZeroDuration { flag: "--check-interval" });
+        }
+        Ok(())
+    }
+}
+
+enum ProgramError {
+    Missing,
+    Bad(&'static str),
+}
+
+/// Checks that `path` is an executable regular file.
+fn check_program(path: &Path) -> Result<(), ProgramError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ProgramError::Missing),
+        Err(_) => return Err(ProgramError::Bad("cannot be read (permission denied?)")),
+    };
+    if meta.is_dir() {
+        return Err(ProgramError::Bad("is a directory, not a program"));
+    }
+    if !meta.is_file() {
+        return Err(ProgramError::Bad("is not a regular file"));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(ProgramError::Bad("is not executable (chmod +x?)"));
+    }
+    if nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err() {
+        return Err(ProgramError::Bad("is not executable by this user"));
+    }
+    Ok(())
+}
+
+/// Parses a duration: a number with a unit (`100ms`, `2s`, `1.5m`, `1h`) or
+/// a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        if t.starts_with('-') {
+            return Err(format!("{s:?} is negative; durations are 0 or more"));
+        }
+        return Err(format!("{s:?} is not a duration (use e.g. 100ms, 2s, 1m or a number of seconds)"));
+    }
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (use e.g. 100ms, 2s, 1m or a number of seconds)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s, m or h)")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("{s:?} is too large"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_missing_script_and_dir() {
+        let mut c = Config::new(JobSpec::Handler { program: "/nonexistent/x".into(), args: vec![] });
+        assert!(matches!(c.validate(), Err(ConfigError::ScriptMissing { .. })));
+        c.job = JobSpec::Handler { program: "/etc/hostname".into(), args: vec![] };
+        assert!(matches!(c.validate(), Err(ConfigError::ScriptNotExecutable { .. })));
+        c.job = JobSpec::Handler { program: "/bin/cat".into(), args: vec![] };
+        c.validate().unwrap();
+        c.scoreboard = Some("/nonexistent-dir/sb".into());
+        assert!(matches!(c.validate(), Err(ConfigError::ScoreboardDir { .. })));
+    }
+}

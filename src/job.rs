@@ -1,0 +1,398 @@
+//! Running one job: the handler program (exec, environment, fds, process
+//! group) or the Rust closure, and watching its client while it runs.
+//!
+//! Runs in a worker (or in the single process with `--prefork 0`). It kills
+//! only its own job's process group, and only while the handler is an
+//! unreaped child of this process, so that the group id cannot have been
+//! recycled.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::config::{Config, FinPolicy, JobSpec};
+use crate::hooks::JobContext;
+use crate::scoreboard::{JobView, Scoreboard, Slot, job_kind};
+use crate::sys;
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Ran to its end with success.
+    Done,
+    /// Could not start, exited non-zero, or died of a signal it was not sent.
+    Failed,
+    /// Cancelled (client gone, timeout or shutdown).
+    Cancelled,
+}
+
+impl Outcome {
+    /// Log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Cancel reasons as stored in a slot's `cancel_reason`.
+pub mod reason {
+    /// Client closed (FIN).
+    pub const CLIENT_CLOSED: u32 = 1;
+    /// Client reset or socket vanished.
+    pub const CLIENT_RESET: u32 = 2;
+    /// Job timeout.
+    pub const TIMEOUT: u32 = 3;
+    /// Shutdown (SIGINT or grace expired).
+    pub const SHUTDOWN: u32 = 4;
+
+    /// Log name of a reason code.
+    pub fn name(code: u32) -> &'static str {
+        match code {
+            CLIENT_CLOSED => "client-closed",
+            CLIENT_RESET => "client-reset",
+            TIMEOUT => "timeout",
+            SHUTDOWN => "shutdown",
+            _ => "unknown",
+        }
+    }
+}
+
+/// What the worker should do after a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AfterJob {
+    /// SIGTERM arrived: exit once idle.
+    pub retire: bool,
+    /// SIGINT arrived: exit now.
+    pub exit_now: bool,
+}
+
+/// The environment of one worker, shared by its jobs.
+pub struct Runner<'a> {
+    /// Configuration.
+    pub cfg: &'a Config,
+    /// Scoreboard.
+    pub sb: &'a Scoreboard,
+    /// Our slot index.
+    pub slot: usize,
+    /// The worker's signalfd (SIGTERM, SIGINT, SIGUSR2, SIGCHLD).
+    pub sigfd: &'a SignalFd,
+    /// Wakes the supervisor (the worker watch); None in `--prefork 0`.
+    pub wake: Option<&'a nix::sys::eventfd::EventFd>,
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => match Signal::try_from(s) {
+            Ok(sig) => format!("signal {}", sig.as_str()),
+            Err(_) => format!("signal {s}"),
+        },
+        _ => "unknown".into(),
+    }
+}
+
+fn ip_str(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.ip().to_string(),
+        SocketAddr::V6(v) => match v.ip().to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v.ip().to_string(),
+        },
+    }
+}
+
+/// Whether the client is already gone (checked right after accept).
+fn client_gone(conn: &TcpStream, on_fin: FinPolicy) -> bool {
+    let mut ev = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(conn.as_fd(), ev)];
+    if nix::poll::poll(&mut fds, PollTimeout::ZERO).is_err() {
+        return false;
+    }
+    ev = fds[0].revents().unwrap_or(PollFlags::empty());
+    let hard = ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+    let fin = ev.bits() & libc::POLLRDHUP != 0;
+    hard || (fin && on_fin == FinPolicy::Cancel)
+}
+
+fn set_keepalive(conn: &TcpStream, idle: Duration) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if idle.is_zero() {
+        return Ok(());
+    }
+    let secs = idle.as_secs().clamp(1, 32767) as u32;
+    let fd = conn.as_fd();
+    setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    setsockopt(&fd, sockopt::TcpKeepIdle, &secs)?;
+    let intvl = (secs / 6).clamp(1, 10);
+    setsockopt(&fd, sockopt::TcpKeepInterval, &intvl)?;
+    setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
+    // Unacknowledged data for longer than idle + 3 probes: the peer is gone.
+    let uto_ms = (secs + 3 * intvl).saturating_mul(1000);
+    setsockopt(&fd, sockopt::TcpUserTimeout, &uto_ms)?;
+    Ok(())
+}
+
+impl Runner<'_> {
+    fn board(&self) -> &Slot {
+        self.sb.slot(self.slot)
+    }
+
+    /// Serves one accepted client. Returns what the worker must do next.
+    pub fn serve(&self, conn: TcpStream) -> AfterJob {
+        let pid = std::process::id();
+        let slot = self.slot;
+        let (peer, local) = match (conn.peer_addr(), conn.local_addr()) {
+            (Ok(p), Ok(l)) => (p, l),
+            _ => {
+                // ENOTCONN: reset before we could ask.
+                self.sb.header().gone_before_start.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(slot, pid, "client gone before job start");
+                return AfterJob::default();
+            }
+        };
+        if let Err(e) = set_keepalive(&conn, self.cfg.keepalive) {
+            tracing::warn!(slot, pid, peer = %peer, error = %e, "failed to set keepalive on client socket");
+        }
+        if client_gone(&conn, self.cfg.on_fin) {
+            self.sb.header().gone_before_start.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(slot, pid, peer = %peer, "client gone before job start");
+            return AfterJob::default();
+        }
+        let cookie = sys::socket_cookie(conn.as_fd()).unwrap_or(0);
+        let inode = nix::sys::stat::fstat(conn.as_fd()).map(|s| s.st_ino).unwrap_or(0);
+        let job_id = self.sb.next_job_id();
+        let mut view = JobView {
+            job_id,
+            kind: job_kind::HANDLER,
+            pgid: 0,
+            cookie,
+            inode,
+            peer: Some(peer),
+            local: Some(local),
+            start_unix_ms: crate::scoreboard::now_unix_ms(),
+            start_mono_ns: sys::monotonic_ns(),
+        };
+        let started = Instant::now();
+        let (outcome, status, reason, after) = match &self.cfg.job {
+            JobSpec::Handler { program, args } => {
+                match self.spawn_handler(&conn, program, args, job_id, peer, local) {
+                    Ok(child) => {
+                        view.pgid = child.id() as i32;
+                        self.board().begin_job(&view);
+                        tracing::info!(slot, pid, job = job_id, peer = %peer, handler_pid = child.id(), "job started");
+                        self.wait_handler(child, &conn, job_id)
+                    }
+                    Err(e) => {
+                        tracing::error!(slot, pid, job = job_id, peer = %peer, program = %program.display(), error = %e, "failed to start handler");
+                        (Outcome::Failed, format!("exec error: {e}"), 0, AfterJob::default())
+                    }
+                }
+            }
+            JobSpec::Closure(f) => {
+                view.kind = job_kind::CLOSURE;
+                self.board().begin_job(&view);
+                tracing::info!(slot, pid, job = job_id, peer = %peer, "job started");
+                let ctx = JobContext { job_id, slot, peer, local, board_slot: self.board() };
+                let stream = match conn.try_clone() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.board().job_ending();
+                        self.board().end_job();
+                        tracing::error!(slot, pid, job = job_id, error = %e, "failed to duplicate the client socket");
+                        return AfterJob::default();
+                    }
+                };
+                let res = f(stream, &ctx);
+                let req = self.board().cancel_req.load(Ordering::Acquire) == job_id;
+                let (outcome, status) = match (&res, req) {
+                    (_, true) => (Outcome::Cancelled, "returned".to_string()),
+                    (Ok(()), _) => (Outcome::Done, "ok".to_string()),
+                    (Err(e), _) => (Outcome::Failed, format!("error: {e}")),
+                };
+                let r = if req { self.board().cancel_reason.load(Ordering::Relaxed) } else { 0 };
+                (outcome, status, r, self.drain_signals_after_closure())
+            }
+        };
+        self.board().job_ending();
+        drop(conn);
+        self.board().end_job();
+        let h = self.sb.header();
+        h.jobs_served.fetch_add(1, Ordering::Relaxed);
+        if outcome == Outcome::Failed {
+            h.jobs_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+        if outcome == Outcome::Cancelled {
+            tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome.as_str(), reason = %reason::name(reason), "job ended");
+        } else {
+            tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome.as_str(), "job ended");
+        }
+        after
+    }
+
+    fn spawn_handler(
+        &self,
+        conn: &TcpStream,
+        program: &std::path::Path,
+        args: &[std::ffi::OsString],
+        job_id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<std::process::Child> {
+        let stdin: OwnedFd = conn.try_clone()?.into();
+        let stdout: OwnedFd = conn.try_clone()?.into();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::from(stdin))
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::inherit())
+            .env("PROTO", if peer.is_ipv4() { "TCP" } else { "TCP6" })
+            .env("TCPLOCALIP", ip_str(&local))
+            .env("TCPLOCALPORT", local.port().to_string())
+            .env("TCPREMOTEIP", ip_str(&peer))
+            .env("TCPREMOTEPORT", peer.port().to_string())
+            .env("JOBD_JOB_ID", job_id.to_string())
+            .env("JOBD_SLOT", self.slot.to_string())
+            .process_group(0);
+        sys::handler_pre_exec(&mut cmd);
+        cmd.spawn()
+    }
+
+    /// Waits for the handler, watching the client and the worker's signals.
+    /// Returns (outcome, status, cancel reason, after).
+    fn wait_handler(&self, mut child: std::process::Child, conn: &TcpStream, job_id: u64) -> (Outcome, String, u32, AfterJob) {
+        let pgid = Pid::from_raw(child.id() as i32);
+        let mut after = AfterJob::default();
+        let mut watch = self.cfg.worker_watch;
+        let mut watch_events = if self.cfg.on_fin == FinPolicy::Cancel {
+            PollFlags::from_bits_retain(libc::POLLRDHUP)
+        } else {
+            PollFlags::empty()
+        };
+        let mut cancel: u32 = 0;
+        let mut kill_at: Option<Instant> = None;
+        loop {
+            let timeout = match kill_at {
+                Some(t) => PollTimeout::try_from(t.saturating_duration_since(Instant::now()))
+                    .unwrap_or(PollTimeout::MAX),
+                None => PollTimeout::NONE,
+            };
+            let (sig_ready, conn_ev) = {
+                let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
+                if watch {
+                    fds.push(PollFd::new(conn.as_fd(), watch_events));
+                }
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!(slot = self.slot, error = %e, "poll failed in worker");
+                    }
+                }
+                (
+                    fds[0].revents().is_some_and(|r| !r.is_empty()),
+                    fds.get(1).and_then(|f| f.revents()).unwrap_or(PollFlags::empty()),
+                )
+            };
+            if !conn_ev.is_empty() {
+                let hard = conn_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+                if hard || (conn_ev.bits() & libc::POLLRDHUP != 0 && self.cfg.on_fin == FinPolicy::Cancel) {
+                    let b = self.board();
+                    b.hangup_kind.store(if hard { 2 } else { 1 }, Ordering::Relaxed);
+                    b.hangup_mono_ns.store(sys::monotonic_ns(), Ordering::Release);
+                    if let Some(w) = self.wake {
+                        let _ = w.write(1);
+                    }
+                    tracing::debug!(slot = self.slot, job = job_id, hard, "worker saw its client hang up");
+                    watch = false;
+                } else {
+                    // A FIN under --on-fin keep: from now on only a reset counts.
+                    watch_events = PollFlags::empty();
+                }
+            }
+            if sig_ready {
+                while let Ok(Some(info)) = self.sigfd.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGUSR2) => {
+                            let b = self.board();
+                            if b.cancel_req.load(Ordering::Acquire) == job_id && cancel == 0 {
+                                cancel = b.cancel_reason.load(Ordering::Relaxed).max(1);
+                                let _ = sys::kill_group(pgid, Signal::SIGTERM);
+                                kill_at = Some(Instant::now() + self.cfg.kill_grace);
+                            }
+                        }
+                        Ok(Signal::SIGTERM) => after.retire = true,
+                        Ok(Signal::SIGINT) => {
+                            after.exit_now = true;
+                            if cancel == 0 {
+                                cancel = reason::SHUTDOWN;
+                            }
+                            let _ = sys::kill_group(pgid, Signal::SIGKILL);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(t) = kill_at
+                && Instant::now() >= t
+            {
+                let _ = sys::kill_group(pgid, Signal::SIGKILL);
+                kill_at = None;
+            }
+            // Has the handler exited? Peek without reaping: while it is an
+            // unreaped zombie its group id cannot be recycled.
+            match nix::sys::wait::waitid(Id::Pid(pgid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+                Ok(WaitStatus::StillAlive) => continue,
+                Ok(_) => {
+                    // The job is over: whatever it left in its group goes too.
+                    let _ = sys::kill_group(pgid, Signal::SIGKILL);
+                    self.board().job_pgid.store(0, Ordering::Release);
+                    let status = child.wait();
+                    let desc = status.as_ref().map(|s| describe(*s)).unwrap_or_else(|e| format!("wait error: {e}"));
+                    let outcome = if cancel != 0 {
+                        Outcome::Cancelled
+                    } else if status.as_ref().is_ok_and(|s| s.success()) {
+                        Outcome::Done
+                    } else {
+                        Outcome::Failed
+                    };
+                    return (outcome, desc, cancel, after);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(slot = self.slot, error = %e, "waitid on handler failed");
+                    let _ = sys::kill_group(pgid, Signal::SIGKILL);
+                    self.board().job_pgid.store(0, Ordering::Release);
+                    let _ = child.wait();
+                    return (Outcome::Failed, format!("wait error: {e}"), cancel, after);
+                }
+            }
+        }
+    }
+
+    /// After a closure job: read signals that arrived while it ran.
+    fn drain_signals_after_closure(&self) -> AfterJob {
+        let mut after = AfterJob::default();
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM) => after.retire = true,
+                Ok(Signal::SIGINT) => after.exit_now = true,
+                _ => {}
+            }
+        }
+        after
+    }
+}

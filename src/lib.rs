@@ -1,0 +1,80 @@
+//! # jobd: a connection-aware prefork job server
+//!
+//! jobd runs one long job per TCP client and cancels it the moment the
+//! client goes away.
+//!
+//! ## Process model
+//!
+//! A supervisor (one process, one thread, a poll loop) binds the listening
+//! socket, creates the scoreboard, and forks `prefork` workers into
+//! scoreboard slots, keeping a pidfd for each. Each worker accepts one client
+//! at a time and runs one job for it: a handler program with the connection
+//! as its stdin and stdout (the inetd / tcpserver convention), in a process
+//! group of its own, or a Rust closure given through [`ServerBuilder::job_fn`].
+//! A worker that dies is reaped and replaced in the same slot, with a
+//! growing delay when workers keep dying young. Workers die with the
+//! supervisor (`PR_SET_PDEATHSIG`), and handlers die with their worker.
+//! With `prefork = 0`, the calling process serves jobs one at a time itself.
+//!
+//! The supervisor never runs job code and never signals a pid it read from
+//! the scoreboard: it signals its workers through pidfds, and a job's process
+//! group only while the group's leader is an unreaped child (a zombie keeps
+//! the group id from being reused).
+//!
+//! ## Signals (to the supervisor)
+//!
+//! - `SIGTERM`: stop accepting, let running jobs finish within the grace
+//!   period (`--grace`, 30 s), then kill them; exit 0.
+//! - `SIGINT`:  kill every job now and exit 0.
+//! - `SIGHUP`:  reload: check the handler again and replace each worker once
+//!   it is idle (running jobs finish in their old worker).
+//!
+//! ## Handler contract
+//!
+//! The handler is executed directly (no shell) with the client connection on
+//! fds 0 and 1, jobd's stderr on fd 2, and the tcpserver environment:
+//! `PROTO` (`TCP` or `TCP6`), `TCPLOCALIP`, `TCPLOCALPORT`, `TCPREMOTEIP`,
+//! `TCPREMOTEPORT`, plus `JOBD_JOB_ID` and `JOBD_SLOT`. When the handler
+//! exits, whatever is left in its process group is killed: a job's processes
+//! do not outlive it.
+//!
+//! ## Library example
+//!
+//! ```no_run
+//! use std::io::{BufRead, BufReader, Write};
+//!
+//! jobd::Server::builder()
+//!     .listen("127.0.0.1:0".parse().unwrap())
+//!     .prefork(2)
+//!     .after_init(|info| eprintln!("bound {}", info.local_addr))
+//!     .job_fn(|conn, ctx| {
+//!         let mut line = String::new();
+//!         BufReader::new(&conn).read_line(&mut line)?;
+//!         writeln!(&conn, "{}", line.trim().to_uppercase())?;
+//!         eprintln!("job {} for {} done", ctx.job_id, ctx.peer);
+//!         Ok(())
+//!     })
+//!     .build()
+//!     .unwrap()
+//!     .run()
+//!     .unwrap();
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod detect;
+pub mod hooks;
+pub mod job;
+pub mod scoreboard;
+pub mod server;
+pub mod status;
+mod supervisor;
+mod sys;
+mod worker;
+
+pub use config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat};
+pub use hooks::{DisconnectEvent, DisconnectReason, InitInfo, JobContext, Verdict};
+pub use server::{Error, Server, ServerBuilder};

@@ -1,0 +1,347 @@
+//! The public entry point: [`ServerBuilder`] and [`Server::run`].
+//!
+//! `run` validates the configuration, binds the listener (backlog 1024),
+//! creates the scoreboard, calls `after_init`, and then either hands over to
+//! the supervisor (`prefork >= 1`) or serves jobs one at a time in this
+//! process (`prefork == 0`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
+use nix::unistd::Pid;
+
+use crate::config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec};
+use crate::hooks::{DisconnectEvent, InitInfo, JobContext, Verdict};
+use crate::scoreboard::{Scoreboard, ScoreboardError};
+use crate::supervisor::Supervisor;
+use crate::sys;
+
+/// Errors of [`Server::run`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid (exit status 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound (exit status 1).
+    #[error("failed to listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The scoreboard could not be created.
+    #[error(transparent)]
+    Scoreboard(#[from] ScoreboardError),
+    /// The process has threads, so it must not fork.
+    #[error("jobd must fork before any thread exists, but this process has {0} threads")]
+    Threaded(usize),
+    /// A system call the supervisor needs failed.
+    #[error("failed to set up the supervisor")]
+    Setup(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The exit status the command uses for this error: 2 for usage and
+    /// configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+type InitHook = dyn Fn(&InitInfo);
+type ShutdownHook = dyn Fn();
+
+/// Lifecycle and disconnect hooks.
+#[derive(Default)]
+pub struct Hooks {
+    pub(crate) after_init: Option<Box<InitHook>>,
+    pub(crate) before_shutdown: Option<Box<ShutdownHook>>,
+    pub(crate) on_disconnect: Vec<Box<crate::hooks::DisconnectHook>>,
+}
+
+/// Builds a [`Server`].
+///
+/// ```no_run
+/// use jobd::Server;
+/// use std::io::{BufRead, BufReader, Write};
+///
+/// Server::builder()
+///     .listen("127.0.0.1:7000".parse().unwrap())
+///     .prefork(4)
+///     .job_fn(|conn, ctx| {
+///         let mut line = String::new();
+///         BufReader::new(&conn).read_line(&mut line)?;
+///         writeln!(&conn, "job {} from {}: {}", ctx.job_id, ctx.peer, line.trim())
+///     })
+///     .build()
+///     .unwrap()
+///     .run()
+///     .unwrap();
+/// ```
+pub struct ServerBuilder {
+    cfg: Config,
+    job_set: bool,
+    hooks: Hooks,
+}
+
+impl ServerBuilder {
+    /// Address to listen on (default `127.0.0.1:7000`; port 0 picks one).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.cfg.listen = addr;
+        self
+    }
+
+    /// Workers forked at start (default 4); 0 runs jobs one at a time in
+    /// the calling process.
+    pub fn prefork(mut self, n: usize) -> Self {
+        self.cfg.prefork = n;
+        self
+    }
+
+    /// Runs `program` with `args` for each client, the connection on stdin
+    /// and stdout.
+    pub fn handler(mut self, program: impl Into<PathBuf>, args: Vec<std::ffi::OsString>) -> Self {
+        self.cfg.job = JobSpec::Handler { program: program.into(), args };
+        self.job_set = true;
+        self
+    }
+
+    /// Runs `f` in the worker for each client.
+    pub fn job_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(std::net::TcpStream, &JobContext) -> std::io::Result<()> + 'static,
+    {
+        self.cfg.job = JobSpec::Closure(Rc::new(f));
+        self.job_set = true;
+        self
+    }
+
+    /// A scoreboard file that `jobd status` can read.
+    pub fn scoreboard(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.scoreboard = Some(path.into());
+        self
+    }
+
+    /// SIGTERM: how long running jobs may finish (default 30 s).
+    pub fn grace(mut self, d: Duration) -> Self {
+        self.cfg.grace = d;
+        self
+    }
+
+    /// Cancelling: SIGTERM, then SIGKILL after this (default 2 s).
+    pub fn kill_grace(mut self, d: Duration) -> Self {
+        self.cfg.kill_grace = d;
+        self
+    }
+
+    /// Period of the disconnect scan (default 100 ms).
+    pub fn check_interval(mut self, d: Duration) -> Self {
+        self.cfg.check_interval = d;
+        self
+    }
+
+    /// Scan backend (default auto).
+    pub fn detector(mut self, d: DetectorKind) -> Self {
+        self.cfg.detector = d;
+        self
+    }
+
+    /// Whether workers watch their client socket while a handler runs
+    /// (default on).
+    pub fn worker_watch(mut self, on: bool) -> Self {
+        self.cfg.worker_watch = on;
+        self
+    }
+
+    /// FIN policy (default cancel).
+    pub fn on_fin(mut self, p: FinPolicy) -> Self {
+        self.cfg.on_fin = p;
+        self
+    }
+
+    /// Keepalive idle time and TCP_USER_TIMEOUT (default 60 s; zero: off).
+    pub fn keepalive(mut self, d: Duration) -> Self {
+        self.cfg.keepalive = d;
+        self
+    }
+
+    /// Default action when a client disconnects and no hook decided.
+    pub fn on_disconnect(mut self, p: DisconnectPolicy) -> Self {
+        self.cfg.on_disconnect = p;
+        self
+    }
+
+    /// Registers a disconnect callback; several run in order, and the first
+    /// `Keep` keeps the job. A panicking callback counts as `Cancel`.
+    pub fn on_client_disconnect<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&DisconnectEvent) -> Verdict + 'static,
+    {
+        self.hooks.on_disconnect.push(Box::new(f));
+        self
+    }
+
+    /// Called after binding, before forking.
+    pub fn after_init<F: Fn(&InitInfo) + 'static>(mut self, f: F) -> Self {
+        self.hooks.after_init = Some(Box::new(f));
+        self
+    }
+
+    /// Called when a stop begins (SIGTERM or SIGINT), before workers stop.
+    pub fn before_shutdown<F: Fn() + 'static>(mut self, f: F) -> Self {
+        self.hooks.before_shutdown = Some(Box::new(f));
+        self
+    }
+
+    /// Replaces the whole configuration (the command uses this).
+    pub fn config(mut self, cfg: Config) -> Self {
+        self.cfg = cfg;
+        self.job_set = true;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<Server, Error> {
+        if !self.job_set {
+            return Err(ConfigError::NoJob.into());
+        }
+        self.cfg.validate()?;
+        Ok(Server { cfg: self.cfg, hooks: self.hooks })
+    }
+}
+
+/// A configured job server.
+pub struct Server {
+    cfg: Config,
+    hooks: Hooks,
+}
+
+impl Server {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            cfg: Config::new(JobSpec::Handler { program: PathBuf::new(), args: vec![] }),
+            job_set: false,
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Binds, forks and serves until SIGTERM or SIGINT. Returns after a
+    /// clean stop, with no worker or job process of its own left.
+    pub fn run(&self) -> Result<(), Error> {
+        self.cfg.validate()?;
+        let threads = sys::thread_count();
+        if threads > 1 {
+            return Err(Error::Threaded(threads));
+        }
+        let listener = bind(self.cfg.listen, self.cfg.backlog).map_err(|source| Error::Bind { addr: self.cfg.listen, source })?;
+        let local = listener.local_addr().map_err(Error::Setup)?;
+        let sb = match &self.cfg.scoreboard {
+            Some(p) => Scoreboard::create(p, self.cfg.slots())?,
+            None => Scoreboard::anonymous(self.cfg.slots())?,
+        };
+        let h = sb.header();
+        h.supervisor_pid.store(std::process::id() as i32, Ordering::Relaxed);
+        h.prefork.store(self.cfg.prefork as u32, Ordering::Relaxed);
+        sb.set_listen(local);
+        sys::ignore_sigpipe().map_err(Error::Setup)?;
+        tracing::info!(prefork = self.cfg.prefork, pid = std::process::id(), "listening on {local}");
+        if let Some(f) = &self.hooks.after_init {
+            f(&InitInfo { local_addr: local });
+        }
+        if self.cfg.prefork == 0 {
+            let code = run_inline(&self.cfg, &self.hooks, &sb, &listener);
+            sb.header().supervisor_pid.store(0, Ordering::Release);
+            return if code == 0 { Ok(()) } else { Err(Error::Setup(std::io::Error::other("worker loop failed"))) };
+        }
+        let sup = Supervisor::new(&self.cfg, &self.hooks, &sb, &listener).map_err(Error::Setup)?;
+        sup.run();
+        Ok(())
+    }
+}
+
+/// `--prefork 0`: one process accepts and runs jobs one at a time.
+fn run_inline(cfg: &Config, hooks: &Hooks, sb: &Scoreboard, listener: &TcpListener) -> i32 {
+    let set = crate::worker::worker_sigset();
+    if let Err(e) = set.thread_block() {
+        tracing::error!(error = %e, "failed to block signals");
+        return 1;
+    }
+    let sigfd = match crate::worker::worker_signalfd() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to open a signalfd");
+            return 1;
+        }
+    };
+    let slot = sb.slot(0);
+    slot.claim(std::process::id() as i32, 1);
+    let code = crate::worker::run(cfg, sb, 0, listener, &sigfd, None);
+    if let Some(h) = &hooks.before_shutdown {
+        h();
+    }
+    slot.release();
+    tracing::info!("jobd stopped");
+    code
+}
+
+/// The body of a freshly forked worker; returns its exit code.
+pub(crate) fn worker_main(
+    cfg: &Config,
+    sb: &Scoreboard,
+    slot: usize,
+    listener: &TcpListener,
+    wake: Option<&nix::sys::eventfd::EventFd>,
+    supervisor: Pid,
+) -> i32 {
+    if let Err(e) = sys::reset_signals(&crate::worker::worker_sigset()) {
+        tracing::error!(slot, error = %e, "worker failed to set its signal mask");
+        return 1;
+    }
+    match sys::die_with_parent(nix::sys::signal::Signal::SIGINT, supervisor) {
+        Ok(true) => {}
+        Ok(false) => return 0, // the supervisor died before we could ask
+        Err(e) => {
+            tracing::error!(slot, error = %e, "worker failed to set its parent-death signal");
+            return 1;
+        }
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(false) {
+        tracing::warn!(slot, error = %e, "worker failed to clear the subreaper flag");
+    }
+    let sigfd = match crate::worker::worker_signalfd() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(slot, error = %e, "worker failed to open its signalfd");
+            return 1;
+        }
+    };
+    sb.slot(slot).pid.store(std::process::id() as i32, Ordering::Relaxed);
+    crate::worker::run(cfg, sb, slot, listener, &sigfd, wake)
+}
+
+/// Binds a listening TCP socket with SO_REUSEADDR and the given backlog.
+fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    let backlog = backlog.min(sys::somaxconn().max(128));
+    socket::listen(&fd, socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN))?;
+    Ok(TcpListener::from(fd))
+}

@@ -1,0 +1,188 @@
+//! `jobd status`: reads a scoreboard file and renders it as a table or JSON.
+//!
+//! Read-only: it maps the file without write access and signals nothing.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::scoreboard::{Scoreboard, ScoreboardError, SlotState, now_unix_ms};
+
+/// One slot as shown by `jobd status`.
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    /// Slot index.
+    pub slot: usize,
+    /// Worker pid (0 when empty).
+    pub pid: i32,
+    /// idle, busy, starting, exiting or empty.
+    pub state: SlotState,
+    /// Worker generation.
+    pub generation: u32,
+    /// Current job id.
+    pub job_id: Option<u64>,
+    /// Current client.
+    pub peer: Option<String>,
+    /// Current job's age in milliseconds.
+    pub job_age_ms: Option<u64>,
+    /// Jobs this worker served.
+    pub jobs_served: u64,
+}
+
+/// Pool totals.
+#[derive(Debug, Serialize)]
+pub struct Totals {
+    /// Live workers.
+    pub workers: usize,
+    /// Idle workers.
+    pub idle: usize,
+    /// Busy workers.
+    pub busy: usize,
+    /// Starting workers.
+    pub starting: usize,
+    /// Jobs ended since start.
+    pub jobs_served: u64,
+    /// Jobs that failed.
+    pub jobs_failed: u64,
+    /// Jobs cancelled because the client went away.
+    pub cancelled_disconnect: u64,
+    /// Jobs cancelled by shutdown.
+    pub cancelled_shutdown: u64,
+    /// Clients gone before their job started.
+    pub gone_before_start: u64,
+    /// Workers forked since start.
+    pub workers_spawned: u64,
+}
+
+/// The whole status.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Supervisor pid, 0 when stopped.
+    pub supervisor_pid: i32,
+    /// Whether the supervisor process is alive.
+    pub running: bool,
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Current worker generation.
+    pub generation: u32,
+    /// Totals.
+    pub totals: Totals,
+    /// Slots (empty slots omitted).
+    pub slots: Vec<SlotStatus>,
+}
+
+/// Reads the scoreboard at `path`.
+pub fn read(path: &Path) -> Result<Status, ScoreboardError> {
+    let sb = Scoreboard::open_read(path)?;
+    Ok(snapshot(&sb))
+}
+
+/// A snapshot of a mapped scoreboard.
+pub fn snapshot(sb: &Scoreboard) -> Status {
+    let h = sb.header();
+    let now = now_unix_ms();
+    let mut slots = Vec::new();
+    let (mut idle, mut busy, mut starting) = (0, 0, 0);
+    for (i, s) in sb.slots() {
+        let state = s.state();
+        if state == SlotState::Empty {
+            continue;
+        }
+        let job = s.job();
+        match state {
+            SlotState::Idle => idle += 1,
+            SlotState::Busy => busy += 1,
+            SlotState::Starting => starting += 1,
+            _ => {}
+        }
+        slots.push(SlotStatus {
+            slot: i,
+            pid: s.pid.load(Ordering::Relaxed),
+            state,
+            generation: s.generation.load(Ordering::Relaxed),
+            job_id: job.map(|j| j.job_id),
+            peer: job.and_then(|j| j.peer).map(|p| p.to_string()),
+            job_age_ms: job.map(|j| now.saturating_sub(j.start_unix_ms)),
+            jobs_served: s.jobs_served.load(Ordering::Relaxed),
+        });
+    }
+    let pid = h.supervisor_pid.load(Ordering::Acquire);
+    let running = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    Status {
+        supervisor_pid: pid,
+        running,
+        listen: sb.listen().map(|a| a.to_string()),
+        generation: h.generation.load(Ordering::Relaxed),
+        totals: Totals {
+            workers: slots.len(),
+            idle,
+            busy,
+            starting,
+            jobs_served: h.jobs_served.load(Ordering::Relaxed),
+            jobs_failed: h.jobs_failed.load(Ordering::Relaxed),
+            cancelled_disconnect: h.cancelled_disconnect.load(Ordering::Relaxed),
+            cancelled_shutdown: h.cancelled_shutdown.load(Ordering::Relaxed),
+            gone_before_start: h.gone_before_start.load(Ordering::Relaxed),
+            workers_spawned: h.workers_spawned.load(Ordering::Relaxed),
+        },
+        slots,
+    }
+}
+
+fn fmt_age(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+impl Status {
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let state = if self.running { "running" } else { "not running" };
+        out.push_str(&format!(
+            "jobd {} (pid {}) on {}, generation {}\n",
+            state,
+            self.supervisor_pid,
+            self.listen.as_deref().unwrap_or("?"),
+            self.generation
+        ));
+        let t = &self.totals;
+        out.push_str(&format!(
+            "workers {}  idle {}  busy {}  starting {}  jobs served {}  failed {}  cancelled {} (disconnect {}, shutdown {})  gone before start {}\n\n",
+            t.workers,
+            t.idle,
+            t.busy,
+            t.starting,
+            t.jobs_served,
+            t.jobs_failed,
+            t.cancelled_disconnect + t.cancelled_shutdown,
+            t.cancelled_disconnect,
+            t.cancelled_shutdown,
+            t.gone_before_start
+        ));
+        out.push_str(&format!(
+            "{:>5} {:>8} {:<9} {:>4} {:>10} {:<40} {:>8} {:>8}\n",
+            "SLOT", "PID", "STATE", "GEN", "JOB", "PEER", "AGE", "SERVED"
+        ));
+        for s in &self.slots {
+            out.push_str(&format!(
+                "{:>5} {:>8} {:<9} {:>4} {:>10} {:<40} {:>8} {:>8}\n",
+                s.slot,
+                s.pid,
+                s.state.as_str(),
+                s.generation,
+                s.job_id.map(|j| j.to_string()).unwrap_or_else(|| "-".into()),
+                s.peer.as_deref().unwrap_or("-"),
+                s.job_age_ms.map(fmt_age).unwrap_or_else(|| "-".into()),
+                s.jobs_served
+            ));
+        }
+        out
+    }
+}

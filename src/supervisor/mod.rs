@@ -1,0 +1,446 @@
+//! SUPERVISOR ONLY: the poll loop that owns the pool.
+//!
+//! The supervisor forks workers into scoreboard slots, holds a pidfd for
+//! each, reaps them (it is also the child subreaper of their job trees),
+//! refills slots with back-off, and carries out the signals below. It never
+//! runs job code and never signals a pid read from the scoreboard: workers
+//! through their pidfds, and a job's process group only while the group's
+//! leader is an unreaped child (a zombie keeps the id from being reused).
+//!
+//! - `SIGTERM`: stop accepting, let jobs finish within `--grace`, then kill them
+//! - `SIGINT`:  cancel all jobs now and exit
+//! - `SIGHUP`:  reload: check the handler again, replace each worker once idle
+//! - `SIGCHLD`: reap workers and orphaned job processes
+
+pub mod pool;
+pub(crate) mod watch;
+
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::EventFd;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::config::{Config, JobSpec};
+use crate::scoreboard::Scoreboard;
+use crate::server::Hooks;
+use crate::sys::{self, Forked, PidFd};
+
+/// The signals the supervisor reads from its signalfd.
+pub(crate) fn supervisor_sigset() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+struct Worker {
+    pid: Pid,
+    pidfd: Option<PidFd>,
+    generation: u32,
+    started: Instant,
+    /// Asked to exit (reload, stop): its exit is planned.
+    retiring: bool,
+}
+
+impl Worker {
+    fn signal(&self, sig: Signal) {
+        match &self.pidfd {
+            Some(fd) => {
+                if let Err(e) = fd.signal(sig)
+                    && e.raw_os_error() != Some(libc::ESRCH)
+                {
+                    tracing::warn!(pid = self.pid.as_raw(), signal = sig.as_str(), error = %e, "failed to signal worker");
+                }
+            }
+            None => tracing::warn!(pid = self.pid.as_raw(), "no pidfd for worker; not signalling it"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SlotRec {
+    worker: Option<Worker>,
+    quick_deaths: u32,
+    respawn_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// SIGTERM: workers retire after their job; at the deadline, kill.
+    Draining { deadline: Instant },
+    /// SIGINT or grace over: workers kill their jobs; at the deadline, SIGKILL.
+    Killing { deadline: Instant },
+}
+
+pub(crate) struct Supervisor<'a> {
+    cfg: &'a Config,
+    hooks: &'a Hooks,
+    sb: &'a Scoreboard,
+    listener: &'a TcpListener,
+    sigfd: SignalFd,
+    wake: EventFd,
+    slots: Vec<SlotRec>,
+    generation: u32,
+    phase: Phase,
+    me: Pid,
+    watch: Option<watch::Watch>,
+}
+
+impl<'a> Supervisor<'a> {
+    pub(crate) fn new(
+        cfg: &'a Config,
+        hooks: &'a Hooks,
+        sb: &'a Scoreboard,
+        listener: &'a TcpListener,
+    ) -> std::io::Result<Supervisor<'a>> {
+        let set = supervisor_sigset();
+        set.thread_block().map_err(std::io::Error::from)?;
+        let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let wake = EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+        )?;
+        nix::sys::prctl::set_child_subreaper(true)?;
+        let watch = watch::Watch::new(cfg, sb)?;
+        Ok(Supervisor {
+            cfg,
+            hooks,
+            sb,
+            listener,
+            sigfd,
+            wake,
+            slots: (0..cfg.slots()).map(|_| SlotRec::default()).collect(),
+            generation: 1,
+            phase: Phase::Running,
+            me: nix::unistd::getpid(),
+            watch,
+        })
+    }
+
+    /// Runs the pool until it stops. Returns the exit code.
+    pub(crate) fn run(mut self) -> i32 {
+        self.sb.header().generation.store(self.generation, Ordering::Relaxed);
+        for i in 0..self.cfg.prefork {
+            self.spawn(i);
+        }
+        loop {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            for s in &self.slots {
+                if let Some(t) = s.respawn_at {
+                    earliest(t);
+                }
+            }
+            match self.phase {
+                Phase::Running => {}
+                Phase::Draining { deadline } | Phase::Killing { deadline } => earliest(deadline),
+            }
+            if let Some(w) = &self.watch {
+                earliest(w.next_due());
+            }
+            let timeout = match next {
+                Some(t) => PollTimeout::try_from(t.saturating_duration_since(now) + Duration::from_micros(500))
+                    .unwrap_or(PollTimeout::MAX),
+                None => PollTimeout::NONE,
+            };
+            let (sig_ready, wake_ready) = {
+                let mut fds = [
+                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                ];
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => tracing::error!(error = %e, "poll failed in supervisor"),
+                }
+                (
+                    fds[0].revents().is_some_and(|r| !r.is_empty()),
+                    fds[1].revents().is_some_and(|r| !r.is_empty()),
+                )
+            };
+            if sig_ready {
+                self.handle_signals();
+            }
+            let woken = wake_ready && self.wake.read().is_ok();
+            if let Some(w) = &mut self.watch {
+                let now = Instant::now();
+                if woken || now >= w.next_due() {
+                    let pidfds: Vec<Option<(Pid, &PidFd)>> = self
+                        .slots
+                        .iter()
+                        .map(|s| s.worker.as_ref().and_then(|w| w.pidfd.as_ref().map(|fd| (w.pid, fd))))
+                        .collect();
+                    w.tick(self.cfg, self.hooks, self.sb, &pidfds, woken);
+                }
+            }
+            self.reap();
+            self.maintain();
+            if self.phase != Phase::Running && self.live_workers() == 0 {
+                break;
+            }
+        }
+        // Orphaned job processes left by workers are reaped (they were
+        // killed with their group when their worker was reaped).
+        self.reap();
+        self.sb.header().supervisor_pid.store(0, Ordering::Release);
+        tracing::info!("jobd stopped");
+        0
+    }
+
+    fn live_workers(&self) -> usize {
+        self.slots.iter().filter(|s| s.worker.is_some()).count()
+    }
+
+    fn handle_signals(&mut self) {
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            match sig {
+                Signal::SIGCHLD => {} // reaped below, every turn
+                Signal::SIGTERM => self.begin_drain(),
+                Signal::SIGINT => self.begin_kill("SIGINT"),
+                Signal::SIGHUP => self.reload(),
+                other => tracing::debug!(signal = other.as_str(), "signal ignored"),
+            }
+        }
+    }
+
+    fn run_before_shutdown(&self) {
+        if let Some(h) = &self.hooks.before_shutdown
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h())).is_err()
+        {
+            tracing::error!("before_shutdown hook panicked");
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        tracing::info!(grace_ms = self.cfg.grace.as_millis() as u64, busy = self.busy_count(), "SIGTERM: stopping; running jobs may finish");
+        self.run_before_shutdown();
+        self.phase = Phase::Draining { deadline: Instant::now() + self.cfg.grace };
+        for s in &mut self.slots {
+            s.respawn_at = None;
+            if let Some(w) = &mut s.worker {
+                w.retiring = true;
+                w.signal(Signal::SIGTERM);
+            }
+        }
+    }
+
+    fn begin_kill(&mut self, why: &str) {
+        if matches!(self.phase, Phase::Killing { .. }) {
+            return;
+        }
+        if self.phase == Phase::Running {
+            self.run_before_shutdown();
+        }
+        tracing::info!(busy = self.busy_count(), "{why}: cancelling all jobs and stopping");
+        self.phase = Phase::Killing { deadline: Instant::now() + self.cfg.kill_grace + Duration::from_secs(1) };
+        for s in &mut self.slots {
+            s.respawn_at = None;
+            if let Some(w) = &mut s.worker {
+                w.retiring = true;
+                w.signal(Signal::SIGINT);
+            }
+        }
+    }
+
+    fn busy_count(&self) -> usize {
+        self.sb.slots().filter(|(_, s)| s.job_id.load(Ordering::Relaxed) != 0).count()
+    }
+
+    fn reload(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let JobSpec::Handler { .. } = &self.cfg.job
+            && let Err(e) = self.cfg.validate()
+        {
+            tracing::error!(error = %e, "SIGHUP: reload refused; keeping the current workers");
+            return;
+        }
+        self.generation += 1;
+        self.sb.header().generation.store(self.generation, Ordering::Relaxed);
+        tracing::info!(generation = self.generation, "SIGHUP: reloading; workers are replaced once idle");
+        for s in &mut self.slots {
+            if let Some(w) = &mut s.worker
+                && w.generation < self.generation
+                && !w.retiring
+            {
+                w.retiring = true;
+                w.signal(Signal::SIGTERM);
+            }
+        }
+    }
+
+    /// Refills slots whose time has come; escalates a stop at its deadline.
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        match self.phase {
+            Phase::Running => {
+                for i in 0..self.slots.len() {
+                    if self.slots[i].worker.is_none() && self.slots[i].respawn_at.is_some_and(|t| t <= now) {
+                        self.slots[i].respawn_at = None;
+                        self.spawn(i);
+                    }
+                }
+            }
+            Phase::Draining { deadline } if now >= deadline => {
+                tracing::warn!(busy = self.busy_count(), "grace period over: cancelling the jobs still running");
+                self.begin_kill("grace period over");
+            }
+            Phase::Killing { deadline } if now >= deadline => {
+                for s in &mut self.slots {
+                    if let Some(w) = &s.worker {
+                        tracing::warn!(pid = w.pid.as_raw(), "worker did not exit in time; sending SIGKILL");
+                        w.signal(Signal::SIGKILL);
+                    }
+                }
+                self.phase = Phase::Killing { deadline: now + Duration::from_secs(3600) };
+            }
+            _ => {}
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let board = self.sb.slot(i);
+        board.claim(0, self.generation);
+        // SAFETY: the supervisor is single-threaded (checked in Server::run
+        // before the first fork, and it starts no thread).
+        match unsafe { sys::fork() } {
+            Ok(Forked::Child) => {
+                let code = crate::server::worker_main(self.cfg, self.sb, i, self.listener, Some(&self.wake), self.me);
+                std::process::exit(code);
+            }
+            Ok(Forked::Parent(pid)) => {
+                board.pid.store(pid.as_raw(), Ordering::Relaxed);
+                let pidfd = match PidFd::open(pid) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        tracing::error!(slot = i, pid = pid.as_raw(), error = %e, "pidfd_open failed; this worker cannot be signalled");
+                        None
+                    }
+                };
+                self.sb.header().workers_spawned.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(slot = i, pid = pid.as_raw(), generation = self.generation, "worker started");
+                self.slots[i].worker = Some(Worker {
+                    pid,
+                    pidfd,
+                    generation: self.generation,
+                    started: Instant::now(),
+                    retiring: false,
+                });
+            }
+            Err(e) => {
+                board.release();
+                let r = pool::on_exit(false, false, Duration::ZERO, self.slots[i].quick_deaths);
+                self.slots[i].quick_deaths = r.quick_deaths;
+                self.slots[i].respawn_at = r.after.map(|d| Instant::now() + d);
+                tracing::error!(slot = i, error = %e, "fork failed; retrying later");
+            }
+        }
+    }
+
+    fn slot_of(&self, pid: Pid) -> Option<usize> {
+        self.slots.iter().position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
+    }
+
+    /// Reaps every exited child: workers (refilling their slots) and job
+    /// processes orphaned by a dead worker (we are their subreaper).
+    fn reap(&mut self) {
+        loop {
+            let peek = nix::sys::wait::waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
+            let pid = match peek {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "waitid failed");
+                    return;
+                }
+                Ok(st) => match st.pid() {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            if let Some(i) = self.slot_of(pid) {
+                let status = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+                self.worker_exited(i, status);
+            } else {
+                // An orphaned job process. If it leads the process group of a
+                // job whose worker died, kill the rest of that group while
+                // this zombie still holds the group id.
+                for (i, s) in self.sb.slots() {
+                    if s.job_pgid.load(Ordering::Acquire) == pid.as_raw() {
+                        let _ = sys::kill_group(pid, Signal::SIGKILL);
+                        s.job_pgid.store(0, Ordering::Release);
+                        tracing::debug!(slot = i, pgid = pid.as_raw(), "killed the job group of a dead worker");
+                    }
+                }
+                let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            }
+        }
+    }
+
+    fn worker_exited(&mut self, i: usize, status: nix::Result<WaitStatus>) {
+        let Some(w) = self.slots[i].worker.take() else { return };
+        let board = self.sb.slot(i);
+        // A worker that died in the middle of a job: its handler was
+        // reparented to us and killed by its parent-death signal, but not
+        // reaped yet, so its group id is still its own.
+        let pgid = board.job_pgid.swap(0, Ordering::AcqRel);
+        let job = board.job();
+        if pgid != 0 {
+            let _ = sys::kill_group(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        if let Some(job) = job {
+            let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
+            tracing::warn!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = "failed", "job lost: its worker died");
+            self.sb.header().jobs_failed.fetch_add(1, Ordering::Relaxed);
+            self.sb.header().jobs_served.fetch_add(1, Ordering::Relaxed);
+        }
+        board.release();
+        if let Some(watch) = &mut self.watch {
+            watch.forget_slot(i);
+        }
+        let desc = match status {
+            Ok(WaitStatus::Exited(_, c)) => format!("exit {c}"),
+            Ok(WaitStatus::Signaled(_, s, _)) => format!("signal {}", s.as_str()),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("wait error: {e}"),
+        };
+        let stopping = self.phase != Phase::Running;
+        let planned = w.retiring;
+        if planned {
+            tracing::debug!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker exited");
+        } else {
+            tracing::warn!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker died; replacing it");
+        }
+        let r = pool::on_exit(planned, stopping, w.started.elapsed(), self.slots[i].quick_deaths);
+        self.slots[i].quick_deaths = r.quick_deaths;
+        self.slots[i].respawn_at = r.after.map(|d| Instant::now() + d);
+        if let Some(d) = r.after
+            && !d.is_zero()
+        {
+            tracing::warn!(slot = i, delay_ms = d.as_millis() as u64, quick_deaths = r.quick_deaths, "workers are dying quickly; backing off before respawning");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! WORKER ONLY: the life of one worker process in its scoreboard slot.
+//!
+//! A worker is forked by the supervisor, dies with it (parent-death signal),
+//! and loops: mark its slot idle, wait for a client on the shared listener
+//! (epoll with `EPOLLEXCLUSIVE`, so one connection wakes one idle worker),
+//! accept, run the job through [`crate::job::Runner`], and again. It writes
+//! only its own slot and signals only its own job's process group.
+//!
+//! Signals (blocked and read from a signalfd):
+//! - `SIGTERM`: retire: finish the current job, then exit 0.
+//! - `SIGINT`:  kill the current job's process group now and exit.
+//! - `SIGUSR2`: the supervisor asks to cancel the job named in the slot's
+//!   `cancel_req` (ignored when it names another job).
+//! - `SIGHUP`, `SIGUSR1`, `SIGTTIN`, `SIGTTOU`: ignored (the supervisor's
+//!   business; blocked here so that handlers get default dispositions).
+
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::config::Config;
+use crate::job::{AfterJob, Runner};
+use crate::scoreboard::{Scoreboard, SlotState};
+
+/// The signals a worker reads from its signalfd.
+pub(crate) fn worker_sigset() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Opens the signalfd for the worker signals (already blocked).
+pub(crate) fn worker_signalfd() -> std::io::Result<SignalFd> {
+    let set = worker_sigset();
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)
+}
+
+const LISTENER: u64 = 1;
+const SIGNALS: u64 = 2;
+
+/// Runs the accept loop until the worker must exit; returns the exit code.
+pub(crate) fn run(
+    cfg: &Config,
+    sb: &Scoreboard,
+    slot: usize,
+    listener: &TcpListener,
+    sigfd: &SignalFd,
+    wake: Option<&nix::sys::eventfd::EventFd>,
+) -> i32 {
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(slot, error = %e, "failed to create epoll in worker");
+            return 1;
+        }
+    };
+    let add = epoll
+        .add(listener.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER))
+        .and_then(|_| epoll.add(sigfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS)));
+    if let Err(e) = add {
+        tracing::error!(slot, error = %e, "failed to register fds in worker epoll");
+        return 1;
+    }
+    let runner = Runner { cfg, sb, slot, sigfd, wake };
+    let board = sb.slot(slot);
+    let mut after = AfterJob::default();
+    let mut events = [EpollEvent::empty(); 2];
+    loop {
+        if after.exit_now || after.retire {
+            board.set_state(SlotState::Exiting);
+            return 0;
+        }
+        board.set_state(SlotState::Idle);
+        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(slot, error = %e, "epoll_wait failed in worker");
+                return 1;
+            }
+        };
+        let mut readable = false;
+        for ev in &events[..n] {
+            match ev.data() {
+                SIGNALS => {
+                    while let Ok(Some(info)) = sigfd.read_signal() {
+                        match Signal::try_from(info.ssi_signo as i32) {
+                            Ok(Signal::SIGTERM) => after.retire = true,
+                            Ok(Signal::SIGINT) => after.exit_now = true,
+                            _ => {}
+                        }
+                    }
+                }
+                LISTENER => readable = true,
+                _ => {}
+            }
+        }
+        if !readable || after.retire || after.exit_now {
+            continue;
+        }
+        match listener.accept() {
+            Ok((conn, _)) => {
+                let a = runner.serve(conn);
+                after.retire |= a.retire;
+                after.exit_now |= a.exit_now;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE, ENOBUFS, ECONNABORTED...: log and go on; the
+                // client stays in the backlog or is gone.
+                tracing::warn!(slot, error = %e, "accept failed");
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
