@@ -1,0 +1,320 @@
+//! The integration harness: starts the real `jobd` binary on 127.0.0.1:0,
+//! reads the bound port from its log, collects its stderr, and on `Drop`
+//! stops it and every process it started (found by a tag in their
+//! environment), by PID.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous deadline for anything a test waits on.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub fn jobd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_jobd")
+}
+
+/// A unique tag put in jobd's environment; every process it starts
+/// inherits it, so that the test can find them all.
+fn new_tag() -> String {
+    format!("{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+type Log = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+pub struct Jobd {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub tag: String,
+    log: Log,
+    exited: Option<ExitStatus>,
+}
+
+/// Writes an executable shell script into `dir` and returns its path.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("jobd-test-").tempdir().unwrap()
+}
+
+/// Runs jobd to completion (for bad-input tests): (status, stdout, stderr).
+pub fn run_jobd(args: &[&str]) -> (ExitStatus, String, String) {
+    let tag = new_tag();
+    let mut child = Command::new(jobd_bin())
+        .args(args)
+        .env("JOBD_TEST_TAG", &tag)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            let mut err = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            assert_no_tagged(&tag);
+            return (st, out, err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            kill_tagged(&tag);
+            panic!("jobd {args:?} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Jobd {
+    /// Starts jobd in a fresh temp dir with `args` (plus `--listen
+    /// 127.0.0.1:0` unless args has `--listen`) and waits for its port.
+    pub fn start(args: &[&str]) -> Jobd {
+        Jobd::start_in(tempdir(), args)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Jobd {
+        let tag = new_tag();
+        let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if !args.contains(&"--listen") {
+            full.insert(0, "127.0.0.1:0".into());
+            full.insert(0, "--listen".into());
+        }
+        let mut child = Command::new(jobd_bin())
+            .args(&full)
+            .env("JOBD_TEST_TAG", &tag)
+            .env_remove("JOBD_LOG")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (m, cv) = &*l2;
+                m.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        let mut j = Jobd { child, addr: "0.0.0.0:0".parse().unwrap(), dir, tag, log, exited: None };
+        let line = j.wait_log(|l| l.contains("listening on "));
+        let rest = line.split("listening on ").nth(1).unwrap();
+        let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap();
+        j.addr = addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        j
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    pub fn dump(&self) -> String {
+        self.logs().join("\n")
+    }
+
+    pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.logs().iter().filter(|l| pred(l)).count()
+    }
+
+    /// Waits for a log line matching `pred`; panics with the log on timeout.
+    pub fn wait_log(&self, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_log_n(1, &pred).pop().unwrap()
+    }
+
+    /// Waits until `n` log lines match `pred`; returns them.
+    pub fn wait_log_n(&self, n: usize, pred: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + DEADLINE;
+        let (m, cv) = &*self.log;
+        let mut g = m.lock().unwrap();
+        loop {
+            let found: Vec<String> = g.iter().filter(|l| pred(l)).cloned().collect();
+            if found.len() >= n {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let all = g.join("\n");
+                drop(g);
+                panic!("timed out waiting for {n} matching log lines; log:\n{all}");
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for jobd to exit; panics after the deadline.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                self.exited = Some(s);
+                return s;
+            }
+            assert!(Instant::now() < deadline, "jobd did not exit; log:\n{}", self.dump());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s
+    }
+
+    /// Sends `input`, keeps the connection open, reads one line.
+    pub fn request_line(&self, input: &str) -> (TcpStream, String) {
+        let mut s = self.connect();
+        s.write_all(input.as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+        (s, line)
+    }
+
+    /// `jobd status --scoreboard PATH --json`.
+    pub fn status_json(sb: &Path) -> serde_json::Value {
+        let out = Command::new(jobd_bin()).args(["status", "--scoreboard"]).arg(sb).arg("--json").output().unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Processes still alive that carry this jobd's tag (jobd itself,
+    /// workers, handlers and their children).
+    pub fn tagged(&self) -> Vec<i32> {
+        tagged_pids(&self.tag)
+    }
+
+    /// Stops jobd with SIGTERM, expects exit 0 and no tagged process left.
+    pub fn stop_clean(&mut self) {
+        self.signal("TERM");
+        let st = self.wait_exit();
+        assert!(st.success(), "jobd exited with {st:?}; log:\n{}", self.dump());
+        wait_gone(&self.tag);
+    }
+}
+
+impl Drop for Jobd {
+    fn drop(&mut self) {
+        if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").args(["-INT", &self.pid().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        kill_tagged(&self.tag);
+    }
+}
+
+/// Live (non-zombie) processes whose environment has JOBD_TEST_TAG=tag.
+pub fn tagged_pids(tag: &str) -> Vec<i32> {
+    let needle = format!("JOBD_TEST_TAG={tag}\0");
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if !env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if state != Some('Z') && state.is_some() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn kill_tagged(tag: &str) {
+    for pid in tagged_pids(tag) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+}
+
+/// Waits until no tagged process is alive; panics naming them otherwise.
+pub fn wait_gone(tag: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = tagged_pids(tag);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let desc: Vec<String> = left
+                .iter()
+                .map(|p| format!("{p}: {}", std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ")))
+                .collect();
+            kill_tagged(tag);
+            panic!("processes left behind: {desc:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_no_tagged(tag: &str) {
+    wait_gone(tag);
+}
+
+/// Whether process `pid` is alive (not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(") ").next().and_then(|s| s.chars().next()) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pred` holds; panics with `what` after the deadline.
+pub fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads a pid written by a handler into `path`, waiting for the file.
+pub fn read_pid(path: &Path) -> i32 {
+    let mut pid = 0;
+    wait_until(&format!("pid file {}", path.display()), || {
+        pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        pid > 0
+    });
+    pid
+}
