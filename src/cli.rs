@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat, parse_duration};
+use crate::config::{
+    Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat,
+    parse_duration,
+};
 
 /// jobd: a connection-aware prefork job server.
 ///
@@ -86,15 +89,15 @@ pub struct RunArgs {
     pub scoreboard: Option<PathBuf>,
 
     /// On SIGTERM, how long running jobs may finish before they are killed.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration, allow_hyphen_values = true)]
     pub grace: Duration,
 
     /// When cancelling a job: SIGTERM, then SIGKILL after this.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration, allow_hyphen_values = true)]
     pub kill_grace: Duration,
 
     /// Period of the disconnect scan.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration, allow_hyphen_values = true)]
     pub check_interval: Duration,
 
     /// Socket table for the disconnect scan (auto: sock_diag, else procfs).
@@ -111,7 +114,7 @@ pub struct RunArgs {
     pub on_fin: FinPolicy,
 
     /// TCP keepalive idle time and TCP_USER_TIMEOUT for clients (0: off).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
     pub keepalive: Duration,
 
     /// What to do when a client disconnects and no hook decided.
@@ -124,7 +127,7 @@ pub struct RunArgs {
     pub disconnect_hook: Option<PathBuf>,
 
     /// Time limit for --disconnect-hook.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration, allow_hyphen_values = true)]
     pub hook_timeout: Duration,
 
     /// Log format on stderr.
@@ -144,7 +147,10 @@ impl RunArgs {
     /// Validates the arguments into a configuration.
     pub fn to_config(&self) -> Result<Config, ConfigError> {
         let program = self.script.clone().ok_or(ConfigError::NoJob)?;
-        let mut c = Config::new(JobSpec::Handler { program, args: self.script_args.clone() });
+        let mut c = Config::new(JobSpec::Handler {
+            program,
+            args: self.script_args.clone(),
+        });
         c.listen = self.listen;
         c.prefork = self.prefork as usize;
         c.scoreboard = self.scoreboard.clone();
@@ -169,7 +175,9 @@ mod tests {
 
     #[test]
     fn parses_the_documented_command() {
-        let cli = Cli::try_parse_from(["jobd", "--prefork", "4", "--script", "/bin/cat", "--", "-u"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["jobd", "--prefork", "4", "--script", "/bin/cat", "--", "-u"])
+                .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.run.prefork, 4);
         assert_eq!(cli.run.script_args, vec![OsString::from("-u")]);
@@ -180,17 +188,25 @@ mod tests {
 
     #[test]
     fn rejects_bad_numbers_and_addresses() {
-        assert!(Cli::try_parse_from(["jobd", "--prefork", "many", "--script", "/bin/cat"]).is_err());
-        assert!(Cli::try_parse_from(["jobd", "--prefork", "10001", "--script", "/bin/cat"]).is_err());
-        assert!(Cli::try_parse_from(["jobd", "--listen", "nowhere:x", "--script", "/bin/cat"]).is_err());
+        assert!(
+            Cli::try_parse_from(["jobd", "--prefork", "many", "--script", "/bin/cat"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["jobd", "--prefork", "10001", "--script", "/bin/cat"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["jobd", "--listen", "nowhere:x", "--script", "/bin/cat"]).is_err()
+        );
         assert!(Cli::try_parse_from(["jobd", "--grace", "-1s", "--script", "/bin/cat"]).is_err());
-        let ok = Cli::try_parse_from(["jobd", "--listen", "[::1]:0", "--script", "/bin/cat"]).unwrap();
+        let ok =
+            Cli::try_parse_from(["jobd", "--listen", "[::1]:0", "--script", "/bin/cat"]).unwrap();
         assert!(ok.run.listen.is_ipv6());
     }
 
     #[test]
     fn status_subcommand() {
-        let cli = Cli::try_parse_from(["jobd", "status", "--scoreboard", "/tmp/x", "--json"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["jobd", "status", "--scoreboard", "/tmp/x", "--json"]).unwrap();
         match cli.command {
             Some(Command::Status(s)) => assert!(s.json),
             _ => panic!("expected status"),

@@ -201,10 +201,13 @@ impl Config {
         }
         if let JobSpec::Handler { program, .. } = &self.job {
             check_program(program).map_err(|e| match e {
-                ProgramError::Missing => ConfigError::ScriptMissing { path: program.display().to_string() },
-                ProgramError::Bad(why) => {
-                    ConfigError::ScriptNotExecutable { path: program.display().to_string(), why }
-                }
+                ProgramError::Missing => ConfigError::ScriptMissing {
+                    path: program.display().to_string(),
+                },
+                ProgramError::Bad(why) => ConfigError::ScriptNotExecutable {
+                    path: program.display().to_string(),
+                    why,
+                },
             })?;
         }
         if let Some(hook) = &self.disconnect_hook {
@@ -229,7 +232,9 @@ impl Config {
             }
         }
         if self.check_interval.is_zero() {
-            return Err(ConfigError::ZeroDuration { flag: "--check-interval" });
+            return Err(ConfigError::ZeroDuration {
+                flag: "--check-interval",
+            });
         }
         Ok(())
     }
@@ -269,17 +274,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
         if t.starts_with('-') {
             return Err(format!("{s:?} is negative; durations are 0 or more"));
         }
-        return Err(format!("{s:?} is not a duration (use e.g. 100ms, 2s, 1m or a number of seconds)"));
+        return Err(format!(
+            "{s:?} is not a duration (use e.g. 100ms, 2s, 1m or a number of seconds)"
+        ));
     }
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (use e.g. 100ms, 2s, 1m or a number of seconds)"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration (use e.g. 100ms, 2s, 1m or a number of seconds)")
+    })?;
     let scale = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 1e-3,
@@ -315,13 +324,31 @@ mod tests {
 
     #[test]
     fn validate_rejects_missing_script_and_dir() {
-        let mut c = Config::new(JobSpec::Handler { program: "/nonexistent/x".into(), args: vec![] });
-        assert!(matches!(c.validate(), Err(ConfigError::ScriptMissing { .. })));
-        c.job = JobSpec::Handler { program: "/etc/hostname".into(), args: vec![] };
-        assert!(matches!(c.validate(), Err(ConfigError::ScriptNotExecutable { .. })));
-        c.job = JobSpec::Handler { program: "/bin/cat".into(), args: vec![] };
+        let mut c = Config::new(JobSpec::Handler {
+            program: "/nonexistent/x".into(),
+            args: vec![],
+        });
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ScriptMissing { .. })
+        ));
+        c.job = JobSpec::Handler {
+            program: "/etc/hostname".into(),
+            args: vec![],
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ScriptNotExecutable { .. })
+        ));
+        c.job = JobSpec::Handler {
+            program: "/bin/cat".into(),
+            args: vec![],
+        };
         c.validate().unwrap();
         c.scoreboard = Some("/nonexistent-dir/sb".into());
-        assert!(matches!(c.validate(), Err(ConfigError::ScoreboardDir { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ScoreboardDir { .. })
+        ));
     }
 }

@@ -14,7 +14,6 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
@@ -116,14 +115,13 @@ fn ip_str(a: &SocketAddr) -> String {
 
 /// Whether the client is already gone (checked right after accept).
 fn client_gone(conn: &TcpStream, on_fin: FinPolicy) -> bool {
-    let mut ev = PollFlags::from_bits_retain(libc::POLLRDHUP);
-    let mut fds = [PollFd::new(conn.as_fd(), ev)];
-    if nix::poll::poll(&mut fds, PollTimeout::ZERO).is_err() {
+    let mut fds = [sys::Polled::new(conn.as_fd(), libc::POLLRDHUP)];
+    if sys::poll(&mut fds, Some(Duration::ZERO)).is_err() {
         return false;
     }
-    ev = fds[0].revents().unwrap_or(PollFlags::empty());
-    let hard = ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
-    let fin = ev.bits() & libc::POLLRDHUP != 0;
+    let ev = fds[0].revents;
+    let hard = ev & (libc::POLLHUP | libc::POLLERR) != 0;
+    let fin = ev & libc::POLLRDHUP != 0;
     hard || (fin && on_fin == FinPolicy::Cancel)
 }
 
@@ -158,7 +156,10 @@ impl Runner<'_> {
             (Ok(p), Ok(l)) => (p, l),
             _ => {
                 // ENOTCONN: reset before we could ask.
-                self.sb.header().gone_before_start.fetch_add(1, Ordering::Relaxed);
+                self.sb
+                    .header()
+                    .gone_before_start
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(slot, pid, "client gone before job start");
                 return AfterJob::default();
             }
@@ -167,12 +168,17 @@ impl Runner<'_> {
             tracing::warn!(slot, pid, peer = %peer, error = %e, "failed to set keepalive on client socket");
         }
         if client_gone(&conn, self.cfg.on_fin) {
-            self.sb.header().gone_before_start.fetch_add(1, Ordering::Relaxed);
+            self.sb
+                .header()
+                .gone_before_start
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(slot, pid, peer = %peer, "client gone before job start");
             return AfterJob::default();
         }
         let cookie = sys::socket_cookie(conn.as_fd()).unwrap_or(0);
-        let inode = nix::sys::stat::fstat(conn.as_fd()).map(|s| s.st_ino).unwrap_or(0);
+        let inode = nix::sys::stat::fstat(conn.as_fd())
+            .map(|s| s.st_ino)
+            .unwrap_or(0);
         let job_id = self.sb.next_job_id();
         let mut view = JobView {
             job_id,
@@ -193,11 +199,16 @@ impl Runner<'_> {
                         view.pgid = child.id() as i32;
                         self.board().begin_job(&view);
                         tracing::info!(slot, pid, job = job_id, peer = %peer, handler_pid = child.id(), "job started");
-                        self.wait_handler(child, &conn, job_id)
+                        self.wait_handler(child, &conn, job_id, peer, started)
                     }
                     Err(e) => {
                         tracing::error!(slot, pid, job = job_id, peer = %peer, program = %program.display(), error = %e, "failed to start handler");
-                        (Outcome::Failed, format!("exec error: {e}"), 0, AfterJob::default())
+                        (
+                            Outcome::Failed,
+                            format!("exec error: {e}"),
+                            0,
+                            AfterJob::default(),
+                        )
                     }
                 }
             }
@@ -205,7 +216,13 @@ impl Runner<'_> {
                 view.kind = job_kind::CLOSURE;
                 self.board().begin_job(&view);
                 tracing::info!(slot, pid, job = job_id, peer = %peer, "job started");
-                let ctx = JobContext { job_id, slot, peer, local, board_slot: self.board() };
+                let ctx = JobContext {
+                    job_id,
+                    slot,
+                    peer,
+                    local,
+                    board_slot: self.board(),
+                };
                 let stream = match conn.try_clone() {
                     Ok(s) => s,
                     Err(e) => {
@@ -222,7 +239,11 @@ impl Runner<'_> {
                     (Ok(()), _) => (Outcome::Done, "ok".to_string()),
                     (Err(e), _) => (Outcome::Failed, format!("error: {e}")),
                 };
-                let r = if req { self.board().cancel_reason.load(Ordering::Relaxed) } else { 0 };
+                let r = if req {
+                    self.board().cancel_reason.load(Ordering::Relaxed)
+                } else {
+                    0
+                };
                 (outcome, status, r, self.drain_signals_after_closure())
             }
         };
@@ -273,54 +294,83 @@ impl Runner<'_> {
 
     /// Waits for the handler, watching the client and the worker's signals.
     /// Returns (outcome, status, cancel reason, after).
-    fn wait_handler(&self, mut child: std::process::Child, conn: &TcpStream, job_id: u64) -> (Outcome, String, u32, AfterJob) {
+    fn wait_handler(
+        &self,
+        mut child: std::process::Child,
+        conn: &TcpStream,
+        job_id: u64,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> (Outcome, String, u32, AfterJob) {
         let pgid = Pid::from_raw(child.id() as i32);
         let mut after = AfterJob::default();
         let mut watch = self.cfg.worker_watch;
-        let mut watch_events = if self.cfg.on_fin == FinPolicy::Cancel {
-            PollFlags::from_bits_retain(libc::POLLRDHUP)
+        let mut watch_events: i16 = if self.cfg.on_fin == FinPolicy::Cancel {
+            libc::POLLRDHUP
         } else {
-            PollFlags::empty()
+            0
         };
         let mut cancel: u32 = 0;
         let mut kill_at: Option<Instant> = None;
         loop {
-            let timeout = match kill_at {
-                Some(t) => PollTimeout::try_from(t.saturating_duration_since(Instant::now()))
-                    .unwrap_or(PollTimeout::MAX),
-                None => PollTimeout::NONE,
-            };
+            let timeout = kill_at.map(|t| t.saturating_duration_since(Instant::now()));
             let (sig_ready, conn_ev) = {
-                let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
-                if watch {
-                    fds.push(PollFd::new(conn.as_fd(), watch_events));
-                }
-                match nix::poll::poll(&mut fds, timeout) {
+                let mut fds = [
+                    sys::Polled::new(self.sigfd.as_fd(), libc::POLLIN),
+                    sys::Polled::new(conn.as_fd(), watch_events),
+                ];
+                let n = if watch { 2 } else { 1 };
+                match sys::poll(&mut fds[..n], timeout) {
                     Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::error!(slot = self.slot, error = %e, "poll failed in worker");
+                        tracing::error!(slot = self.slot, error = %e, "poll failed in worker")
                     }
                 }
-                (
-                    fds[0].revents().is_some_and(|r| !r.is_empty()),
-                    fds.get(1).and_then(|f| f.revents()).unwrap_or(PollFlags::empty()),
-                )
+                (fds[0].revents != 0, if watch { fds[1].revents } else { 0 })
             };
-            if !conn_ev.is_empty() {
-                let hard = conn_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
-                if hard || (conn_ev.bits() & libc::POLLRDHUP != 0 && self.cfg.on_fin == FinPolicy::Cancel) {
+            if conn_ev != 0 {
+                let hard = conn_ev & (libc::POLLHUP | libc::POLLERR) != 0;
+                if hard || (conn_ev & libc::POLLRDHUP != 0 && self.cfg.on_fin == FinPolicy::Cancel)
+                {
                     let b = self.board();
-                    b.hangup_kind.store(if hard { 2 } else { 1 }, Ordering::Relaxed);
-                    b.hangup_mono_ns.store(sys::monotonic_ns(), Ordering::Release);
-                    if let Some(w) = self.wake {
-                        let _ = w.write(1);
+                    b.hangup_kind
+                        .store(if hard { 2 } else { 1 }, Ordering::Relaxed);
+                    b.hangup_mono_ns
+                        .store(sys::monotonic_ns(), Ordering::Release);
+                    match self.wake {
+                        Some(w) => {
+                            let _ = w.write(1);
+                        }
+                        None if cancel == 0 => {
+                            // `--prefork 0`: no supervisor; the one process
+                            // cancels its own job on what it saw.
+                            cancel = if hard {
+                                reason::CLIENT_RESET
+                            } else {
+                                reason::CLIENT_CLOSED
+                            };
+                            self.sb
+                                .header()
+                                .cancelled_disconnect
+                                .fetch_add(1, Ordering::Relaxed);
+                            let ran_ms = started.elapsed().as_millis() as u64;
+                            tracing::info!(slot = self.slot, pid = std::process::id(), job = job_id, peer = %peer, reason = %reason::name(cancel), ran_ms, seen_after_ms = 0, seen_by = "worker-watch", "job cancelled");
+                            let _ = sys::kill_group(pgid, Signal::SIGTERM);
+                            kill_at = Some(Instant::now() + self.cfg.kill_grace);
+                        }
+                        None => {}
                     }
-                    tracing::debug!(slot = self.slot, job = job_id, hard, "worker saw its client hang up");
+                    tracing::debug!(
+                        slot = self.slot,
+                        job = job_id,
+                        hard,
+                        "worker saw its client hang up"
+                    );
                     watch = false;
                 } else {
                     // A FIN under --on-fin keep: from now on only a reset counts.
-                    watch_events = PollFlags::empty();
+                    watch_events = 0;
                 }
             }
             if sig_ready {
@@ -354,14 +404,20 @@ impl Runner<'_> {
             }
             // Has the handler exited? Peek without reaping: while it is an
             // unreaped zombie its group id cannot be recycled.
-            match nix::sys::wait::waitid(Id::Pid(pgid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+            match nix::sys::wait::waitid(
+                Id::Pid(pgid),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            ) {
                 Ok(WaitStatus::StillAlive) => continue,
                 Ok(_) => {
                     // The job is over: whatever it left in its group goes too.
                     let _ = sys::kill_group(pgid, Signal::SIGKILL);
                     self.board().job_pgid.store(0, Ordering::Release);
                     let status = child.wait();
-                    let desc = status.as_ref().map(|s| describe(*s)).unwrap_or_else(|e| format!("wait error: {e}"));
+                    let desc = status
+                        .as_ref()
+                        .map(|s| describe(*s))
+                        .unwrap_or_else(|e| format!("wait error: {e}"));
                     let outcome = if cancel != 0 {
                         Outcome::Cancelled
                     } else if status.as_ref().is_ok_and(|s| s.success()) {

@@ -75,6 +75,8 @@ mod supervisor;
 mod sys;
 mod worker;
 
-pub use config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat};
+pub use config::{
+    Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat,
+};
 pub use hooks::{DisconnectEvent, DisconnectReason, InitInfo, JobContext, Verdict};
 pub use server::{Error, Server, ServerBuilder};

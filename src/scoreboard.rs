@@ -140,7 +140,8 @@ impl AtomicAddr {
             Some(SocketAddr::V6(a)) => {
                 let o = a.ip().octets();
                 for i in 0..4 {
-                    let w = u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                    let w =
+                        u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
                     self.ip[i].store(w, Ordering::Relaxed);
                 }
                 self.port.store(a.port() as u32, Ordering::Relaxed);
@@ -160,7 +161,8 @@ impl AtomicAddr {
             6 => {
                 let mut o = [0u8; 16];
                 for i in 0..4 {
-                    o[4 * i..4 * i + 4].copy_from_slice(&self.ip[i].load(Ordering::Relaxed).to_be_bytes());
+                    o[4 * i..4 * i + 4]
+                        .copy_from_slice(&self.ip[i].load(Ordering::Relaxed).to_be_bytes());
                 }
                 Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                     Ipv6Addr::from(o),
@@ -301,7 +303,8 @@ impl Slot {
         self.jobs_served.store(0, Ordering::Relaxed);
         self.pid.store(pid, Ordering::Relaxed);
         self.generation.store(generation, Ordering::Relaxed);
-        self.worker_start_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.worker_start_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
         self.set_state(SlotState::Starting);
     }
 
@@ -322,8 +325,10 @@ impl Slot {
         self.inode.store(job.inode, Ordering::Relaxed);
         self.peer.store(job.peer);
         self.local.store(job.local);
-        self.job_start_unix_ms.store(job.start_unix_ms, Ordering::Relaxed);
-        self.job_start_mono_ns.store(job.start_mono_ns, Ordering::Relaxed);
+        self.job_start_unix_ms
+            .store(job.start_unix_ms, Ordering::Relaxed);
+        self.job_start_mono_ns
+            .store(job.start_mono_ns, Ordering::Relaxed);
         self.hangup_mono_ns.store(0, Ordering::Relaxed);
         self.hangup_kind.store(0, Ordering::Relaxed);
         self.job_phase.store(job_phase::RUNNING, Ordering::Relaxed);
@@ -405,7 +410,10 @@ impl Scoreboard {
     /// Creates (or truncates) a scoreboard file, mode 0640, without
     /// following a symlink at `path`.
     pub fn create(path: &Path, nslots: usize) -> Result<Scoreboard, ScoreboardError> {
-        let err = |source| ScoreboardError::Create { path: path.display().to_string(), source };
+        let err = |source| ScoreboardError::Create {
+            path: path.display().to_string(),
+            source,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -417,7 +425,8 @@ impl Scoreboard {
             .map_err(err)?;
         // The mode is applied only on creation; enforce it on reuse too.
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(err)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o640))
+            .map_err(err)?;
         file.set_len(size_for(nslots) as u64).map_err(err)?;
         let map = SharedMap::file(&file, size_for(nslots), true).map_err(err)?;
         let sb = Scoreboard { map, nslots };
@@ -428,9 +437,18 @@ impl Scoreboard {
     /// Opens an existing scoreboard file read-only, checking that it is one.
     pub fn open_read(path: &Path) -> Result<Scoreboard, ScoreboardError> {
         let p = path.display().to_string();
-        let file = File::open(path).map_err(|source| ScoreboardError::Open { path: p.clone(), source })?;
-        let not = |why: &str| ScoreboardError::NotAScoreboard { path: p.clone(), why: why.into() };
-        let meta = file.metadata().map_err(|source| ScoreboardError::Open { path: p.clone(), source })?;
+        let file = File::open(path).map_err(|source| ScoreboardError::Open {
+            path: p.clone(),
+            source,
+        })?;
+        let not = |why: &str| ScoreboardError::NotAScoreboard {
+            path: p.clone(),
+            why: why.into(),
+        };
+        let meta = file.metadata().map_err(|source| ScoreboardError::Open {
+            path: p.clone(),
+            source,
+        })?;
         if !meta.is_file() {
             return Err(not("not a regular file"));
         }
@@ -438,8 +456,11 @@ impl Scoreboard {
         if len < HEADER_SIZE {
             return Err(not("too short"));
         }
-        let head = SharedMap::file(&file, HEADER_SIZE, false)
-            .map_err(|source| ScoreboardError::Open { path: p.clone(), source })?;
+        let head =
+            SharedMap::file(&file, HEADER_SIZE, false).map_err(|source| ScoreboardError::Open {
+                path: p.clone(),
+                source,
+            })?;
         let h: &Header = head.get(0);
         if h.magic.load(Ordering::Acquire) != MAGIC {
             return Err(not("bad magic"));
@@ -449,8 +470,12 @@ impl Scoreboard {
             return Err(not("bad slot count or size"));
         }
         drop(head);
-        let map = SharedMap::file(&file, size_for(nslots), false)
-            .map_err(|source| ScoreboardError::Open { path: p.clone(), source })?;
+        let map = SharedMap::file(&file, size_for(nslots), false).map_err(|source| {
+            ScoreboardError::Open {
+                path: p.clone(),
+                source,
+            }
+        })?;
         Ok(Scoreboard { map, nslots })
     }
 
@@ -550,8 +575,14 @@ mod tests {
         assert_eq!(r.slot(2).pid.load(Ordering::Relaxed), 4242);
         let g = dir.join("garbage");
         std::fs::write(&g, vec![7u8; 4096]).unwrap();
-        assert!(matches!(Scoreboard::open_read(&g), Err(ScoreboardError::NotAScoreboard { .. })));
-        assert!(matches!(Scoreboard::open_read(&dir.join("missing")), Err(ScoreboardError::Open { .. })));
+        assert!(matches!(
+            Scoreboard::open_read(&g),
+            Err(ScoreboardError::NotAScoreboard { .. })
+        ));
+        assert!(matches!(
+            Scoreboard::open_read(&dir.join("missing")),
+            Err(ScoreboardError::Open { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -111,7 +111,10 @@ impl ServerBuilder {
     /// Runs `program` with `args` for each client, the connection on stdin
     /// and stdout.
     pub fn handler(mut self, program: impl Into<PathBuf>, args: Vec<std::ffi::OsString>) -> Self {
-        self.cfg.job = JobSpec::Handler { program: program.into(), args };
+        self.cfg.job = JobSpec::Handler {
+            program: program.into(),
+            args,
+        };
         self.job_set = true;
         self
     }
@@ -216,7 +219,10 @@ impl ServerBuilder {
             return Err(ConfigError::NoJob.into());
         }
         self.cfg.validate()?;
-        Ok(Server { cfg: self.cfg, hooks: self.hooks })
+        Ok(Server {
+            cfg: self.cfg,
+            hooks: self.hooks,
+        })
     }
 }
 
@@ -230,7 +236,10 @@ impl Server {
     /// A builder with the defaults.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
-            cfg: Config::new(JobSpec::Handler { program: PathBuf::new(), args: vec![] }),
+            cfg: Config::new(JobSpec::Handler {
+                program: PathBuf::new(),
+                args: vec![],
+            }),
             job_set: false,
             hooks: Hooks::default(),
         }
@@ -249,25 +258,37 @@ impl Server {
         if threads > 1 {
             return Err(Error::Threaded(threads));
         }
-        let listener = bind(self.cfg.listen, self.cfg.backlog).map_err(|source| Error::Bind { addr: self.cfg.listen, source })?;
+        let listener = bind(self.cfg.listen, self.cfg.backlog).map_err(|source| Error::Bind {
+            addr: self.cfg.listen,
+            source,
+        })?;
         let local = listener.local_addr().map_err(Error::Setup)?;
         let sb = match &self.cfg.scoreboard {
             Some(p) => Scoreboard::create(p, self.cfg.slots())?,
             None => Scoreboard::anonymous(self.cfg.slots())?,
         };
         let h = sb.header();
-        h.supervisor_pid.store(std::process::id() as i32, Ordering::Relaxed);
+        h.supervisor_pid
+            .store(std::process::id() as i32, Ordering::Relaxed);
         h.prefork.store(self.cfg.prefork as u32, Ordering::Relaxed);
         sb.set_listen(local);
         sys::ignore_sigpipe().map_err(Error::Setup)?;
-        tracing::info!(prefork = self.cfg.prefork, pid = std::process::id(), "listening on {local}");
+        tracing::info!(
+            prefork = self.cfg.prefork,
+            pid = std::process::id(),
+            "listening on {local}"
+        );
         if let Some(f) = &self.hooks.after_init {
             f(&InitInfo { local_addr: local });
         }
         if self.cfg.prefork == 0 {
             let code = run_inline(&self.cfg, &self.hooks, &sb, &listener);
             sb.header().supervisor_pid.store(0, Ordering::Release);
-            return if code == 0 { Ok(()) } else { Err(Error::Setup(std::io::Error::other("worker loop failed"))) };
+            return if code == 0 {
+                Ok(())
+            } else {
+                Err(Error::Setup(std::io::Error::other("worker loop failed")))
+            };
         }
         let sup = Supervisor::new(&self.cfg, &self.hooks, &sb, &listener).map_err(Error::Setup)?;
         sup.run();
@@ -331,17 +352,31 @@ pub(crate) fn worker_main(
             return 1;
         }
     };
-    sb.slot(slot).pid.store(std::process::id() as i32, Ordering::Relaxed);
+    sb.slot(slot)
+        .pid
+        .store(std::process::id() as i32, Ordering::Relaxed);
     crate::worker::run(cfg, sb, slot, listener, &sigfd, wake)
 }
 
 /// Binds a listening TCP socket with SO_REUSEADDR and the given backlog.
 fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     let backlog = backlog.min(sys::somaxconn().max(128));
-    socket::listen(&fd, socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN))?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
     Ok(TcpListener::from(fd))
 }

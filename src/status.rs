@@ -144,7 +144,11 @@ impl Status {
     /// The human-readable table.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let state = if self.running { "running" } else { "not running" };
+        let state = if self.running {
+            "running"
+        } else {
+            "not running"
+        };
         out.push_str(&format!(
             "jobd {} (pid {}) on {}, generation {}\n",
             state,
@@ -177,7 +181,9 @@ impl Status {
                 s.pid,
                 s.state.as_str(),
                 s.generation,
-                s.job_id.map(|j| j.to_string()).unwrap_or_else(|| "-".into()),
+                s.job_id
+                    .map(|j| j.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 s.peer.as_deref().unwrap_or("-"),
                 s.job_age_ms.map(fmt_age).unwrap_or_else(|| "-".into()),
                 s.jobs_served

@@ -36,10 +36,22 @@ fn echo_and_tcpserver_environment_ipv4() {
     drop(s);
     // Start and end are logged with their fields.
     let end = j.wait_log(|l| l.contains("job ended"));
-    for f in ["slot=", "pid=", "job=", "peer=127.0.0.1:", "duration_ms=", "status=\"exit 0\"", "outcome=done"] {
+    for f in [
+        "slot=",
+        "pid=",
+        "job=",
+        "peer=127.0.0.1:",
+        "duration_ms=",
+        "status=\"exit 0\"",
+        "outcome=done",
+    ] {
         assert!(end.contains(f), "{f} missing in {end}");
     }
-    assert!(j.logs().iter().any(|l| l.contains("job started") && l.contains("peer=127.0.0.1:")));
+    assert!(
+        j.logs()
+            .iter()
+            .any(|l| l.contains("job started") && l.contains("peer=127.0.0.1:"))
+    );
     j.stop_clean();
 }
 
@@ -47,7 +59,17 @@ fn echo_and_tcpserver_environment_ipv4() {
 fn echo_over_ipv6() {
     let dir = tempdir();
     let h = script(dir.path(), "h.sh", ENV_ECHO);
-    let mut j = Jobd::start_in(dir, &["--listen", "[::1]:0", "--prefork", "1", "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--listen",
+            "[::1]:0",
+            "--prefork",
+            "1",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
     assert!(j.addr.is_ipv6());
     let (_s, line) = j.request_line("six\n");
     assert_eq!(field(&line, "proto"), "TCP6");
@@ -60,7 +82,18 @@ fn echo_over_ipv6() {
 fn handler_arguments_after_double_dash() {
     let dir = tempdir();
     let h = script(dir.path(), "h.sh", r#"echo "args=$1,$2""#);
-    let mut j = Jobd::start_in(dir, &["--prefork", "1", "--script", h.to_str().unwrap(), "--", "a b", "-c"]);
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--script",
+            h.to_str().unwrap(),
+            "--",
+            "a b",
+            "-c",
+        ],
+    );
     let (_s, line) = j.request_line("");
     assert_eq!(line.trim(), "args=a b,-c");
     j.stop_clean();
@@ -72,8 +105,22 @@ fn n_clients_are_served_by_n_workers_at_once() {
     let sb = dir.path().join("sb");
     // Each job says "ready" and then waits for the client: all four can only
     // be ready together if four workers run them at the same time.
-    let h = script(dir.path(), "h.sh", "echo ready\nIFS= read -r x\necho \"bye $x\"");
-    let mut j = Jobd::start_in(dir, &["--prefork", "4", "--scoreboard", sb.to_str().unwrap(), "--script", h.to_str().unwrap()]);
+    let h = script(
+        dir.path(),
+        "h.sh",
+        "echo ready\nIFS= read -r x\necho \"bye $x\"",
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "4",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
     let mut conns = vec![];
     for _ in 0..4 {
         let (s, line) = j.request_line("");
@@ -82,9 +129,19 @@ fn n_clients_are_served_by_n_workers_at_once() {
     }
     let st = Jobd::status_json(&sb);
     assert_eq!(st["totals"]["busy"], 4, "{st}");
-    let slots: Vec<u64> = st["slots"].as_array().unwrap().iter().map(|s| s["slot"].as_u64().unwrap()).collect();
+    let slots: Vec<u64> = st["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["slot"].as_u64().unwrap())
+        .collect();
     assert_eq!(slots.len(), 4);
-    let pids: std::collections::HashSet<i64> = st["slots"].as_array().unwrap().iter().map(|s| s["pid"].as_i64().unwrap()).collect();
+    let pids: std::collections::HashSet<i64> = st["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_i64().unwrap())
+        .collect();
     assert_eq!(pids.len(), 4, "four distinct workers");
     for s in st["slots"].as_array().unwrap() {
         assert_eq!(s["state"], "busy");
@@ -94,11 +151,15 @@ fn n_clients_are_served_by_n_workers_at_once() {
     for (i, s) in conns.iter_mut().enumerate() {
         writeln!(s, "{i}").unwrap();
         let mut line = String::new();
-        BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), format!("bye {i}"));
     }
     drop(conns);
-    j.wait_log_n(4, &|l| l.contains("job ended") && l.contains("outcome=done"));
+    j.wait_log_n(4, &|l| {
+        l.contains("job ended") && l.contains("outcome=done")
+    });
     let st = Jobd::status_json(&sb);
     assert_eq!(st["totals"]["jobs_served"], 4);
     j.stop_clean();
@@ -109,10 +170,25 @@ fn killed_worker_is_replaced_in_its_slot() {
     let dir = tempdir();
     let sb = dir.path().join("sb");
     let h = script(dir.path(), "h.sh", "echo hi");
-    let mut j = Jobd::start_in(dir, &["--prefork", "2", "--scoreboard", sb.to_str().unwrap(), "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
     let pid_of = |slot: u64| -> Option<i64> {
         let st = Jobd::status_json(&sb);
-        st["slots"].as_array().unwrap().iter().find(|s| s["slot"] == slot && s["state"] == "idle").map(|s| s["pid"].as_i64().unwrap())
+        st["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["slot"] == slot && s["state"] == "idle")
+            .map(|s| s["pid"].as_i64().unwrap())
     };
     let mut old = None;
     wait_until("slot 1 idle", || {
@@ -120,7 +196,10 @@ fn killed_worker_is_replaced_in_its_slot() {
         old.is_some()
     });
     let old = old.unwrap();
-    std::process::Command::new("kill").args(["-9", &old.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .status()
+        .unwrap();
     let mut new = None;
     wait_until("slot 1 refilled", || {
         new = pid_of(1).filter(|p| *p != old);
@@ -139,21 +218,32 @@ fn killed_worker_is_replaced_in_its_slot() {
 #[test]
 fn sigterm_waits_for_the_running_job() {
     let dir = tempdir();
-    let h = script(dir.path(), "h.sh", "echo started\nIFS= read -r x\necho \"finished $x\"");
+    let h = script(
+        dir.path(),
+        "h.sh",
+        "echo started\nIFS= read -r x\necho \"finished $x\"",
+    );
     let mut j = Jobd::start_in(dir, &["--prefork", "2", "--script", h.to_str().unwrap()]);
     let (mut s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
     j.signal("TERM");
     j.wait_log(|l| l.contains("SIGTERM: stopping"));
     // New clients are no longer served while the job runs.
-    assert!(j.child.try_wait().unwrap().is_none(), "jobd exited before its job ended");
+    assert!(
+        j.child.try_wait().unwrap().is_none(),
+        "jobd exited before its job ended"
+    );
     writeln!(s, "ok").unwrap();
     let mut rest = String::new();
     s.read_to_string(&mut rest).unwrap();
     assert_eq!(rest.trim(), "finished ok");
     let st = j.wait_exit();
     assert!(st.success(), "{st:?}");
-    assert!(j.logs().iter().any(|l| l.contains("job ended") && l.contains("outcome=done")));
+    assert!(
+        j.logs()
+            .iter()
+            .any(|l| l.contains("job ended") && l.contains("outcome=done"))
+    );
     wait_gone(&j.tag);
 }
 
@@ -161,13 +251,29 @@ fn sigterm_waits_for_the_running_job() {
 fn sigterm_kills_jobs_after_the_grace_period() {
     let dir = tempdir();
     let h = script(dir.path(), "h.sh", "echo started\nexec sleep 300");
-    let mut j = Jobd::start_in(dir, &["--prefork", "1", "--grace", "300ms", "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--grace",
+            "300ms",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
     let (_s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
     j.signal("TERM");
     let st = j.wait_exit();
     assert!(st.success(), "{st:?}");
-    assert!(j.logs().iter().any(|l| l.contains("job ended") && l.contains("outcome=cancelled") && l.contains("reason=shutdown")), "{}", j.dump());
+    assert!(
+        j.logs().iter().any(|l| l.contains("job ended")
+            && l.contains("outcome=cancelled")
+            && l.contains("reason=shutdown")),
+        "{}",
+        j.dump()
+    );
     wait_gone(&j.tag);
 }
 
@@ -178,7 +284,10 @@ fn sigint_kills_the_job_and_its_children() {
     let h = script(
         dir.path(),
         "h.sh",
-        &format!("sleep 300 &\necho $! > {0}/child\necho $$ > {0}/handler\necho started\nwait", pids.display()),
+        &format!(
+            "sleep 300 &\necho $! > {0}/child\necho $$ > {0}/handler\necho started\nwait",
+            pids.display()
+        ),
     );
     std::fs::create_dir(&pids).unwrap();
     let mut j = Jobd::start_in(dir, &["--prefork", "2", "--script", h.to_str().unwrap()]);
@@ -190,7 +299,9 @@ fn sigint_kills_the_job_and_its_children() {
     j.signal("INT");
     let st = j.wait_exit();
     assert!(st.success(), "{st:?}");
-    wait_until("handler and its child gone", || !alive(handler) && !alive(child));
+    wait_until("handler and its child gone", || {
+        !alive(handler) && !alive(child)
+    });
     wait_gone(&j.tag);
 }
 
@@ -198,8 +309,22 @@ fn sigint_kills_the_job_and_its_children() {
 fn sighup_replaces_workers_and_running_job_completes() {
     let dir = tempdir();
     let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", "echo started\nIFS= read -r x\necho \"finished $x\"");
-    let mut j = Jobd::start_in(dir, &["--prefork", "2", "--scoreboard", sb.to_str().unwrap(), "--script", h.to_str().unwrap()]);
+    let h = script(
+        dir.path(),
+        "h.sh",
+        "echo started\nIFS= read -r x\necho \"finished $x\"",
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
     let (mut s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
     let before = Jobd::status_json(&sb);
@@ -209,12 +334,31 @@ fn sighup_replaces_workers_and_running_job_completes() {
     // one keeps running its job.
     wait_until("an idle generation-2 worker", || {
         let st = Jobd::status_json(&sb);
-        st["generation"] == 2 && st["slots"].as_array().unwrap().iter().any(|s| s["generation"] == 2 && s["state"] == "idle")
+        st["generation"] == 2
+            && st["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["generation"] == 2 && s["state"] == "idle")
     });
     let st = Jobd::status_json(&sb);
-    assert!(st["slots"].as_array().unwrap().iter().any(|s| s["generation"] == 1 && s["state"] == "busy"), "{st}");
+    assert!(
+        st["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["generation"] == 1 && s["state"] == "busy"),
+        "{st}"
+    );
     // Never two generations of idle workers.
-    assert!(!st["slots"].as_array().unwrap().iter().any(|s| s["generation"] == 1 && s["state"] == "idle"), "{st}");
+    assert!(
+        !st["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["generation"] == 1 && s["state"] == "idle"),
+        "{st}"
+    );
     writeln!(s, "ok").unwrap();
     let mut rest = String::new();
     s.read_to_string(&mut rest).unwrap();
@@ -225,8 +369,19 @@ fn sighup_replaces_workers_and_running_job_completes() {
         slots.len() == 2 && slots.iter().all(|s| s["generation"] == 2)
     });
     let after = Jobd::status_json(&sb);
-    let old: Vec<_> = before["slots"].as_array().unwrap().iter().map(|s| s["pid"].clone()).collect();
-    assert!(after["slots"].as_array().unwrap().iter().all(|s| !old.contains(&s["pid"])));
+    let old: Vec<_> = before["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].clone())
+        .collect();
+    assert!(
+        after["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !old.contains(&s["pid"]))
+    );
     j.stop_clean();
 }
 
@@ -235,7 +390,17 @@ fn prefork_zero_serves_one_at_a_time_in_one_process() {
     let dir = tempdir();
     let sb = dir.path().join("sb");
     let h = script(dir.path(), "h.sh", "echo \"slot=$JOBD_SLOT ppid=$PPID\"");
-    let mut j = Jobd::start_in(dir, &["--prefork", "0", "--scoreboard", sb.to_str().unwrap(), "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "0",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
     for _ in 0..3 {
         let (_s, line) = j.request_line("");
         assert_eq!(field(&line, "slot"), "0");
@@ -259,7 +424,11 @@ fn handler_that_cannot_run_at_job_time_is_a_failed_job() {
     j.wait_log(|l| l.contains("failed to start handler") && l.contains(&hp));
     j.wait_log(|l| l.contains("job ended") && l.contains("outcome=failed"));
     // The worker goes on serving once the handler is back.
-    script(std::path::Path::new(&hp).parent().unwrap(), "h.sh", "echo fine");
+    script(
+        std::path::Path::new(&hp).parent().unwrap(),
+        "h.sh",
+        "echo fine",
+    );
     let (_s, line) = j.request_line("");
     assert_eq!(line.trim(), "fine");
     assert_eq!(j.count(|l| l.contains("worker died")), 0);
@@ -270,7 +439,17 @@ fn handler_that_cannot_run_at_job_time_is_a_failed_job() {
 fn json_log_format() {
     let dir = tempdir();
     let h = script(dir.path(), "h.sh", "echo hi");
-    let mut j = Jobd::start_in(dir, &["--prefork", "1", "--log-format", "json", "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--log-format",
+            "json",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
     let (_s, _line) = j.request_line("");
     let end = j.wait_log(|l| l.contains("job ended"));
     let v: serde_json::Value = serde_json::from_str(&end).unwrap();

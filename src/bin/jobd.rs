@@ -11,10 +11,16 @@ use jobd::cli::{Cli, Command};
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JOBD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }
 
@@ -56,7 +62,6 @@ fn main() -> ExitCode {
                 Err(e) => {
                     let code = e.exit_code();
                     tracing::error!("{:#}", anyhow::Error::new(e));
-                    eprintln!();
                     ExitCode::from(code as u8)
                 }
             }

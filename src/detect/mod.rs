@@ -110,5 +110,179 @@ pub trait SocketSource {
     /// Appends to `out` every TCP socket, IPv4 and IPv6, whose local port is
     /// `port` and whose state bit is in `states` (see [`state_mask`]).
     /// `out` is not cleared.
-    fn dump(&mut self, port: u16, states: u32, out: &mut Vec<SockEntry>) -> Result<(), DetectError>;
+    fn dump(&mut self, port: u16, states: u32, out: &mut Vec<SockEntry>)
+    -> Result<(), DetectError>;
+}
+
+/// A job the scoreboard says is running, as the diff needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningJob {
+    /// Worker slot.
+    pub slot: usize,
+    /// Job id.
+    pub job_id: u64,
+    /// Client socket inode.
+    pub inode: u64,
+    /// Client socket cookie (0 when unknown).
+    pub cookie: u64,
+    /// Job start, `CLOCK_MONOTONIC` ns.
+    pub start_mono_ns: u64,
+}
+
+/// A job whose client is gone, with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    /// Worker slot.
+    pub slot: usize,
+    /// Job id.
+    pub job_id: u64,
+    /// Why.
+    pub reason: crate::hooks::DisconnectReason,
+}
+
+/// The pure diff of "jobs running" against "sockets seen" in one scan.
+///
+/// - A job that started at or after `scan_start_ns` is skipped: its socket
+///   may be newer than the scan.
+/// - A job's socket (matched by inode, and by cookie where both sides know
+///   it) that is absent from the scan was reset or vanished:
+///   `client-reset`, whatever the FIN policy.
+/// - A socket in CLOSE_WAIT, LAST_ACK or CLOSING received the client's FIN:
+///   `client-closed`, unless `fin_counts` is false (`--on-fin keep`).
+/// - ESTABLISHED and the FIN_WAIT states (our side closed) are never a
+///   disconnect.
+///
+/// `seen` must hold every socket of the listener's port in
+/// [`JOB_SOCKET_STATES`]; it is sorted by inode here.
+pub fn diff(
+    jobs: &[RunningJob],
+    seen: &mut [SockEntry],
+    scan_start_ns: u64,
+    fin_counts: bool,
+) -> Vec<Gone> {
+    use crate::hooks::DisconnectReason;
+    seen.sort_unstable_by_key(|e| e.inode);
+    let mut out = Vec::new();
+    for job in jobs {
+        if job.start_mono_ns >= scan_start_ns || job.inode == 0 {
+            continue;
+        }
+        let lo = seen.partition_point(|e| e.inode < job.inode);
+        let entry = seen[lo..]
+            .iter()
+            .take_while(|e| e.inode == job.inode)
+            .find(|e| e.cookie == 0 || job.cookie == 0 || e.cookie == job.cookie);
+        let reason = match entry {
+            None => Some(DisconnectReason::ClientReset),
+            Some(e) => match e.state {
+                tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK | tcp_state::CLOSING if fin_counts => {
+                    Some(DisconnectReason::ClientClosed)
+                }
+                _ => None,
+            },
+        };
+        if let Some(reason) = reason {
+            out.push(Gone {
+                slot: job.slot,
+                job_id: job.job_id,
+                reason,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+    use crate::hooks::DisconnectReason::*;
+
+    fn entry(inode: u64, state: u8, cookie: u64) -> SockEntry {
+        SockEntry {
+            state,
+            local: "127.0.0.1:7000".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            inode,
+            cookie,
+            rqueue: 0,
+            wqueue: 0,
+            uid: 0,
+        }
+    }
+
+    fn job(slot: usize, inode: u64, cookie: u64, start: u64) -> RunningJob {
+        RunningJob {
+            slot,
+            job_id: 100 + slot as u64,
+            inode,
+            cookie,
+            start_mono_ns: start,
+        }
+    }
+
+    #[test]
+    fn classifies_fin_reset_and_live() {
+        let jobs = [
+            job(0, 10, 1, 5),
+            job(1, 11, 2, 5),
+            job(2, 12, 3, 5),
+            job(3, 13, 4, 5),
+        ];
+        let mut seen = [
+            entry(10, tcp_state::ESTABLISHED, 1),
+            entry(11, tcp_state::CLOSE_WAIT, 2),
+            entry(13, tcp_state::FIN_WAIT2, 4),
+        ];
+        let gone = diff(&jobs, &mut seen, 100, true);
+        assert_eq!(
+            gone,
+            vec![
+                Gone {
+                    slot: 1,
+                    job_id: 101,
+                    reason: ClientClosed
+                },
+                Gone {
+                    slot: 2,
+                    job_id: 102,
+                    reason: ClientReset
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn fin_keep_only_counts_resets() {
+        let jobs = [job(0, 10, 1, 5), job(1, 11, 2, 5)];
+        let mut seen = [entry(10, tcp_state::CLOSE_WAIT, 1)];
+        let gone = diff(&jobs, &mut seen, 100, false);
+        assert_eq!(
+            gone,
+            vec![Gone {
+                slot: 1,
+                job_id: 101,
+                reason: ClientReset
+            }]
+        );
+    }
+
+    /// Regression guard: a job accepted while the scan ran is not in the
+    /// dump, and must not be taken for a reset one.
+    #[test]
+    fn job_newer_than_the_scan_is_skipped() {
+        let jobs = [job(0, 10, 1, 100), job(1, 11, 2, 150)];
+        let gone = diff(&jobs, &mut [], 100, true);
+        assert!(gone.is_empty());
+    }
+
+    /// A socket with the same inode but another cookie is another socket.
+    #[test]
+    fn cookie_mismatch_is_absence() {
+        let jobs = [job(0, 10, 7, 5)];
+        let mut seen = [entry(10, tcp_state::ESTABLISHED, 8)];
+        assert_eq!(diff(&jobs, &mut seen, 100, true)[0].reason, ClientReset);
+        // procfs does not know cookies: the inode alone matches.
+        let mut seen = [entry(10, tcp_state::ESTABLISHED, 0)];
+        assert!(diff(&jobs, &mut seen, 100, true).is_empty());
+    }
 }

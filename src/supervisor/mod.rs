@@ -69,7 +69,10 @@ impl Worker {
                     tracing::warn!(pid = self.pid.as_raw(), signal = sig.as_str(), error = %e, "failed to signal worker");
                 }
             }
-            None => tracing::warn!(pid = self.pid.as_raw(), "no pidfd for worker; not signalling it"),
+            None => tracing::warn!(
+                pid = self.pid.as_raw(),
+                "no pidfd for worker; not signalling it"
+            ),
         }
     }
 }
@@ -85,9 +88,13 @@ struct SlotRec {
 enum Phase {
     Running,
     /// SIGTERM: workers retire after their job; at the deadline, kill.
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
     /// SIGINT or grace over: workers kill their jobs; at the deadline, SIGKILL.
-    Killing { deadline: Instant },
+    Killing {
+        deadline: Instant,
+    },
 }
 
 pub(crate) struct Supervisor<'a> {
@@ -137,7 +144,10 @@ impl<'a> Supervisor<'a> {
 
     /// Runs the pool until it stops. Returns the exit code.
     pub(crate) fn run(mut self) -> i32 {
-        self.sb.header().generation.store(self.generation, Ordering::Relaxed);
+        self.sb
+            .header()
+            .generation
+            .store(self.generation, Ordering::Relaxed);
         for i in 0..self.cfg.prefork {
             self.spawn(i);
         }
@@ -158,8 +168,10 @@ impl<'a> Supervisor<'a> {
                 earliest(w.next_due());
             }
             let timeout = match next {
-                Some(t) => PollTimeout::try_from(t.saturating_duration_since(now) + Duration::from_micros(500))
-                    .unwrap_or(PollTimeout::MAX),
+                Some(t) => PollTimeout::try_from(
+                    t.saturating_duration_since(now) + Duration::from_micros(500),
+                )
+                .unwrap_or(PollTimeout::MAX),
                 None => PollTimeout::NONE,
             };
             let (sig_ready, wake_ready) = {
@@ -186,7 +198,11 @@ impl<'a> Supervisor<'a> {
                     let pidfds: Vec<Option<(Pid, &PidFd)>> = self
                         .slots
                         .iter()
-                        .map(|s| s.worker.as_ref().and_then(|w| w.pidfd.as_ref().map(|fd| (w.pid, fd))))
+                        .map(|s| {
+                            s.worker
+                                .as_ref()
+                                .and_then(|w| w.pidfd.as_ref().map(|fd| (w.pid, fd)))
+                        })
                         .collect();
                     w.tick(self.cfg, self.hooks, self.sb, &pidfds, woken);
                 }
@@ -211,7 +227,9 @@ impl<'a> Supervisor<'a> {
 
     fn handle_signals(&mut self) {
         while let Ok(Some(info)) = self.sigfd.read_signal() {
-            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
             match sig {
                 Signal::SIGCHLD => {} // reaped below, every turn
                 Signal::SIGTERM => self.begin_drain(),
@@ -234,9 +252,15 @@ impl<'a> Supervisor<'a> {
         if self.phase != Phase::Running {
             return;
         }
-        tracing::info!(grace_ms = self.cfg.grace.as_millis() as u64, busy = self.busy_count(), "SIGTERM: stopping; running jobs may finish");
+        tracing::info!(
+            grace_ms = self.cfg.grace.as_millis() as u64,
+            busy = self.busy_count(),
+            "SIGTERM: stopping; running jobs may finish"
+        );
         self.run_before_shutdown();
-        self.phase = Phase::Draining { deadline: Instant::now() + self.cfg.grace };
+        self.phase = Phase::Draining {
+            deadline: Instant::now() + self.cfg.grace,
+        };
         for s in &mut self.slots {
             s.respawn_at = None;
             if let Some(w) = &mut s.worker {
@@ -253,8 +277,13 @@ impl<'a> Supervisor<'a> {
         if self.phase == Phase::Running {
             self.run_before_shutdown();
         }
-        tracing::info!(busy = self.busy_count(), "{why}: cancelling all jobs and stopping");
-        self.phase = Phase::Killing { deadline: Instant::now() + self.cfg.kill_grace + Duration::from_secs(1) };
+        tracing::info!(
+            busy = self.busy_count(),
+            "{why}: cancelling all jobs and stopping"
+        );
+        self.phase = Phase::Killing {
+            deadline: Instant::now() + self.cfg.kill_grace + Duration::from_secs(1),
+        };
         for s in &mut self.slots {
             s.respawn_at = None;
             if let Some(w) = &mut s.worker {
@@ -265,7 +294,10 @@ impl<'a> Supervisor<'a> {
     }
 
     fn busy_count(&self) -> usize {
-        self.sb.slots().filter(|(_, s)| s.job_id.load(Ordering::Relaxed) != 0).count()
+        self.sb
+            .slots()
+            .filter(|(_, s)| s.job_id.load(Ordering::Relaxed) != 0)
+            .count()
     }
 
     fn reload(&mut self) {
@@ -279,8 +311,14 @@ impl<'a> Supervisor<'a> {
             return;
         }
         self.generation += 1;
-        self.sb.header().generation.store(self.generation, Ordering::Relaxed);
-        tracing::info!(generation = self.generation, "SIGHUP: reloading; workers are replaced once idle");
+        self.sb
+            .header()
+            .generation
+            .store(self.generation, Ordering::Relaxed);
+        tracing::info!(
+            generation = self.generation,
+            "SIGHUP: reloading; workers are replaced once idle"
+        );
         for s in &mut self.slots {
             if let Some(w) = &mut s.worker
                 && w.generation < self.generation
@@ -298,24 +336,34 @@ impl<'a> Supervisor<'a> {
         match self.phase {
             Phase::Running => {
                 for i in 0..self.slots.len() {
-                    if self.slots[i].worker.is_none() && self.slots[i].respawn_at.is_some_and(|t| t <= now) {
+                    if self.slots[i].worker.is_none()
+                        && self.slots[i].respawn_at.is_some_and(|t| t <= now)
+                    {
                         self.slots[i].respawn_at = None;
                         self.spawn(i);
                     }
                 }
             }
             Phase::Draining { deadline } if now >= deadline => {
-                tracing::warn!(busy = self.busy_count(), "grace period over: cancelling the jobs still running");
+                tracing::warn!(
+                    busy = self.busy_count(),
+                    "grace period over: cancelling the jobs still running"
+                );
                 self.begin_kill("grace period over");
             }
             Phase::Killing { deadline } if now >= deadline => {
                 for s in &mut self.slots {
                     if let Some(w) = &s.worker {
-                        tracing::warn!(pid = w.pid.as_raw(), "worker did not exit in time; sending SIGKILL");
+                        tracing::warn!(
+                            pid = w.pid.as_raw(),
+                            "worker did not exit in time; sending SIGKILL"
+                        );
                         w.signal(Signal::SIGKILL);
                     }
                 }
-                self.phase = Phase::Killing { deadline: now + Duration::from_secs(3600) };
+                self.phase = Phase::Killing {
+                    deadline: now + Duration::from_secs(3600),
+                };
             }
             _ => {}
         }
@@ -328,7 +376,14 @@ impl<'a> Supervisor<'a> {
         // before the first fork, and it starts no thread).
         match unsafe { sys::fork() } {
             Ok(Forked::Child) => {
-                let code = crate::server::worker_main(self.cfg, self.sb, i, self.listener, Some(&self.wake), self.me);
+                let code = crate::server::worker_main(
+                    self.cfg,
+                    self.sb,
+                    i,
+                    self.listener,
+                    Some(&self.wake),
+                    self.me,
+                );
                 std::process::exit(code);
             }
             Ok(Forked::Parent(pid)) => {
@@ -340,8 +395,16 @@ impl<'a> Supervisor<'a> {
                         None
                     }
                 };
-                self.sb.header().workers_spawned.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(slot = i, pid = pid.as_raw(), generation = self.generation, "worker started");
+                self.sb
+                    .header()
+                    .workers_spawned
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    slot = i,
+                    pid = pid.as_raw(),
+                    generation = self.generation,
+                    "worker started"
+                );
                 self.slots[i].worker = Some(Worker {
                     pid,
                     pidfd,
@@ -361,14 +424,19 @@ impl<'a> Supervisor<'a> {
     }
 
     fn slot_of(&self, pid: Pid) -> Option<usize> {
-        self.slots.iter().position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
+        self.slots
+            .iter()
+            .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
     }
 
     /// Reaps every exited child: workers (refilling their slots) and job
     /// processes orphaned by a dead worker (we are their subreaper).
     fn reap(&mut self) {
         loop {
-            let peek = nix::sys::wait::waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
+            let peek = nix::sys::wait::waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
             let pid = match peek {
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -382,7 +450,8 @@ impl<'a> Supervisor<'a> {
                 },
             };
             if let Some(i) = self.slot_of(pid) {
-                let status = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+                let status =
+                    nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
                 self.worker_exited(i, status);
             } else {
                 // An orphaned job process. If it leads the process group of a
@@ -392,7 +461,11 @@ impl<'a> Supervisor<'a> {
                     if s.job_pgid.load(Ordering::Acquire) == pid.as_raw() {
                         let _ = sys::kill_group(pid, Signal::SIGKILL);
                         s.job_pgid.store(0, Ordering::Release);
-                        tracing::debug!(slot = i, pgid = pid.as_raw(), "killed the job group of a dead worker");
+                        tracing::debug!(
+                            slot = i,
+                            pgid = pid.as_raw(),
+                            "killed the job group of a dead worker"
+                        );
                     }
                 }
                 let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
@@ -401,7 +474,9 @@ impl<'a> Supervisor<'a> {
     }
 
     fn worker_exited(&mut self, i: usize, status: nix::Result<WaitStatus>) {
-        let Some(w) = self.slots[i].worker.take() else { return };
+        let Some(w) = self.slots[i].worker.take() else {
+            return;
+        };
         let board = self.sb.slot(i);
         // A worker that died in the middle of a job: its handler was
         // reparented to us and killed by its parent-death signal, but not
@@ -413,9 +488,15 @@ impl<'a> Supervisor<'a> {
         }
         if let Some(job) = job {
             let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
-            tracing::warn!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = "failed", "job lost: its worker died");
-            self.sb.header().jobs_failed.fetch_add(1, Ordering::Relaxed);
-            self.sb.header().jobs_served.fetch_add(1, Ordering::Relaxed);
+            let h = self.sb.header();
+            h.jobs_served.fetch_add(1, Ordering::Relaxed);
+            if board.cancel_req.load(Ordering::Acquire) == job.job_id {
+                let why = crate::job::reason::name(board.cancel_reason.load(Ordering::Relaxed));
+                tracing::info!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = "cancelled", reason = why, "job ended");
+            } else {
+                h.jobs_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = "failed", "job lost: its worker died");
+            }
         }
         board.release();
         if let Some(watch) = &mut self.watch {
@@ -434,13 +515,23 @@ impl<'a> Supervisor<'a> {
         } else {
             tracing::warn!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker died; replacing it");
         }
-        let r = pool::on_exit(planned, stopping, w.started.elapsed(), self.slots[i].quick_deaths);
+        let r = pool::on_exit(
+            planned,
+            stopping,
+            w.started.elapsed(),
+            self.slots[i].quick_deaths,
+        );
         self.slots[i].quick_deaths = r.quick_deaths;
         self.slots[i].respawn_at = r.after.map(|d| Instant::now() + d);
         if let Some(d) = r.after
             && !d.is_zero()
         {
-            tracing::warn!(slot = i, delay_ms = d.as_millis() as u64, quick_deaths = r.quick_deaths, "workers are dying quickly; backing off before respawning");
+            tracing::warn!(
+                slot = i,
+                delay_ms = d.as_millis() as u64,
+                quick_deaths = r.quick_deaths,
+                "workers are dying quickly; backing off before respawning"
+            );
         }
     }
 }

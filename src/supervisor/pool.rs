@@ -31,16 +31,25 @@ pub struct Respawn {
 ///   lived longer resets the count and is replaced at once.
 pub fn on_exit(planned: bool, stopping: bool, lifetime: Duration, quick_deaths: u32) -> Respawn {
     if stopping {
-        return Respawn { after: None, quick_deaths };
+        return Respawn {
+            after: None,
+            quick_deaths,
+        };
     }
     if planned || lifetime >= QUICK_DEATH {
-        return Respawn { after: Some(Duration::ZERO), quick_deaths: 0 };
+        return Respawn {
+            after: Some(Duration::ZERO),
+            quick_deaths: 0,
+        };
     }
     let n = quick_deaths.saturating_add(1);
     let wait = Duration::from_millis(50)
         .saturating_mul(1u32 << (n - 1).min(16))
         .min(MAX_BACKOFF);
-    Respawn { after: Some(wait), quick_deaths: n }
+    Respawn {
+        after: Some(wait),
+        quick_deaths: n,
+    }
 }
 
 #[cfg(test)]
@@ -50,7 +59,13 @@ mod tests {
     #[test]
     fn planned_exit_refills_at_once() {
         let r = on_exit(true, false, Duration::from_millis(1), 5);
-        assert_eq!(r, Respawn { after: Some(Duration::ZERO), quick_deaths: 0 });
+        assert_eq!(
+            r,
+            Respawn {
+                after: Some(Duration::ZERO),
+                quick_deaths: 0
+            }
+        );
     }
 
     #[test]
@@ -78,6 +93,12 @@ mod tests {
     #[test]
     fn long_lived_worker_resets_backoff() {
         let r = on_exit(false, false, Duration::from_secs(30), 7);
-        assert_eq!(r, Respawn { after: Some(Duration::ZERO), quick_deaths: 0 });
+        assert_eq!(
+            r,
+            Respawn {
+                after: Some(Duration::ZERO),
+                quick_deaths: 0
+            }
+        );
     }
 }

@@ -1,28 +1,447 @@
-//! SUPERVISOR ONLY: the disconnect watch (filled in by the detection work).
+//! SUPERVISOR ONLY: the disconnect watch.
+//!
+//! Every `--check-interval`, and at once when a worker reports that its
+//! client hung up, the watch lists the listener's TCP sockets (sock_diag or
+//! procfs), diffs them against the jobs in the scoreboard
+//! ([`crate::detect::diff`]), confirms each candidate (an exact lookup or a
+//! second read, the slot's job id and phase, and the worker's
+//! `/proc/<pid>/fd`), asks the hooks, and cancels. A job is judged once:
+//! a verdict is never asked for again on the next tick.
+//!
+//! Cancelling never signals a pid read from the scoreboard: the watch writes
+//! the job id to cancel into the slot and pokes the worker through its pidfd;
+//! the worker, which is the handler's parent, kills the job's group only if
+//! the id is still its current job. A closure job cannot be interrupted
+//! inside its worker, so after `--kill-grace` the worker itself is killed
+//! through its pidfd, once the slot is checked to still run that job.
 
-use std::time::Instant;
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::Config;
-use crate::scoreboard::Scoreboard;
+use crate::config::{Config, DetectorKind, DisconnectPolicy, FinPolicy};
+use crate::detect::procfs::ProcNet;
+use crate::detect::sockdiag::SockDiag;
+use crate::detect::{DetectError, JOB_SOCKET_STATES, RunningJob, SockEntry, SocketSource, diff};
+use crate::hooks::{DisconnectEvent, DisconnectReason, Verdict};
+use crate::job::reason;
+use crate::scoreboard::{JobView, Scoreboard, job_kind, job_phase, now_unix_ms};
 use crate::server::Hooks;
-use crate::sys::PidFd;
+use crate::sys::{self, PidFd};
+
+enum Backend {
+    Diag(SockDiag),
+    Proc(ProcNet),
+}
+
+impl Backend {
+    fn source(&mut self) -> &mut dyn SocketSource {
+        match self {
+            Backend::Diag(d) => d,
+            Backend::Proc(p) => p,
+        }
+    }
+}
+
+struct PendingKill {
+    slot: usize,
+    job_id: u64,
+    at: Instant,
+}
 
 pub(crate) struct Watch {
+    backend: Backend,
+    port: u16,
+    interval: Duration,
     next: Instant,
+    last_scan: Instant,
+    seen: Vec<SockEntry>,
+    judged: HashSet<u64>,
+    pending_kills: Vec<PendingKill>,
+    last_error_log: Option<Instant>,
+}
+
+/// The verdict of the hooks, and who gave it.
+fn decide(cfg: &Config, hooks: &Hooks, ev: &DisconnectEvent) -> (Verdict, &'static str) {
+    if !hooks.on_disconnect.is_empty() {
+        for (i, h) in hooks.on_disconnect.iter().enumerate() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(ev))) {
+                Ok(Verdict::Keep) => return (Verdict::Keep, "callback"),
+                Ok(Verdict::Cancel) => {}
+                Err(_) => {
+                    tracing::error!(
+                        job = ev.job_id,
+                        hook = i,
+                        "on_client_disconnect callback panicked; treating it as cancel"
+                    );
+                }
+            }
+        }
+        return (Verdict::Cancel, "callback");
+    }
+    let policy = match cfg.on_disconnect {
+        DisconnectPolicy::Cancel => Verdict::Cancel,
+        DisconnectPolicy::Log => Verdict::Keep,
+    };
+    if let Some(prog) = &cfg.disconnect_hook {
+        return match run_hook_program(prog, ev, cfg.hook_timeout) {
+            Ok(Some(0)) => (Verdict::Cancel, "hook-program"),
+            Ok(Some(3)) => (Verdict::Keep, "hook-program"),
+            Ok(code) => {
+                tracing::warn!(job = ev.job_id, hook = %prog.display(), exit = ?code, "disconnect hook gave no verdict; applying --on-disconnect");
+                (policy, "policy")
+            }
+            Err(e) => {
+                tracing::warn!(job = ev.job_id, hook = %prog.display(), error = %e, "disconnect hook failed; applying --on-disconnect");
+                (policy, "policy")
+            }
+        };
+    }
+    (policy, "policy")
+}
+
+/// Runs the `--disconnect-hook` program with the event as JSON on stdin.
+/// Returns its exit code (None when killed by a signal); kills it at the
+/// timeout.
+fn run_hook_program(
+    prog: &std::path::Path,
+    ev: &DisconnectEvent,
+    timeout: Duration,
+) -> std::io::Result<Option<i32>> {
+    let mut child = Command::new(prog)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let json = serde_json::to_string(ev).map_err(std::io::Error::other)?;
+        // A hook that does not read its stdin is not an error.
+        let _ = stdin
+            .write_all(json.as_bytes())
+            .and_then(|_| stdin.write_all(b"\n"));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st.code());
+        }
+        if Instant::now() >= deadline {
+            // Our own unreaped child: its pid cannot have been reused.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+/// Whether `/proc/<pid>/fd` holds `socket:[inode]`. An unreadable
+/// directory (EACCES) does not count against the candidate.
+fn worker_holds(pid: Pid, inode: u64) -> bool {
+    let dir = format!("/proc/{}/fd", pid.as_raw());
+    let want = format!("socket:[{inode}]");
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str())),
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    }
+}
+
+fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> DisconnectEvent {
+    let peer = job.peer.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+    let local = job.local.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+    DisconnectEvent {
+        slot,
+        pid: pid.as_raw(),
+        job_id: job.job_id,
+        proto: if peer.is_ipv4() { "TCP" } else { "TCP6" },
+        local_host: local.ip().to_string(),
+        local_port: local.port(),
+        foreign_host: peer.ip().to_string(),
+        foreign_port: peer.port(),
+        reason,
+        job_start_unix_ms: job.start_unix_ms,
+        detected_unix_ms: now_unix_ms(),
+    }
 }
 
 impl Watch {
-    pub(crate) fn new(_cfg: &Config, _sb: &Scoreboard) -> std::io::Result<Option<Watch>> {
-        Ok(None)
+    pub(crate) fn new(cfg: &Config, sb: &Scoreboard) -> std::io::Result<Option<Watch>> {
+        let port = sb.listen().map(|a| a.port()).unwrap_or(cfg.listen.port());
+        let backend = match cfg.detector {
+            DetectorKind::Procfs => Backend::Proc(ProcNet::new()),
+            DetectorKind::SockDiag => {
+                Backend::Diag(SockDiag::open().map_err(std::io::Error::other)?)
+            }
+            DetectorKind::Auto => {
+                let probe = SockDiag::open().and_then(|mut d| {
+                    let mut v = Vec::new();
+                    d.dump(port, JOB_SOCKET_STATES, &mut v).map(|_| d)
+                });
+                match probe {
+                    Ok(d) => Backend::Diag(d),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "netlink sock_diag is unavailable; falling back to /proc/net/tcp");
+                        Backend::Proc(ProcNet::new())
+                    }
+                }
+            }
+        };
+        let name = match &backend {
+            Backend::Diag(_) => "sock-diag",
+            Backend::Proc(_) => "procfs",
+        };
+        tracing::info!(
+            detector = name,
+            check_interval_ms = cfg.check_interval.as_millis() as u64,
+            worker_watch = cfg.worker_watch,
+            "disconnect detection on"
+        );
+        let now = Instant::now();
+        Ok(Some(Watch {
+            backend,
+            port,
+            interval: cfg.check_interval,
+            next: now + cfg.check_interval,
+            last_scan: now,
+            seen: Vec::with_capacity(256),
+            judged: HashSet::new(),
+            pending_kills: Vec::new(),
+            last_error_log: None,
+        }))
     }
 
     pub(crate) fn next_due(&self) -> Instant {
-        self.next
+        self.pending_kills
+            .iter()
+            .map(|k| k.at)
+            .fold(self.next, Instant::min)
     }
 
-    pub(crate) fn tick(&mut self, _cfg: &Config, _hooks: &Hooks, _sb: &Scoreboard, _pidfds: &[Option<(Pid, &PidFd)>], _woken: bool) {}
+    pub(crate) fn forget_slot(&mut self, slot: usize) {
+        self.pending_kills.retain(|k| k.slot != slot);
+    }
 
-    pub(crate) fn forget_slot(&mut self, _slot: usize) {}
+    fn log_error(&mut self, e: &DetectError) {
+        let now = Instant::now();
+        if self
+            .last_error_log
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+        {
+            self.last_error_log = Some(now);
+            tracing::warn!(error = %e, "disconnect scan failed");
+        }
+    }
+
+    /// Whether the socket is really gone (a second look, for resets).
+    fn confirm_absent(&mut self, job: &JobView) -> bool {
+        match &mut self.backend {
+            Backend::Diag(d) => match (job.local, job.peer) {
+                (Some(l), Some(p)) => matches!(d.lookup(job.cookie, l, p), Ok(None)),
+                _ => false,
+            },
+            Backend::Proc(p) => {
+                // /proc/net/tcp is read page by page and is no snapshot: a
+                // socket missed once must be missed twice.
+                let mut again = Vec::new();
+                p.dump(self.port, JOB_SOCKET_STATES, &mut again).is_ok()
+                    && !again.iter().any(|e| e.inode == job.inode)
+            }
+        }
+    }
+
+    pub(crate) fn tick(
+        &mut self,
+        cfg: &Config,
+        hooks: &Hooks,
+        sb: &Scoreboard,
+        workers: &[Option<(Pid, &PidFd)>],
+        woken: bool,
+    ) {
+        let now = Instant::now();
+        self.kill_overdue_closures(sb, workers, now);
+        if !woken && now < self.next {
+            return;
+        }
+        self.next = now + self.interval;
+        let scan_start = sys::monotonic_ns();
+        let mut jobs = Vec::new();
+        for (i, s) in sb.slots() {
+            if workers.get(i).and_then(|w| w.as_ref()).is_none() {
+                continue;
+            }
+            if let Some(v) = s.job()
+                && s.job_phase.load(Ordering::Acquire) == job_phase::RUNNING
+                && !self.judged.contains(&v.job_id)
+            {
+                jobs.push(RunningJob {
+                    slot: i,
+                    job_id: v.job_id,
+                    inode: v.inode,
+                    cookie: v.cookie,
+                    start_mono_ns: v.start_mono_ns,
+                });
+            }
+        }
+        let prev_scan = std::mem::replace(&mut self.last_scan, now);
+        self.judged.retain(|id| {
+            sb.slots()
+                .any(|(_, s)| s.job_id.load(Ordering::Relaxed) == *id)
+        });
+        if jobs.is_empty() {
+            return;
+        }
+        self.seen.clear();
+        let mut seen = std::mem::take(&mut self.seen);
+        let res = self
+            .backend
+            .source()
+            .dump(self.port, JOB_SOCKET_STATES, &mut seen);
+        if let Err(e) = res {
+            self.seen = seen;
+            self.log_error(&e);
+            return;
+        }
+        let gone = diff(
+            &jobs,
+            &mut seen,
+            scan_start,
+            cfg.on_fin == FinPolicy::Cancel,
+        );
+        self.seen = seen;
+        for g in gone {
+            let Some((pid, pidfd)) = workers.get(g.slot).and_then(|w| *w) else {
+                continue;
+            };
+            let board = sb.slot(g.slot);
+            let Some(job) = board.job().filter(|v| v.job_id == g.job_id) else {
+                continue;
+            };
+            if board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING {
+                continue; // the job is ending and closing its socket itself
+            }
+            if g.reason == DisconnectReason::ClientReset && !self.confirm_absent(&job) {
+                continue;
+            }
+            if !worker_holds(pid, job.inode) {
+                continue; // the record is not this worker's socket any more
+            }
+            // Re-check after the confirmations: still the same job, running.
+            if board.job() != Some(job)
+                || board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
+            {
+                continue;
+            }
+            self.judged.insert(job.job_id);
+            let ev = event(g.slot, pid, &job, g.reason);
+            let detected = sys::monotonic_ns();
+            let hangup = board.hangup_mono_ns.load(Ordering::Acquire);
+            let (seen_after_ms, seen_by) = if hangup != 0 && hangup <= detected {
+                ((detected - hangup) as f64 / 1e6, "worker-watch")
+            } else {
+                (now.duration_since(prev_scan).as_secs_f64() * 1e3, "scan")
+            };
+            let ran_ms = detected.saturating_sub(job.start_mono_ns) / 1_000_000;
+            let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
+            let (verdict, by) = decide(cfg, hooks, &ev);
+            match verdict {
+                Verdict::Keep => {
+                    tracing::info!(slot = g.slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = %g.reason.as_str(), verdict_by = by, "client disconnected; job kept");
+                }
+                Verdict::Cancel => {
+                    let code = match g.reason {
+                        DisconnectReason::ClientClosed => reason::CLIENT_CLOSED,
+                        DisconnectReason::ClientReset => reason::CLIENT_RESET,
+                    };
+                    if self.cancel(sb, g.slot, &job, code, pidfd, cfg.kill_grace) {
+                        sb.header()
+                            .cancelled_disconnect
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            slot = g.slot,
+                            pid = pid.as_raw(),
+                            job = job.job_id,
+                            peer = %peer,
+                            reason = %g.reason.as_str(),
+                            ran_ms,
+                            seen_after_ms = format_args!("{seen_after_ms:.1}"),
+                            seen_by,
+                            verdict_by = by,
+                            "job cancelled"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the worker to cancel `job`, after checking that its slot still
+    /// runs that very job on that very socket.
+    fn cancel(
+        &mut self,
+        sb: &Scoreboard,
+        slot: usize,
+        job: &JobView,
+        code: u32,
+        pidfd: &PidFd,
+        kill_grace: Duration,
+    ) -> bool {
+        let board = sb.slot(slot);
+        match board.job() {
+            Some(v) if v.job_id == job.job_id && v.cookie == job.cookie => {}
+            _ => return false,
+        }
+        board.cancel_reason.store(code, Ordering::Relaxed);
+        board.cancel_req.store(job.job_id, Ordering::Release);
+        if let Err(e) = pidfd.signal(Signal::SIGUSR2) {
+            tracing::warn!(slot, job = job.job_id, error = %e, "failed to poke the worker to cancel its job");
+            return false;
+        }
+        if job.kind == job_kind::CLOSURE {
+            self.pending_kills.push(PendingKill {
+                slot,
+                job_id: job.job_id,
+                at: Instant::now() + kill_grace,
+            });
+        }
+        true
+    }
+
+    /// Closure jobs asked to cancel that are still running after the kill
+    /// grace: their worker is killed (and replaced).
+    fn kill_overdue_closures(
+        &mut self,
+        sb: &Scoreboard,
+        workers: &[Option<(Pid, &PidFd)>],
+        now: Instant,
+    ) {
+        self.pending_kills.retain(|k| {
+            if k.at > now {
+                return true;
+            }
+            let still = sb.slot(k.slot).job().is_some_and(|v| v.job_id == k.job_id);
+            if still && let Some(Some((pid, fd))) = workers.get(k.slot) {
+                tracing::warn!(
+                    slot = k.slot,
+                    pid = pid.as_raw(),
+                    job = k.job_id,
+                    "closure job ignored its cancellation; killing its worker"
+                );
+                let _ = fd.signal(Signal::SIGKILL);
+            }
+            false
+        });
+    }
 }

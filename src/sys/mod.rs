@@ -170,7 +170,10 @@ impl SharedMap {
             )
         }
         .map_err(io::Error::from)?;
-        Ok(SharedMap { ptr: ptr.cast(), len })
+        Ok(SharedMap {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// Maps `len` bytes of `file` shared; with `writable` false, read-only.
@@ -188,7 +191,10 @@ impl SharedMap {
         // goes through atomics.
         let ptr = unsafe { nix::sys::mman::mmap(None, nz, prot, MapFlags::MAP_SHARED, file, 0) }
             .map_err(io::Error::from)?;
-        Ok(SharedMap { ptr: ptr.cast(), len })
+        Ok(SharedMap {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// Length in bytes.
@@ -199,7 +205,10 @@ impl SharedMap {
     /// A reference to a `T` at byte `offset`. Panics when the offset is out
     /// of bounds or misaligned (a programming error).
     pub fn get<T: Shared>(&self, offset: usize) -> &T {
-        assert!(offset + std::mem::size_of::<T>() <= self.len, "offset out of mapping");
+        assert!(
+            offset + std::mem::size_of::<T>() <= self.len,
+            "offset out of mapping"
+        );
         assert_eq!(offset % std::mem::align_of::<T>(), 0, "misaligned offset");
         // SAFETY: bounds and alignment are checked above; `T: Shared`
         // promises any bit pattern is valid and all fields are atomics, so
@@ -240,7 +249,14 @@ pub fn handler_pre_exec(cmd: &mut std::process::Command) {
     // async-signal-safe, and allocates nothing on success.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() != parent {
@@ -289,4 +305,58 @@ pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// One descriptor for [`poll`]: `events` and `revents` are raw `POLL*`
+/// bits, so that `POLLRDHUP` (which nix's `PollFlags` lacks) works.
+pub struct Polled<'a> {
+    /// The descriptor.
+    pub fd: BorrowedFd<'a>,
+    /// Requested events.
+    pub events: i16,
+    /// Returned events.
+    pub revents: i16,
+}
+
+impl<'a> Polled<'a> {
+    /// A descriptor to poll for `events`.
+    pub fn new(fd: BorrowedFd<'a>, events: i16) -> Polled<'a> {
+        Polled {
+            fd,
+            events,
+            revents: 0,
+        }
+    }
+}
+
+/// `poll(2)` over at most 8 descriptors; `None` waits forever. EINTR is
+/// returned as an error of kind `Interrupted`.
+pub fn poll(fds: &mut [Polled<'_>], timeout: Option<std::time::Duration>) -> io::Result<usize> {
+    assert!(fds.len() <= 8, "poll: at most 8 descriptors");
+    let mut raw = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 8];
+    for (r, f) in raw.iter_mut().zip(fds.iter()) {
+        r.fd = f.fd.as_raw_fd();
+        r.events = f.events;
+    }
+    let ms = match timeout {
+        None => -1,
+        Some(d) => {
+            d.as_millis().min(i32::MAX as u128) as i32
+                + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+        }
+    };
+    // SAFETY: `raw` holds `fds.len()` initialised pollfd entries whose fds are
+    // borrowed (open) for the duration of the call.
+    let n = unsafe { libc::poll(raw.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (r, f) in raw.iter().zip(fds.iter_mut()) {
+        f.revents = r.revents;
+    }
+    Ok(n as usize)
 }

@@ -46,7 +46,8 @@ pub(crate) fn worker_sigset() -> SigSet {
 /// Opens the signalfd for the worker signals (already blocked).
 pub(crate) fn worker_signalfd() -> std::io::Result<SignalFd> {
     let set = worker_sigset();
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(std::io::Error::from)
 }
 
 const LISTENER: u64 = 1;
@@ -69,13 +70,22 @@ pub(crate) fn run(
         }
     };
     let add = epoll
-        .add(listener.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER))
+        .add(
+            listener.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER),
+        )
         .and_then(|_| epoll.add(sigfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS)));
     if let Err(e) = add {
         tracing::error!(slot, error = %e, "failed to register fds in worker epoll");
         return 1;
     }
-    let runner = Runner { cfg, sb, slot, sigfd, wake };
+    let runner = Runner {
+        cfg,
+        sb,
+        slot,
+        sigfd,
+        wake,
+    };
     let board = sb.slot(slot);
     let mut after = AfterJob::default();
     let mut events = [EpollEvent::empty(); 2];
@@ -124,7 +134,13 @@ pub(crate) fn run(
                 // EMFILE, ENOBUFS, ECONNABORTED...: log and go on; the
                 // client stays in the backlog or is gone.
                 tracing::warn!(slot, error = %e, "accept failed");
-                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE)
+                        | Some(libc::ENFILE)
+                        | Some(libc::ENOBUFS)
+                        | Some(libc::ENOMEM)
+                ) {
                     // Out of descriptors or memory: back off instead of spinning.
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }

@@ -24,7 +24,15 @@ pub fn jobd_bin() -> &'static str {
 /// A unique tag put in jobd's environment; every process it starts
 /// inherits it, so that the test can find them all.
 fn new_tag() -> String {
-    format!("{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 type Log = Arc<(Mutex<Vec<String>>, Condvar)>;
@@ -48,7 +56,10 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("jobd-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("jobd-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Runs jobd to completion (for bad-input tests): (status, stdout, stderr).
@@ -67,8 +78,18 @@ pub fn run_jobd(args: &[&str]) -> (ExitStatus, String, String) {
         if let Some(st) = child.try_wait().unwrap() {
             let mut out = String::new();
             let mut err = String::new();
-            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             assert_no_tagged(&tag);
             return (st, out, err);
         }
@@ -117,11 +138,23 @@ impl Jobd {
                 cv.notify_all();
             }
         });
-        let mut j = Jobd { child, addr: "0.0.0.0:0".parse().unwrap(), dir, tag, log, exited: None };
+        let mut j = Jobd {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            dir,
+            tag,
+            log,
+            exited: None,
+        };
         let line = j.wait_log(|l| l.contains("listening on "));
         let rest = line.split("listening on ").nth(1).unwrap();
-        let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap();
-        j.addr = addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        let addr = rest
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .next()
+            .unwrap();
+        j.addr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("bad address in {line:?}"));
         j
     }
 
@@ -167,7 +200,10 @@ impl Jobd {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
@@ -182,7 +218,11 @@ impl Jobd {
                 self.exited = Some(s);
                 return s;
             }
-            assert!(Instant::now() < deadline, "jobd did not exit; log:\n{}", self.dump());
+            assert!(
+                Instant::now() < deadline,
+                "jobd did not exit; log:\n{}",
+                self.dump()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -198,14 +238,25 @@ impl Jobd {
         let mut s = self.connect();
         s.write_all(input.as_bytes()).unwrap();
         let mut line = String::new();
-        BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         (s, line)
     }
 
     /// `jobd status --scoreboard PATH --json`.
     pub fn status_json(sb: &Path) -> serde_json::Value {
-        let out = Command::new(jobd_bin()).args(["status", "--scoreboard"]).arg(sb).arg("--json").output().unwrap();
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(jobd_bin())
+            .args(["status", "--scoreboard"])
+            .arg(sb)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -219,7 +270,11 @@ impl Jobd {
     pub fn stop_clean(&mut self) {
         self.signal("TERM");
         let st = self.wait_exit();
-        assert!(st.success(), "jobd exited with {st:?}; log:\n{}", self.dump());
+        assert!(
+            st.success(),
+            "jobd exited with {st:?}; log:\n{}",
+            self.dump()
+        );
         wait_gone(&self.tag);
     }
 }
@@ -227,7 +282,9 @@ impl Jobd {
 impl Drop for Jobd {
     fn drop(&mut self) {
         if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").args(["-INT", &self.pid().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &self.pid().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if self.child.try_wait().ok().flatten().is_some() {
@@ -246,10 +303,16 @@ impl Drop for Jobd {
 pub fn tagged_pids(tag: &str) -> Vec<i32> {
     let needle = format!("JOBD_TEST_TAG={tag}\0");
     let mut out = vec![];
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
         if !env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
             continue;
         }
@@ -264,7 +327,9 @@ pub fn tagged_pids(tag: &str) -> Vec<i32> {
 
 fn kill_tagged(tag: &str) {
     for pid in tagged_pids(tag) {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
 }
 
@@ -279,7 +344,14 @@ pub fn wait_gone(tag: &str) {
         if Instant::now() > deadline {
             let desc: Vec<String> = left
                 .iter()
-                .map(|p| format!("{p}: {}", std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ")))
+                .map(|p| {
+                    format!(
+                        "{p}: {}",
+                        std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                            .unwrap_or_default()
+                            .replace('\0', " ")
+                    )
+                })
                 .collect();
             kill_tagged(tag);
             panic!("processes left behind: {desc:?}");
@@ -313,7 +385,10 @@ pub fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
 pub fn read_pid(path: &Path) -> i32 {
     let mut pid = 0;
     wait_until(&format!("pid file {}", path.display()), || {
-        pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         pid > 0
     });
     pid

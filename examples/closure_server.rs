@@ -1,0 +1,43 @@
+//! A Rust job server built with the library: each client sends one line and
+//! gets it back upper-cased, from a closure run in a preforked worker.
+//!
+//! ```sh
+//! cargo run --example closure_server -- 127.0.0.1:7001
+//! printf 'hello\n' | socat - TCP:127.0.0.1:7001     # or any TCP client
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let listen = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7001".into());
+    let server = jobd::Server::builder()
+        .listen(listen.parse().expect("an address such as 127.0.0.1:7001"))
+        .prefork(2)
+        .after_init(|info| eprintln!("closure_server bound {}", info.local_addr))
+        .before_shutdown(|| eprintln!("closure_server shutting down"))
+        .job_fn(|conn, ctx| {
+            let mut line = String::new();
+            BufReader::new(&conn).read_line(&mut line)?;
+            writeln!(
+                &conn,
+                "job {} slot {}: {}",
+                ctx.job_id,
+                ctx.slot,
+                line.trim().to_uppercase()
+            )
+        })
+        .build();
+    match server.and_then(|s| s.run()) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("closure_server: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}
