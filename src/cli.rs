@@ -105,7 +105,7 @@ pub struct RunArgs {
     pub detector: DetectorKind,
 
     /// Workers also watch their client's socket while a handler runs.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub worker_watch: bool,
 
     /// What a FIN from the client means: cancel the job, or keep it (the

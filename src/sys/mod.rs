@@ -245,8 +245,9 @@ pub fn handler_pre_exec(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: getpid is async-signal-safe; it runs here, before the fork.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure only calls prctl and getppid, which are
-    // async-signal-safe, and allocates nothing on success.
+    // SAFETY: the closure only calls prctl, getppid, signal, sigemptyset
+    // and sigprocmask, which are async-signal-safe, on a zeroed local
+    // sigset_t; it allocates nothing on success.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -261,6 +262,14 @@ pub fn handler_pre_exec(cmd: &mut std::process::Command) {
             }
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // The worker blocks its signals for its signalfd and ignores
+            // SIGPIPE; a handler starts with an empty mask and defaults.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

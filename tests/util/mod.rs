@@ -146,7 +146,28 @@ impl Jobd {
             log,
             exited: None,
         };
-        let line = j.wait_log(|l| l.contains("listening on "));
+        let deadline = Instant::now() + DEADLINE;
+        let line = loop {
+            if let Some(l) = j.logs().into_iter().find(|l| l.contains("listening on ")) {
+                break l;
+            }
+            if let Some(st) = j.child.try_wait().unwrap() {
+                j.exited = Some(st);
+                std::thread::sleep(Duration::from_millis(50)); // let the reader catch the last lines
+                panic!(
+                    "jobd {full:?} exited with {st:?} before listening; log:\n{}",
+                    j.dump()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobd did not report its port; log:\n{}",
+                j.dump()
+            );
+            let (m, cv) = &*j.log;
+            let g = m.lock().unwrap();
+            let _ = cv.wait_timeout(g, Duration::from_millis(50)).unwrap();
+        };
         let rest = line.split("listening on ").nth(1).unwrap();
         let addr = rest
             .split(|c: char| c.is_whitespace() || c == '"')
