@@ -191,6 +191,8 @@ struct Shared {
     results: Vec<ClientResult>,
     /// pidfds of job processes that did not exit in time.
     leftovers: Vec<OwnedFd>,
+    /// CPU seconds of the client threads.
+    client_cpu_s: f64,
 }
 
 struct Report {
@@ -214,8 +216,10 @@ struct Report {
     server: ServerMode,
     cli_error: Option<String>,
     wall_s: f64,
-    /// CPU seconds (user + system) of this bench, and of jobd's reaped tree.
+    /// CPU seconds (user + system) of this bench, of its client threads,
+    /// and of jobd's reaped tree.
     bench_cpu_s: f64,
+    client_cpu_s: f64,
     jobd_cpu_s: f64,
 }
 
@@ -264,6 +268,7 @@ impl Report {
             "result": self.verdict(),
             "wall_s": (self.wall_s * 100.0).round() / 100.0,
             "bench_cpu_s": (self.bench_cpu_s * 100.0).round() / 100.0,
+            "client_threads_cpu_s": (self.client_cpu_s * 100.0).round() / 100.0,
             "jobd_cpu_s": (self.jobd_cpu_s * 100.0).round() / 100.0,
         })
     }
@@ -311,6 +316,7 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
         cli_error: None,
         wall_s: 0.0,
         bench_cpu_s: -cpu_s(UsageWho::RUSAGE_SELF),
+        client_cpu_s: 0.0,
         jobd_cpu_s: -cpu_s(UsageWho::RUSAGE_CHILDREN),
     };
     eprintln!("--- variant {} ---", v.name);
@@ -363,6 +369,7 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
 
     // Anything still alive among the job processes we know of.
     let mut shared = std::mem::take(&mut *shared.lock().unwrap());
+    report.client_cpu_s = shared.client_cpu_s;
     for fd in shared.leftovers.drain(..) {
         if !pidfd_exited(&fd) {
             let _ = pidfd_kill(&fd);
@@ -440,6 +447,15 @@ fn cpu_s(who: UsageWho) -> f64 {
     getrusage(who).map_or(0.0, |u| tv(u.user_time()) + tv(u.system_time()))
 }
 
+/// This thread's CPU time from `/proc/thread-self/schedstat` (exact, where
+/// getrusage is tick-sampled and overcharges threads woken by timers).
+fn thread_runtime_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
 /// The value of `name` (which includes the `=`) in a text log line.
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let rest = &line[line.find(name)? + name.len()..];
@@ -451,10 +467,11 @@ fn finish(mut report: Report, t_start: Instant) -> Report {
     report.bench_cpu_s += cpu_s(UsageWho::RUSAGE_SELF);
     report.jobd_cpu_s += cpu_s(UsageWho::RUSAGE_CHILDREN);
     eprintln!(
-        "    {} samples in {:.1} s (CPU: bench {:.2} s, jobd tree {:.2} s); jobd: {}",
+        "    {} samples in {:.1} s (CPU: bench {:.2} s of which clients {:.2} s, jobd tree {:.2} s); jobd: {}",
         report.latencies_ms.len(),
         report.wall_s,
         report.bench_cpu_s,
+        report.client_cpu_s,
         report.jobd_cpu_s,
         report.jobd_exit
     );
@@ -688,6 +705,7 @@ fn client_loop(
         s.results.push(res);
         s.leftovers.extend(leftover);
     }
+    shared.lock().unwrap().client_cpu_s += thread_runtime_s();
 }
 
 /// One client: returns its result and the pidfds of processes that outlived

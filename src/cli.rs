@@ -72,7 +72,7 @@ pub struct RunArgs {
     pub listen: SocketAddr,
 
     /// Workers forked at start (0: one process runs jobs one at a time).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10_000), allow_negative_numbers = true)]
     pub prefork: u32,
 
     /// The handler program, run for each client with the connection on

@@ -196,10 +196,7 @@ fn killed_worker_is_replaced_in_its_slot() {
         old.is_some()
     });
     let old = old.unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &old.to_string()])
-        .status()
-        .unwrap();
+    util::send(old as i32, "KILL");
     let mut new = None;
     wait_until("slot 1 refilled", || {
         new = pid_of(1).filter(|p| *p != old);

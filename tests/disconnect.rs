@@ -330,7 +330,7 @@ fn disconnect_hook_program_decides() {
     );
     let a = start_tree(&j);
     let b = start_tree(&j);
-    let (keep, cancel) = if a.3 % 2 == 0 { (a, b) } else { (b, a) };
+    let (keep, cancel) = if a.3.is_multiple_of(2) { (a, b) } else { (b, a) };
     drop(keep.0);
     drop(cancel.0);
     gone_within(cancel.1, cancel.2);
@@ -427,7 +427,7 @@ fn no_false_cancellation_under_churn() {
                     writeln!(s, "{secs:.3}").unwrap();
                     if drop_it {
                         std::thread::sleep(Duration::from_millis(drop_after));
-                        if i % 4 == 0 {
+                        if i.is_multiple_of(4) {
                             reset(s)
                         } else {
                             drop(s)

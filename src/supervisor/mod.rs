@@ -242,7 +242,7 @@ impl<'a> Supervisor<'a> {
 
     fn run_before_shutdown(&self) {
         if let Some(h) = &self.hooks.before_shutdown
-            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h())).is_err()
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(h)).is_err()
         {
             tracing::error!("before_shutdown hook panicked");
         }

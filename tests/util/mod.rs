@@ -220,12 +220,9 @@ impl Jobd {
         }
     }
 
+    /// Sends a signal (`"TERM"`, `"INT"`, `"HUP"`, ...) to jobd.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        send(self.pid(), sig);
     }
 
     /// Waits for jobd to exit; panics after the deadline.
@@ -303,9 +300,7 @@ impl Jobd {
 impl Drop for Jobd {
     fn drop(&mut self) {
         if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.pid().to_string()])
-                .status();
+            let _ = try_send(self.pid(), "INT");
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if self.child.try_wait().ok().flatten().is_some() {
@@ -348,9 +343,7 @@ pub fn tagged_pids(tag: &str) -> Vec<i32> {
 
 fn kill_tagged(tag: &str) {
     for pid in tagged_pids(tag) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+        let _ = try_send(pid, "KILL");
     }
 }
 
@@ -413,4 +406,14 @@ pub fn read_pid(path: &Path) -> i32 {
         pid > 0
     });
     pid
+}
+
+fn try_send(pid: i32, sig: &str) -> nix::Result<()> {
+    let sig: nix::sys::signal::Signal = format!("SIG{sig}").parse().expect("a signal name");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+}
+
+/// Sends signal `sig` (`"TERM"`, `"KILL"`, ...) to `pid`; panics on failure.
+pub fn send(pid: i32, sig: &str) {
+    try_send(pid, sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
 }

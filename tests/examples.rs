@@ -1,0 +1,191 @@
+//! The library through its examples: a closure job server, a disconnect
+//! callback that cancels (and the closure that notices), and one that keeps.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use util::{DEADLINE, alive, script, tempdir, wait_until};
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/jobd -> target/<profile>/examples/<name>
+    let bin = PathBuf::from(util::jobd_bin());
+    let p = bin.parent().unwrap().join("examples").join(name);
+    assert!(p.exists(), "example {name} not built at {}", p.display());
+    p
+}
+
+struct Example {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Example {
+    fn start(name: &str, args: &[&str]) -> Example {
+        let mut child = Command::new(example(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new((Mutex::new(Vec::<String>::new()), Condvar::new()));
+        let l2 = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l2.0.lock().unwrap().push(line);
+                l2.1.notify_all();
+            }
+        });
+        let mut e = Example {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        let line = e.wait(|l| l.contains("listening on "));
+        let a = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        e.addr = a.parse().unwrap();
+        e
+    }
+
+    fn wait(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let (m, cv) = &*self.log;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(l) = g.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "timed out; log:\n{}", g.join("\n"));
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    fn stop(mut self) {
+        util::send(self.child.id() as i32, "TERM");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "{st:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "example did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn closure_server_answers_and_hooks_run() {
+    let e = Example::start("closure_server", &["127.0.0.1:0"]);
+    e.wait(|l| l.contains("closure_server bound 127.0.0.1:"));
+    let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+    s.write_all(b"shout\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.trim().ends_with(": SHOUT"), "{out}");
+    assert!(out.starts_with("job "), "{out}");
+    e.wait(|l| l.contains("job ended") && l.contains("outcome=done"));
+    let log = e.log.clone();
+    e.stop();
+    assert!(
+        log.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("closure_server shutting down"))
+    );
+}
+
+#[test]
+fn callback_cancels_a_closure_job() {
+    let e = Example::start("cancel_on_disconnect", &["127.0.0.1:0"]);
+    let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+    s.write_all(b"300\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("step 1/300"), "{line}");
+    drop(s);
+    e.wait(|l| l.starts_with("callback: client 127.0.0.1:") && l.contains("cancelling"));
+    e.wait(|l| l.contains("job cancelled") && l.contains("reason=client-closed"));
+    e.wait(|l| l.contains("stops at step") && l.contains("cancelled"));
+    e.wait(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
+    e.stop();
+}
+
+#[test]
+fn callback_keeps_a_half_closed_job_and_cancels_a_reset_one() {
+    let dir = tempdir();
+    let pids = dir.path().join("pid");
+    let h = script(
+        dir.path(),
+        "h.sh",
+        &format!(
+            "echo $$ >> {}\nIFS= read -r x\nsleep 1\necho \"answer $x\"",
+            pids.display()
+        ),
+    );
+    let e = Example::start("keep_half_closed", &["127.0.0.1:0", h.to_str().unwrap()]);
+    // Half-close: the callback keeps it, the client reads its answer.
+    let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+    s.write_all(b"a\n").unwrap();
+    e.wait(|l| l.contains("job started"));
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out.trim(), "answer a");
+    e.wait(|l| l.contains("keeps running after a FIN"));
+    // Reset: cancelled.
+    let s = std::net::TcpStream::connect(e.addr).unwrap();
+    (&s).write_all(b"b\n").unwrap();
+    wait_until("second handler", || {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 2
+    });
+    let pid: i32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    use std::os::fd::AsFd;
+    nix::sys::socket::setsockopt(
+        &s.as_fd(),
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(s);
+    e.wait(|l| l.contains("job cancelled") && l.contains("reason=client-reset"));
+    wait_until("reset job gone", || !alive(pid));
+    e.stop();
+}
