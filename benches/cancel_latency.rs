@@ -775,7 +775,8 @@ fn one_job(
         if now >= close_at {
             break;
         }
-        let exited = poll_exited(&fds, close_at - now);
+        let all: Vec<&OwnedFd> = fds.iter().collect();
+        let exited = poll_exited(&all, close_at - now);
         if exited.iter().any(|&x| x) {
             let rest = fds
                 .into_iter()
@@ -813,9 +814,12 @@ fn one_job(
                 rest,
             );
         }
-        let exited = poll_exited(&fds, until - now);
-        for (g, e) in gone.iter_mut().zip(exited) {
-            *g |= e;
+        // Poll only the processes still alive: an exited one stays readable.
+        let idx: Vec<usize> = (0..fds.len()).filter(|&i| !gone[i]).collect();
+        let live: Vec<&OwnedFd> = idx.iter().map(|&i| &fds[i]).collect();
+        let exited = poll_exited(&live, until - now);
+        for (&i, e) in idx.iter().zip(exited) {
+            gone[i] |= e;
         }
         if gone.iter().all(|&g| g) {
             return (ClientResult::Gone(t0.elapsed()), Vec::new());
@@ -847,7 +851,7 @@ fn read_line(mut s: &TcpStream) -> io::Result<String> {
 
 /// Polls pidfds (readable = the process exited) for at most `timeout`;
 /// returns which have exited.
-fn poll_exited(fds: &[OwnedFd], timeout: Duration) -> Vec<bool> {
+fn poll_exited(fds: &[&OwnedFd], timeout: Duration) -> Vec<bool> {
     // Round up to whole milliseconds, at most 1 s per call.
     let ms = timeout.as_micros().div_ceil(1000).min(1000) as u16;
     let mut pfds: Vec<PollFd> = fds

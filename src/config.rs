@@ -332,14 +332,17 @@ mod tests {
             c.validate(),
             Err(ConfigError::ScriptMissing { .. })
         ));
+        let plain = std::env::temp_dir().join(format!("jobd-plain-{}", std::process::id()));
+        std::fs::write(&plain, "x").unwrap();
         c.job = JobSpec::Handler {
-            program: "/etc/hostname".into(),
+            program: plain.clone(),
             args: vec![],
         };
         assert!(matches!(
             c.validate(),
             Err(ConfigError::ScriptNotExecutable { .. })
         ));
+        std::fs::remove_file(&plain).unwrap();
         c.job = JobSpec::Handler {
             program: "/bin/cat".into(),
             args: vec![],

@@ -330,7 +330,11 @@ fn disconnect_hook_program_decides() {
     );
     let a = start_tree(&j);
     let b = start_tree(&j);
-    let (keep, cancel) = if a.3.is_multiple_of(2) { (a, b) } else { (b, a) };
+    let (keep, cancel) = if a.3.is_multiple_of(2) {
+        (a, b)
+    } else {
+        (b, a)
+    };
     drop(keep.0);
     drop(cancel.0);
     gone_within(cancel.1, cancel.2);

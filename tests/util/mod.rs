@@ -262,6 +262,16 @@ impl Jobd {
         (s, line)
     }
 
+    /// Sends `input`, keeps the write side open, and reads everything until
+    /// jobd closes the connection (the job has ended).
+    pub fn request_all(&self, input: &str) -> String {
+        let mut s = self.connect();
+        s.write_all(input.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
     /// `jobd status --scoreboard PATH --json`.
     pub fn status_json(sb: &Path) -> serde_json::Value {
         let out = Command::new(jobd_bin())
