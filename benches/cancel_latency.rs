@@ -24,6 +24,11 @@
 //! targets (p99 ≤ 25 ms with the worker watch; ≤ check interval + 25 ms by
 //! the periodic scan alone). The targets are information, not assertions.
 //!
+//! If the binary rejects the flags with a usage error (as an older
+//! `--worker-watch` did), the variant is reported as such and run once more
+//! with the same configuration through `jobd::Server` (this program
+//! re-executed as the server); it is then marked `[library fallback]`.
+//!
 //! Cleanup: jobd is stopped with SIGTERM (by the PID of the child this bench
 //! started) and waited for; job processes still alive are killed through the
 //! pidfds the clients opened, and any process that carries this run's marker

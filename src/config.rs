@@ -116,6 +116,35 @@ pub struct Config {
     pub hook_timeout: Duration,
     /// Listen backlog.
     pub backlog: i32,
+    /// Upper bound on workers; the pool grows to it when all are busy.
+    pub max_children: usize,
+    /// Idle workers above `prefork` are retired after this long.
+    pub idle_timeout: Duration,
+    /// A worker exits after this many jobs (0: never).
+    pub max_requests_per_child: u64,
+    /// Random extra jobs (0..=jitter) added per worker to the above.
+    pub max_requests_jitter: u64,
+    /// A job running longer is cancelled with reason `timeout`.
+    pub job_timeout: Option<Duration>,
+    /// Check the handler file and jobd's executable this often; reload when
+    /// one changed.
+    pub reload_check_every: Option<Duration>,
+    /// Detach from the terminal (needs pid file, error log, access log).
+    pub daemonize: bool,
+    /// Pid file, locked for the daemon's life.
+    pub pid_file: Option<PathBuf>,
+    /// Error log (jobd's log and handlers' stderr).
+    pub error_log: Option<PathBuf>,
+    /// Access log: one line per job.
+    pub access_log: Option<PathBuf>,
+    /// Log format (also of the access log).
+    pub log_format: LogFormat,
+    /// Refuse to start unless root.
+    pub require_root: bool,
+    /// Drop to this user after binding.
+    pub user: Option<String>,
+    /// Drop to this group after binding.
+    pub group: Option<String>,
     /// The job.
     pub job: JobSpec,
 }
@@ -157,6 +186,43 @@ pub enum ConfigError {
         /// The flag.
         flag: &'static str,
     },
+    /// `--max-children` out of range.
+    #[error("--max-children {max}: must be at least --prefork ({prefork}) and at most {MAX_SLOTS}")]
+    MaxChildren {
+        /// The value given.
+        max: usize,
+        /// The prefork count.
+        prefork: usize,
+    },
+    /// `--daemonize` without a required companion flag.
+    #[error("--daemonize needs {0} (a daemon has no terminal to write to)")]
+    DaemonNeeds(&'static str),
+    /// `--require-root` and not root.
+    #[error("--require-root: jobd runs as uid {0}, not as root")]
+    NotRoot(u32),
+    /// `--user` or `--group` and not root.
+    #[error("{0} needs root: only root can change its user or group")]
+    PrivNeedsRoot(&'static str),
+    /// An unknown user or group.
+    #[error("{flag} {name}: no such {what}")]
+    UnknownId {
+        /// The flag.
+        flag: &'static str,
+        /// The name given.
+        name: String,
+        /// "user" or "group".
+        what: &'static str,
+    },
+    /// A file's directory does not exist.
+    #[error("{flag} {path}: directory {dir} does not exist")]
+    MissingDir {
+        /// The flag.
+        flag: &'static str,
+        /// The path given.
+        path: String,
+        /// Its directory.
+        dir: String,
+    },
     /// The disconnect hook program is unusable.
     #[error("--disconnect-hook {path}: {why}")]
     Hook {
@@ -185,13 +251,27 @@ impl Config {
             disconnect_hook: None,
             hook_timeout: Duration::from_secs(5),
             backlog: 1024,
+            max_children: 150,
+            idle_timeout: Duration::from_secs(10),
+            max_requests_per_child: 0,
+            max_requests_jitter: 0,
+            job_timeout: None,
+            reload_check_every: None,
+            daemonize: false,
+            pid_file: None,
+            error_log: None,
+            access_log: None,
+            log_format: LogFormat::Text,
+            require_root: false,
+            user: None,
+            group: None,
             job,
         }
     }
 
     /// Number of scoreboard slots.
     pub fn slots(&self) -> usize {
-        self.prefork.max(1)
+        self.prefork.max(self.max_children).max(1)
     }
 
     /// Checks everything that can be checked before binding.
@@ -219,16 +299,64 @@ impl Config {
                 },
             })?;
         }
-        if let Some(sb) = &self.scoreboard {
-            let dir = match sb.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            if !dir.is_dir() {
-                return Err(ConfigError::ScoreboardDir {
-                    path: sb.display().to_string(),
-                    dir: dir.display().to_string(),
+        if let Some(sb) = &self.scoreboard
+            && let Some(dir) = missing_dir(sb)
+        {
+            return Err(ConfigError::ScoreboardDir {
+                path: sb.display().to_string(),
+                dir,
+            });
+        }
+        for (flag, p) in [
+            ("--pid-file", &self.pid_file),
+            ("--error-log", &self.error_log),
+            ("--access-log", &self.access_log),
+        ] {
+            if let Some(p) = p
+                && let Some(dir) = missing_dir(p)
+            {
+                return Err(ConfigError::MissingDir {
+                    flag,
+                    path: p.display().to_string(),
+                    dir,
                 });
+            }
+        }
+        if self.prefork > 0 && (self.max_children < self.prefork || self.max_children > MAX_SLOTS) {
+            return Err(ConfigError::MaxChildren {
+                max: self.max_children,
+                prefork: self.prefork,
+            });
+        }
+        if self.daemonize {
+            if self.pid_file.is_none() {
+                return Err(ConfigError::DaemonNeeds("--pid-file"));
+            }
+            if self.error_log.is_none() {
+                return Err(ConfigError::DaemonNeeds("--error-log"));
+            }
+            if self.access_log.is_none() {
+                return Err(ConfigError::DaemonNeeds("--access-log"));
+            }
+        }
+        let uid = nix::unistd::geteuid();
+        if self.require_root && !uid.is_root() {
+            return Err(ConfigError::NotRoot(uid.as_raw()));
+        }
+        if let Some(u) = &self.user {
+            if !uid.is_root() {
+                return Err(ConfigError::PrivNeedsRoot("--user"));
+            }
+            if !matches!(nix::unistd::User::from_name(u), Ok(Some(_))) {
+                return Err(ConfigError::UnknownId { flag: "--user", name: u.clone(), what: "user" });
+            }
+        }
+        if let Some(g) = &self.group {
+            if !uid.is_root() {
+                return Err(ConfigError::PrivNeedsRoot("--group"));
+            }
+            if !matches!(nix::unistd::Group::from_name(g), Ok(Some(_))) {
+                return Err(ConfigError::UnknownId { flag: "--group", name: g.clone(), what: "group" });
             }
         }
         if self.check_interval.is_zero() {
@@ -238,6 +366,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The directory of `path` when it does not exist.
+fn missing_dir(path: &Path) -> Option<String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    (!dir.is_dir()).then(|| dir.display().to_string())
 }
 
 enum ProgramError {
