@@ -348,7 +348,11 @@ impl Config {
                 return Err(ConfigError::PrivNeedsRoot("--user"));
             }
             if !matches!(nix::unistd::User::from_name(u), Ok(Some(_))) {
-                return Err(ConfigError::UnknownId { flag: "--user", name: u.clone(), what: "user" });
+                return Err(ConfigError::UnknownId {
+                    flag: "--user",
+                    name: u.clone(),
+                    what: "user",
+                });
             }
         }
         if let Some(g) = &self.group {
@@ -356,7 +360,11 @@ impl Config {
                 return Err(ConfigError::PrivNeedsRoot("--group"));
             }
             if !matches!(nix::unistd::Group::from_name(g), Ok(Some(_))) {
-                return Err(ConfigError::UnknownId { flag: "--group", name: g.clone(), what: "group" });
+                return Err(ConfigError::UnknownId {
+                    flag: "--group",
+                    name: g.clone(),
+                    what: "group",
+                });
             }
         }
         if self.check_interval.is_zero() {

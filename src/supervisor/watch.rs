@@ -27,7 +27,9 @@ use nix::unistd::Pid;
 use crate::config::{Config, DetectorKind, DisconnectPolicy, FinPolicy};
 use crate::detect::procfs::ProcNet;
 use crate::detect::sockdiag::SockDiag;
-use crate::detect::{DetectError, JOB_SOCKET_STATES, RunningJob, SockEntry, SocketSource, diff};
+use crate::detect::{
+    DetectError, Gone, JOB_SOCKET_STATES, RunningJob, SockEntry, SocketSource, diff, tcp_state,
+};
 use crate::hooks::{DisconnectEvent, DisconnectReason, Verdict};
 use crate::job::reason;
 use crate::scoreboard::{JobView, Scoreboard, job_kind, job_phase, now_unix_ms};
@@ -245,21 +247,106 @@ impl Watch {
         }
     }
 
-    /// Whether the socket is really gone (a second look, for resets).
-    fn confirm_absent(&mut self, job: &JobView) -> bool {
+    /// Keeps the reset candidates whose socket is really gone: an exact
+    /// lookup by cookie (sock_diag), or one second read of the tables
+    /// (procfs, which is no snapshot: a socket missed once must be missed
+    /// twice).
+    fn confirm_resets(&mut self, sb: &Scoreboard, gone: &mut Vec<Gone>) {
+        if !gone
+            .iter()
+            .any(|g| g.reason == DisconnectReason::ClientReset)
+        {
+            return;
+        }
         match &mut self.backend {
-            Backend::Diag(d) => match (job.local, job.peer) {
-                (Some(l), Some(p)) => matches!(d.lookup(job.cookie, l, p), Ok(None)),
-                _ => false,
-            },
+            Backend::Diag(d) => gone.retain(|g| {
+                g.reason != DisconnectReason::ClientReset
+                    || sb
+                        .slot(g.slot)
+                        .job()
+                        .is_some_and(|job| match (job.local, job.peer) {
+                            (Some(l), Some(p)) => matches!(d.lookup(job.cookie, l, p), Ok(None)),
+                            _ => false,
+                        })
+            }),
             Backend::Proc(p) => {
-                // /proc/net/tcp is read page by page and is no snapshot: a
-                // socket missed once must be missed twice.
                 let mut again = Vec::new();
-                p.dump(self.port, JOB_SOCKET_STATES, &mut again).is_ok()
-                    && !again.iter().any(|e| e.inode == job.inode)
+                if p.dump(self.port, JOB_SOCKET_STATES, &mut again).is_err() {
+                    gone.retain(|g| g.reason != DisconnectReason::ClientReset);
+                    return;
+                }
+                let still: HashSet<u64> = again.iter().map(|e| e.inode).collect();
+                gone.retain(|g| {
+                    g.reason != DisconnectReason::ClientReset
+                        || sb
+                            .slot(g.slot)
+                            .job()
+                            .is_some_and(|job| !still.contains(&job.inode))
+                });
             }
         }
+    }
+
+    /// Jobs whose worker saw its client hang up (the worker watch woke us),
+    /// judged at once without a full scan. With sock_diag the worker's
+    /// report is checked by an exact lookup of the socket; with procfs a
+    /// full read costs milliseconds, so the worker's own poll result (the
+    /// kernel's state of its socket) is taken. The periodic scan stays the
+    /// authority for everything else.
+    fn reported(
+        &mut self,
+        sb: &Scoreboard,
+        workers: &[Option<(Pid, &PidFd)>],
+        fin_counts: bool,
+    ) -> Vec<Gone> {
+        let mut out = Vec::new();
+        for (i, s) in sb.slots() {
+            if workers.get(i).and_then(|w| w.as_ref()).is_none()
+                || s.hangup_mono_ns.load(Ordering::Acquire) == 0
+            {
+                continue;
+            }
+            let Some(job) = s.job() else { continue };
+            if self.judged.contains(&job.job_id)
+                || s.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
+            {
+                continue;
+            }
+            let kind = s.hangup_kind.load(Ordering::Relaxed);
+            let reason = match &mut self.backend {
+                Backend::Diag(d) => match (job.local, job.peer) {
+                    (Some(l), Some(p)) => match d.lookup(job.cookie, l, p) {
+                        Ok(None) => Some(DisconnectReason::ClientReset),
+                        Ok(Some(e))
+                            if fin_counts
+                                && matches!(
+                                    e.state,
+                                    tcp_state::CLOSE_WAIT
+                                        | tcp_state::LAST_ACK
+                                        | tcp_state::CLOSING
+                                ) =>
+                        {
+                            Some(DisconnectReason::ClientClosed)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                Backend::Proc(_) => match kind {
+                    2 => Some(DisconnectReason::ClientReset),
+                    1 if fin_counts => Some(DisconnectReason::ClientClosed),
+                    _ => None,
+                },
+            };
+            if let Some(reason) = reason {
+                out.push(Gone {
+                    slot: i,
+                    job_id: job.job_id,
+                    reason,
+                });
+            }
+        }
+        out
     }
 
     pub(crate) fn tick(
@@ -272,12 +359,20 @@ impl Watch {
     ) {
         let now = Instant::now();
         self.kill_overdue_closures(sb, workers, now);
-        if !woken && now < self.next {
+        let fin_counts = cfg.on_fin == FinPolicy::Cancel;
+        if woken {
+            let prev = self.last_scan;
+            for g in self.reported(sb, workers, fin_counts) {
+                self.judge(cfg, hooks, sb, workers, g, prev);
+            }
+        }
+        if now < self.next {
             return;
         }
         self.next = now + self.interval;
         let scan_start = sys::monotonic_ns();
         let mut jobs = Vec::new();
+        let mut overdue = Vec::new();
         for (i, s) in sb.slots() {
             if workers.get(i).and_then(|w| w.as_ref()).is_none() {
                 continue;
@@ -286,6 +381,12 @@ impl Watch {
                 && s.job_phase.load(Ordering::Acquire) == job_phase::RUNNING
                 && !self.judged.contains(&v.job_id)
             {
+                if cfg.job_timeout.is_some_and(|t| {
+                    scan_start.saturating_sub(v.start_mono_ns) > t.as_nanos() as u64
+                }) {
+                    overdue.push((i, v));
+                    continue;
+                }
                 jobs.push(RunningJob {
                     slot: i,
                     job_id: v.job_id,
@@ -295,6 +396,9 @@ impl Watch {
                 });
             }
         }
+        for (i, v) in overdue {
+            self.time_out(cfg, sb, workers, i, v);
+        }
         let prev_scan = std::mem::replace(&mut self.last_scan, now);
         self.judged.retain(|id| {
             sb.slots()
@@ -303,8 +407,8 @@ impl Watch {
         if jobs.is_empty() {
             return;
         }
-        self.seen.clear();
         let mut seen = std::mem::take(&mut self.seen);
+        seen.clear();
         let res = self
             .backend
             .source()
@@ -314,74 +418,104 @@ impl Watch {
             self.log_error(&e);
             return;
         }
-        let gone = diff(
-            &jobs,
-            &mut seen,
-            scan_start,
-            cfg.on_fin == FinPolicy::Cancel,
-        );
+        let mut gone = diff(&jobs, &mut seen, scan_start, fin_counts);
         self.seen = seen;
+        self.confirm_resets(sb, &mut gone);
         for g in gone {
-            let Some((pid, pidfd)) = workers.get(g.slot).and_then(|w| *w) else {
-                continue;
-            };
-            let board = sb.slot(g.slot);
-            let Some(job) = board.job().filter(|v| v.job_id == g.job_id) else {
-                continue;
-            };
-            if board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING {
-                continue; // the job is ending and closing its socket itself
-            }
-            if g.reason == DisconnectReason::ClientReset && !self.confirm_absent(&job) {
-                continue;
-            }
-            if !worker_holds(pid, job.inode) {
-                continue; // the record is not this worker's socket any more
-            }
-            // Re-check after the confirmations: still the same job, running.
-            if board.job() != Some(job)
-                || board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
-            {
-                continue;
-            }
-            self.judged.insert(job.job_id);
-            let ev = event(g.slot, pid, &job, g.reason);
-            let detected = sys::monotonic_ns();
-            let hangup = board.hangup_mono_ns.load(Ordering::Acquire);
-            let (seen_after_ms, seen_by) = if hangup != 0 && hangup <= detected {
-                ((detected - hangup) as f64 / 1e6, "worker-watch")
-            } else {
-                (now.duration_since(prev_scan).as_secs_f64() * 1e3, "scan")
-            };
-            let ran_ms = detected.saturating_sub(job.start_mono_ns) / 1_000_000;
+            self.judge(cfg, hooks, sb, workers, g, prev_scan);
+        }
+    }
+
+    /// Cancels a job that ran past `--job-timeout` (no hooks are asked).
+    fn time_out(
+        &mut self,
+        cfg: &Config,
+        sb: &Scoreboard,
+        workers: &[Option<(Pid, &PidFd)>],
+        slot: usize,
+        job: JobView,
+    ) {
+        let Some((pid, pidfd)) = workers.get(slot).and_then(|w| *w) else {
+            return;
+        };
+        self.judged.insert(job.job_id);
+        if self.cancel(sb, slot, &job, reason::TIMEOUT, pidfd, cfg.kill_grace) {
+            sb.header()
+                .cancelled_timeout
+                .fetch_add(1, Ordering::Relaxed);
+            let ran_ms = sys::monotonic_ns().saturating_sub(job.start_mono_ns) / 1_000_000;
             let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
-            let (verdict, by) = decide(cfg, hooks, &ev);
-            match verdict {
-                Verdict::Keep => {
-                    tracing::info!(slot = g.slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = %g.reason.as_str(), verdict_by = by, "client disconnected; job kept");
-                }
-                Verdict::Cancel => {
-                    let code = match g.reason {
-                        DisconnectReason::ClientClosed => reason::CLIENT_CLOSED,
-                        DisconnectReason::ClientReset => reason::CLIENT_RESET,
-                    };
-                    if self.cancel(sb, g.slot, &job, code, pidfd, cfg.kill_grace) {
-                        sb.header()
-                            .cancelled_disconnect
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(
-                            slot = g.slot,
-                            pid = pid.as_raw(),
-                            job = job.job_id,
-                            peer = %peer,
-                            reason = %g.reason.as_str(),
-                            ran_ms,
-                            seen_after_ms = format_args!("{seen_after_ms:.1}"),
-                            seen_by,
-                            verdict_by = by,
-                            "job cancelled"
-                        );
-                    }
+            tracing::info!(slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = "timeout", ran_ms, "job cancelled");
+        }
+    }
+
+    /// Confirms one candidate, asks the hooks, and cancels or keeps.
+    fn judge(
+        &mut self,
+        cfg: &Config,
+        hooks: &Hooks,
+        sb: &Scoreboard,
+        workers: &[Option<(Pid, &PidFd)>],
+        g: Gone,
+        prev_scan: Instant,
+    ) {
+        let Some((pid, pidfd)) = workers.get(g.slot).and_then(|w| *w) else {
+            return;
+        };
+        let board = sb.slot(g.slot);
+        let Some(job) = board.job().filter(|v| v.job_id == g.job_id) else {
+            return;
+        };
+        if self.judged.contains(&job.job_id)
+            || board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
+        {
+            return; // judged already, or ending and closing its socket itself
+        }
+        if !worker_holds(pid, job.inode) {
+            return; // the record is not this worker's socket any more
+        }
+        // Re-check after the confirmations: still the same job, running.
+        if board.job() != Some(job) || board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
+        {
+            return;
+        }
+        self.judged.insert(job.job_id);
+        let ev = event(g.slot, pid, &job, g.reason);
+        let detected = sys::monotonic_ns();
+        let hangup = board.hangup_mono_ns.load(Ordering::Acquire);
+        let (seen_after_ms, seen_by) = if hangup != 0 && hangup <= detected {
+            ((detected - hangup) as f64 / 1e6, "worker-watch")
+        } else {
+            (prev_scan.elapsed().as_secs_f64() * 1e3, "scan")
+        };
+        let ran_ms = detected.saturating_sub(job.start_mono_ns) / 1_000_000;
+        let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
+        let (verdict, by) = decide(cfg, hooks, &ev);
+        match verdict {
+            Verdict::Keep => {
+                tracing::info!(slot = g.slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = %g.reason.as_str(), verdict_by = by, "client disconnected; job kept");
+            }
+            Verdict::Cancel => {
+                let code = match g.reason {
+                    DisconnectReason::ClientClosed => reason::CLIENT_CLOSED,
+                    DisconnectReason::ClientReset => reason::CLIENT_RESET,
+                };
+                if self.cancel(sb, g.slot, &job, code, pidfd, cfg.kill_grace) {
+                    sb.header()
+                        .cancelled_disconnect
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        slot = g.slot,
+                        pid = pid.as_raw(),
+                        job = job.job_id,
+                        peer = %peer,
+                        reason = %g.reason.as_str(),
+                        ran_ms,
+                        seen_after_ms = format_args!("{seen_after_ms:.1}"),
+                        seen_by,
+                        verdict_by = by,
+                        "job cancelled"
+                    );
                 }
             }
         }
