@@ -40,13 +40,53 @@ TCPREMOTEPORT, JOBD_JOB_ID, JOBD_SLOT.
 Examples:
   jobd --listen 127.0.0.1:7000 --prefork 4 --script ./examples/handler.sh
   jobd --scoreboard /tmp/jobd.sb --script ./handler -- --verbose
-  jobd status --scoreboard /tmp/jobd.sb --json";
+  jobd status --scoreboard /tmp/jobd.sb --json
+  jobd --daemonize --pid-file /run/jobd.pid --error-log /var/log/jobd.err \\
+       --access-log /var/log/jobd.log --script /srv/handler
+  jobd ctl stop --pid-file /run/jobd.pid";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the slots and totals of a running jobd from its scoreboard file.
     Status(StatusArgs),
+    /// Control a running jobd through its pid file: status, stop, reload,
+    /// restart, force-stop.
+    Ctl(CtlArgs),
+}
+
+/// `jobd ctl` verbs (Proc::Launcher's start / stop / restart / is_running /
+/// force_stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CtlVerb {
+    /// Exit 0 and print the pid when running, exit 3 when not (LSB).
+    Status,
+    /// SIGTERM, then wait until the pid is gone (bounded by --timeout).
+    Stop,
+    /// SIGHUP: replace workers once idle.
+    Reload,
+    /// Stop, then start again with the same arguments (read from the running
+    /// process's /proc/PID/cmdline), or with the arguments after `--`.
+    Restart,
+    /// SIGKILL the supervisor, its workers and their job process trees.
+    ForceStop,
+}
+
+/// `jobd ctl` options.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// What to do.
+    #[arg(value_enum)]
+    pub verb: CtlVerb,
+    /// The pid file given to jobd with --pid-file.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: PathBuf,
+    /// How long stop (and restart's stop) waits for the daemon to exit.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
+    pub timeout: Duration,
+    /// restart: start with these arguments instead of the running ones.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<OsString>,
 }
 
 /// `jobd status` options.
@@ -130,9 +170,67 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration, allow_hyphen_values = true)]
     pub hook_timeout: Duration,
 
-    /// Log format on stderr.
+    /// Log format on stderr (and of the access log).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Upper bound on workers: when all are busy, the pool grows (doubling
+    /// the spawn rate each maintenance tick, up to 32 per tick) to this.
+    /// [default: 150, or --prefork when larger]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000), allow_negative_numbers = true)]
+    pub max_children: Option<u32>,
+
+    /// Workers idle this long are retired, one per tick, down to --prefork.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
+    pub idle_timeout: Duration,
+
+    /// A worker exits and is replaced after this many jobs (0: never).
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    pub max_requests_per_child: u64,
+
+    /// Adds a random 0..=J to --max-requests-per-child for each worker, so
+    /// that workers do not all recycle at once.
+    #[arg(long, value_name = "J", default_value_t = 0, allow_negative_numbers = true)]
+    pub max_requests_jitter: u64,
+
+    /// Cancel a job that runs longer than this (reason `timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true)]
+    pub job_timeout: Option<Duration>,
+
+    /// Check the handler file and jobd's executable this often (mtime,
+    /// size, inode); reload as on SIGHUP when one changed.
+    #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true)]
+    pub reload_check_every: Option<Duration>,
+
+    /// Detach: double fork, setsid, chdir /, umask 022, stdin from
+    /// /dev/null. Needs --pid-file, --error-log and --access-log.
+    #[arg(long)]
+    pub daemonize: bool,
+
+    /// Pid file: created without following symlinks, written atomically,
+    /// locked for jobd's whole life, removed on a clean exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Error log: jobd's log and the handlers' stderr (SIGUSR1 reopens it).
+    #[arg(long, value_name = "PATH")]
+    pub error_log: Option<PathBuf>,
+
+    /// Access log: one line per job (SIGUSR1 reopens it).
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<PathBuf>,
+
+    /// Refuse to start unless running as root.
+    #[arg(long)]
+    pub require_root: bool,
+
+    /// After binding and opening files, run as this user (needs root).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// After binding and opening files, run as this group (needs root).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -164,6 +262,25 @@ impl RunArgs {
         c.on_disconnect = self.on_disconnect;
         c.disconnect_hook = self.disconnect_hook.clone();
         c.hook_timeout = self.hook_timeout;
+        c.log_format = self.log_format;
+        // The default cap follows a larger --prefork; an explicit cap below
+        // --prefork is an error (see Config::validate).
+        c.max_children = match self.max_children {
+            Some(n) => n as usize,
+            None => (self.prefork as usize).max(150),
+        };
+        c.idle_timeout = self.idle_timeout;
+        c.max_requests_per_child = self.max_requests_per_child;
+        c.max_requests_jitter = self.max_requests_jitter;
+        c.job_timeout = self.job_timeout;
+        c.reload_check_every = self.reload_check_every;
+        c.daemonize = self.daemonize;
+        c.pid_file = self.pid_file.clone();
+        c.error_log = self.error_log.clone();
+        c.access_log = self.access_log.clone();
+        c.require_root = self.require_root;
+        c.user = self.user.clone();
+        c.group = self.group.clone();
         c.validate()?;
         Ok(c)
     }

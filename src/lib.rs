@@ -65,9 +65,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod detect;
 pub mod hooks;
 pub mod job;
+pub mod logfiles;
+pub mod pidfile;
 pub mod scoreboard;
 pub mod server;
 pub mod status;

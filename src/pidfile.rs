@@ -1,0 +1,1 @@
+//! The pid file (being written: see the pid file work item).
