@@ -108,3 +108,16 @@ pub struct InitInfo {
     /// The address actually bound (with the real port for port 0).
     pub local_addr: SocketAddr,
 }
+
+/// Told to `on_worker_exit`: a worker was reaped.
+#[derive(Debug, Clone)]
+pub struct WorkerExit {
+    /// Its slot.
+    pub slot: usize,
+    /// Its pid (reaped: information only).
+    pub pid: i32,
+    /// `exit N` or `signal NAME`.
+    pub status: String,
+    /// Whether jobd asked it to exit (reload, stop, shrink, recycling).
+    pub planned: bool,
+}

@@ -256,6 +256,19 @@ impl Runner<'_> {
             h.jobs_failed.fetch_add(1, Ordering::Relaxed);
         }
         let duration_ms = started.elapsed().as_millis() as u64;
+        let outcome_name = match (outcome, reason) {
+            (Outcome::Cancelled, reason::TIMEOUT) => "timeout",
+            (o, _) => o.as_str(),
+        };
+        crate::logfiles::access(&crate::logfiles::AccessRecord {
+            job_id,
+            slot,
+            pid,
+            peer: &peer.to_string(),
+            duration_ms,
+            outcome: outcome_name,
+            status: &status,
+        });
         if outcome == Outcome::Cancelled {
             tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome.as_str(), reason = %reason::name(reason), "job ended");
         } else {
@@ -385,6 +398,7 @@ impl Runner<'_> {
                             }
                         }
                         Ok(Signal::SIGTERM) => after.retire = true,
+                        Ok(Signal::SIGUSR1) => crate::worker::reopen_logs(self.slot),
                         Ok(Signal::SIGINT) => {
                             after.exit_now = true;
                             if cancel == 0 {
@@ -446,6 +460,7 @@ impl Runner<'_> {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGTERM) => after.retire = true,
                 Ok(Signal::SIGINT) => after.exit_now = true,
+                Ok(Signal::SIGUSR1) => crate::worker::reopen_logs(self.slot),
                 _ => {}
             }
         }

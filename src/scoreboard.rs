@@ -208,6 +208,10 @@ pub struct Header {
     pub generation: AtomicU32,
     /// Times the pool hit max children.
     pub max_children_reached: AtomicU64,
+    /// Configured max children.
+    pub max_children: AtomicU32,
+    /// Current minimum of workers (prefork, moved by SIGTTIN / SIGTTOU).
+    pub min_workers: AtomicU32,
     /// Listen address.
     pub listen: AtomicAddr,
 }
@@ -251,6 +255,8 @@ pub struct Slot {
     pub jobs_served: AtomicU64,
     /// Worker start, unix ms.
     pub worker_start_unix_ms: AtomicU64,
+    /// Since when the worker is idle (monotonic ns; 0 when busy).
+    pub idle_since_mono_ns: AtomicU64,
     /// Client address.
     pub peer: AtomicAddr,
     /// Our address of the client connection.
@@ -291,6 +297,12 @@ impl Slot {
 
     /// Sets the slot's state.
     pub fn set_state(&self, s: SlotState) {
+        if s == SlotState::Idle {
+            self.idle_since_mono_ns
+                .store(crate::sys::monotonic_ns(), Ordering::Relaxed);
+        } else {
+            self.idle_since_mono_ns.store(0, Ordering::Relaxed);
+        }
         self.state.store(s as u8, Ordering::Release);
     }
 

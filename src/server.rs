@@ -67,7 +67,12 @@ pub struct Hooks {
     pub(crate) after_init: Option<Box<InitHook>>,
     pub(crate) before_shutdown: Option<Box<ShutdownHook>>,
     pub(crate) on_disconnect: Vec<Box<crate::hooks::DisconnectHook>>,
+    pub(crate) on_worker_exit: Option<Box<WorkerExitHook>>,
+    pub(crate) auto_reload: Option<Box<AutoReloadHook>>,
 }
+
+type WorkerExitHook = dyn Fn(&crate::hooks::WorkerExit);
+type AutoReloadHook = dyn Fn() -> bool;
 
 /// Builds a [`Server`].
 ///
@@ -203,6 +208,97 @@ impl ServerBuilder {
     /// Called when a stop begins (SIGTERM or SIGINT), before workers stop.
     pub fn before_shutdown<F: Fn() + 'static>(mut self, f: F) -> Self {
         self.hooks.before_shutdown = Some(Box::new(f));
+        self
+    }
+
+    /// Upper bound on workers (default 150): the pool grows to it when all
+    /// are busy.
+    pub fn max_children(mut self, n: usize) -> Self {
+        self.cfg.max_children = n;
+        self
+    }
+
+    /// Idle workers above `prefork` are retired after this long (default
+    /// 10 s).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.cfg.idle_timeout = d;
+        self
+    }
+
+    /// A worker exits and is replaced after `n` jobs plus a random
+    /// `0..=jitter` (0: never).
+    pub fn max_requests_per_child(mut self, n: u64, jitter: u64) -> Self {
+        self.cfg.max_requests_per_child = n;
+        self.cfg.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Cancel jobs running longer than this (reason `timeout`).
+    pub fn job_timeout(mut self, d: Duration) -> Self {
+        self.cfg.job_timeout = Some(d);
+        self
+    }
+
+    /// Check for a reload this often: the handler file and the executable,
+    /// or the `auto_reload_handler` when one is set.
+    pub fn reload_check_every(mut self, d: Duration) -> Self {
+        self.cfg.reload_check_every = Some(d);
+        self
+    }
+
+    /// Detach from the terminal (needs pid file, error log and access log).
+    pub fn daemonize(mut self, on: bool) -> Self {
+        self.cfg.daemonize = on;
+        self
+    }
+
+    /// Pid file, locked for the server's life.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.pid_file = Some(path.into());
+        self
+    }
+
+    /// Error log (the log and the handlers' stderr).
+    pub fn error_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.error_log = Some(path.into());
+        self
+    }
+
+    /// Access log: one line per job.
+    pub fn access_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.access_log = Some(path.into());
+        self
+    }
+
+    /// Format of the access log (text or JSON lines).
+    pub fn log_format(mut self, f: crate::config::LogFormat) -> Self {
+        self.cfg.log_format = f;
+        self
+    }
+
+    /// Refuse to start unless root.
+    pub fn require_root(mut self, on: bool) -> Self {
+        self.cfg.require_root = on;
+        self
+    }
+
+    /// Run as this user (and group) after binding and opening files.
+    pub fn user(mut self, user: impl Into<String>, group: Option<String>) -> Self {
+        self.cfg.user = Some(user.into());
+        self.cfg.group = group;
+        self
+    }
+
+    /// Called in the supervisor each time a worker is reaped.
+    pub fn on_worker_exit<F: Fn(&crate::hooks::WorkerExit) + 'static>(mut self, f: F) -> Self {
+        self.hooks.on_worker_exit = Some(Box::new(f));
+        self
+    }
+
+    /// Decides, every `reload_check_every`, whether to reload (replace
+    /// workers once idle), instead of watching the handler file.
+    pub fn auto_reload_handler<F: Fn() -> bool + 'static>(mut self, f: F) -> Self {
+        self.hooks.auto_reload = Some(Box::new(f));
         self
     }
 

@@ -28,7 +28,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::config::{Config, JobSpec};
-use crate::scoreboard::Scoreboard;
+use crate::scoreboard::{Scoreboard, SlotState};
 use crate::server::Hooks;
 use crate::sys::{self, Forked, PidFd};
 
@@ -80,8 +80,33 @@ impl Worker {
 #[derive(Default)]
 struct SlotRec {
     worker: Option<Worker>,
-    quick_deaths: u32,
-    respawn_at: Option<Instant>,
+}
+
+/// What a file looked like, for `--reload-check-every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileSig {
+    mtime_ns: i128,
+    size: u64,
+    ino: u64,
+    dev: u64,
+}
+
+fn file_sig(path: &std::path::Path) -> Option<FileSig> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileSig {
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        size: m.size(),
+        ino: m.ino(),
+        dev: m.dev(),
+    })
+}
+
+/// `--reload-check-every`: the handler file and jobd's own executable.
+struct ReloadWatch {
+    every: Duration,
+    next: Instant,
+    files: Vec<(std::path::PathBuf, Option<FileSig>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +134,17 @@ pub(crate) struct Supervisor<'a> {
     phase: Phase,
     me: Pid,
     watch: Option<watch::Watch>,
+    /// Minimum of workers: `--prefork`, moved by SIGTTIN / SIGTTOU.
+    min_workers: usize,
+    /// Workers to fork at the next growth tick.
+    rate: usize,
+    next_pool_tick: Instant,
+    /// Crash-loop back-off: no fork before this.
+    hold_until: Option<Instant>,
+    quick_deaths: u32,
+    /// Inside a "max children reached" episode (logged once per episode).
+    cap_episode: bool,
+    reload_watch: Option<ReloadWatch>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -127,6 +163,33 @@ impl<'a> Supervisor<'a> {
         )?;
         nix::sys::prctl::set_child_subreaper(true)?;
         let watch = watch::Watch::new(cfg, sb)?;
+        let reload_watch = cfg.reload_check_every.map(|every| {
+            let mut files = Vec::new();
+            if hooks.auto_reload.is_none() {
+                if let JobSpec::Handler { program, .. } = &cfg.job {
+                    files.push(program.clone());
+                }
+                if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+                    files.push(exe);
+                }
+            }
+            ReloadWatch {
+                every,
+                next: Instant::now() + every,
+                files: files
+                    .into_iter()
+                    .map(|f| {
+                        let sig = file_sig(&f);
+                        (f, sig)
+                    })
+                    .collect(),
+            }
+        });
+        let h = sb.header();
+        h.max_children
+            .store(cfg.max_children as u32, Ordering::Relaxed);
+        h.min_workers.store(cfg.prefork as u32, Ordering::Relaxed);
+
         Ok(Supervisor {
             cfg,
             hooks,
@@ -139,6 +202,13 @@ impl<'a> Supervisor<'a> {
             phase: Phase::Running,
             me: nix::unistd::getpid(),
             watch,
+            min_workers: cfg.prefork,
+            rate: 1,
+            next_pool_tick: Instant::now() + pool::TICK,
+            hold_until: None,
+            quick_deaths: 0,
+            cap_episode: false,
+            reload_watch,
         })
     }
 
@@ -155,13 +225,14 @@ impl<'a> Supervisor<'a> {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            for s in &self.slots {
-                if let Some(t) = s.respawn_at {
-                    earliest(t);
-                }
+            if let Some(t) = self.hold_until {
+                earliest(t);
+            }
+            if let Some(r) = &self.reload_watch {
+                earliest(r.next);
             }
             match self.phase {
-                Phase::Running => {}
+                Phase::Running => earliest(self.next_pool_tick),
                 Phase::Draining { deadline } | Phase::Killing { deadline } => earliest(deadline),
             }
             if let Some(w) = &self.watch {
@@ -234,7 +305,21 @@ impl<'a> Supervisor<'a> {
                 Signal::SIGCHLD => {} // reaped below, every turn
                 Signal::SIGTERM => self.begin_drain(),
                 Signal::SIGINT => self.begin_kill("SIGINT"),
-                Signal::SIGHUP => self.reload(),
+                Signal::SIGHUP => self.reload("SIGHUP"),
+                Signal::SIGTTIN => self.add_worker(),
+                Signal::SIGTTOU => self.remove_worker(),
+                Signal::SIGUSR1 => {
+                    match crate::logfiles::reopen() {
+                        Ok(()) => tracing::info!("SIGUSR1: logs reopened"),
+                        Err(e) => tracing::error!(error = %e, "SIGUSR1: failed to reopen the logs"),
+                    }
+                    for s in &self.slots {
+                        if let Some(w) = &s.worker {
+                            w.signal(Signal::SIGUSR1);
+                        }
+                    }
+                }
+
                 other => tracing::debug!(signal = other.as_str(), "signal ignored"),
             }
         }
@@ -262,7 +347,6 @@ impl<'a> Supervisor<'a> {
             deadline: Instant::now() + self.cfg.grace,
         };
         for s in &mut self.slots {
-            s.respawn_at = None;
             if let Some(w) = &mut s.worker {
                 w.retiring = true;
                 w.signal(Signal::SIGTERM);
@@ -285,7 +369,6 @@ impl<'a> Supervisor<'a> {
             deadline: Instant::now() + self.cfg.kill_grace + Duration::from_secs(1),
         };
         for s in &mut self.slots {
-            s.respawn_at = None;
             if let Some(w) = &mut s.worker {
                 w.retiring = true;
                 w.signal(Signal::SIGINT);
@@ -300,14 +383,83 @@ impl<'a> Supervisor<'a> {
             .count()
     }
 
-    fn reload(&mut self) {
+    /// SIGTTIN: one more worker, for good (gunicorn).
+    fn add_worker(&mut self) {
         if self.phase != Phase::Running {
             return;
         }
+        if self.min_workers >= self.cfg.max_children {
+            tracing::warn!(
+                workers = self.min_workers,
+                max_children = self.cfg.max_children,
+                "SIGTTIN: already at max children"
+            );
+            return;
+        }
+        self.min_workers += 1;
+        self.sb
+            .header()
+            .min_workers
+            .store(self.min_workers as u32, Ordering::Relaxed);
+        tracing::info!(min_workers = self.min_workers, "SIGTTIN: one more worker");
+    }
+
+    /// SIGTTOU: one worker less (an idle one now, else a busy one after its
+    /// job), never below one.
+    fn remove_worker(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if self.min_workers <= 1 {
+            tracing::warn!("SIGTTOU: already at one worker");
+            return;
+        }
+        self.min_workers -= 1;
+        self.sb
+            .header()
+            .min_workers
+            .store(self.min_workers as u32, Ordering::Relaxed);
+        let pick = self.pick_idle(Duration::ZERO).or_else(|| {
+            (0..self.slots.len())
+                .rev()
+                .find(|&i| self.slots[i].worker.as_ref().is_some_and(|w| !w.retiring))
+        });
+        if let Some(i) = pick {
+            self.retire(i);
+        }
+        tracing::info!(min_workers = self.min_workers, "SIGTTOU: one worker less");
+    }
+
+    /// The highest slot whose worker has been idle for at least `min_idle`.
+    fn pick_idle(&self, min_idle: Duration) -> Option<usize> {
+        let now = sys::monotonic_ns();
+        let need = min_idle.as_nanos() as u64;
+        (0..self.slots.len()).rev().find(|&i| {
+            let b = self.sb.slot(i);
+            let since = b.idle_since_mono_ns.load(Ordering::Relaxed);
+            self.slots[i].worker.as_ref().is_some_and(|w| !w.retiring)
+                && b.state() == SlotState::Idle
+                && since != 0
+                && now.saturating_sub(since) >= need
+        })
+    }
+
+    fn retire(&mut self, i: usize) {
+        if let Some(w) = &mut self.slots[i].worker {
+            w.retiring = true;
+            w.signal(Signal::SIGTERM);
+        }
+    }
+
+    fn reload(&mut self, why: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+
         if let JobSpec::Handler { .. } = &self.cfg.job
             && let Err(e) = self.cfg.validate()
         {
-            tracing::error!(error = %e, "SIGHUP: reload refused; keeping the current workers");
+            tracing::error!(error = %e, "{why}: reload refused; keeping the current workers");
             return;
         }
         self.generation += 1;
@@ -317,7 +469,7 @@ impl<'a> Supervisor<'a> {
             .store(self.generation, Ordering::Relaxed);
         tracing::info!(
             generation = self.generation,
-            "SIGHUP: reloading; workers are replaced once idle"
+            "{why}: reloading; workers are replaced once idle"
         );
         for s in &mut self.slots {
             if let Some(w) = &mut s.worker
@@ -335,14 +487,8 @@ impl<'a> Supervisor<'a> {
         let now = Instant::now();
         match self.phase {
             Phase::Running => {
-                for i in 0..self.slots.len() {
-                    if self.slots[i].worker.is_none()
-                        && self.slots[i].respawn_at.is_some_and(|t| t <= now)
-                    {
-                        self.slots[i].respawn_at = None;
-                        self.spawn(i);
-                    }
-                }
+                self.check_reload(now);
+                self.manage_pool(now);
             }
             Phase::Draining { deadline } if now >= deadline => {
                 tracing::warn!(
@@ -366,6 +512,127 @@ impl<'a> Supervisor<'a> {
                 };
             }
             _ => {}
+        }
+    }
+
+    /// `--reload-check-every`: a changed handler or executable (or the
+    /// library's `auto_reload_handler` saying so) reloads as SIGHUP does.
+    fn check_reload(&mut self, now: Instant) {
+        let Some(rw) = &mut self.reload_watch else {
+            return;
+        };
+        if now < rw.next {
+            return;
+        }
+        rw.next = now + rw.every;
+        let changed = match &self.hooks.auto_reload {
+            Some(f) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                Ok(v) => v,
+                Err(_) => {
+                    tracing::error!("auto_reload_handler panicked; not reloading");
+                    false
+                }
+            },
+            None => {
+                let mut changed = false;
+                for (path, sig) in &mut rw.files {
+                    let now_sig = file_sig(path);
+                    if now_sig != *sig {
+                        tracing::info!(file = %path.display(), "file changed");
+                        *sig = now_sig;
+                        changed = true;
+                    }
+                }
+                changed
+            }
+        };
+        if changed {
+            self.reload("auto-reload");
+        }
+    }
+
+    /// Workers alive and not asked to exit.
+    fn live(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.worker.as_ref().is_some_and(|w| !w.retiring))
+            .count()
+    }
+
+    /// Refills to the minimum at once; grows, shrinks and watches the cap
+    /// each pool tick.
+    fn manage_pool(&mut self, now: Instant) {
+        let held = self.hold_until.is_some_and(|t| now < t);
+        if !held {
+            self.hold_until = None;
+            let live = self.live();
+            if live < self.min_workers {
+                self.spawn_n(self.min_workers - live);
+            }
+        }
+        if now < self.next_pool_tick {
+            return;
+        }
+        self.next_pool_tick = now + pool::TICK;
+        let (mut idle, mut live) = (0, 0);
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.worker.as_ref().is_some_and(|w| !w.retiring) {
+                live += 1;
+                if matches!(
+                    self.sb.slot(i).state(),
+                    SlotState::Idle | SlotState::Starting
+                ) {
+                    idle += 1;
+                }
+            }
+        }
+        let expired = usize::from(self.pick_idle(self.cfg.idle_timeout).is_some());
+        let p = pool::plan(pool::PoolView {
+            live,
+            idle,
+            min: self.min_workers,
+            max: self.cfg.max_children,
+            rate: self.rate,
+            idle_expired: expired,
+        });
+        self.rate = p.next_rate;
+        if p.at_cap {
+            if !self.cap_episode {
+                self.cap_episode = true;
+                self.sb
+                    .header()
+                    .max_children_reached
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    max_children = self.cfg.max_children,
+                    "max children reached: every worker is busy; clients wait in the listen queue"
+                );
+            }
+        } else if idle > 0 {
+            self.cap_episode = false;
+        }
+        if p.spawn > 0 && !held {
+            tracing::debug!(spawn = p.spawn, live, "all workers busy: growing the pool");
+            self.spawn_n(p.spawn);
+        }
+        if p.retire > 0
+            && let Some(i) = self.pick_idle(self.cfg.idle_timeout)
+        {
+            tracing::debug!(slot = i, "retiring an idle worker");
+            self.retire(i);
+        }
+    }
+
+    /// Forks `n` workers into the lowest free slots.
+    fn spawn_n(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(i) = self.slots.iter().position(|s| s.worker.is_none()) else {
+                return;
+            };
+            self.spawn(i);
+            if self.hold_until.is_some() {
+                return; // fork failed: back off
+            }
         }
     }
 
@@ -415,9 +682,9 @@ impl<'a> Supervisor<'a> {
             }
             Err(e) => {
                 board.release();
-                let r = pool::on_exit(false, false, Duration::ZERO, self.slots[i].quick_deaths);
-                self.slots[i].quick_deaths = r.quick_deaths;
-                self.slots[i].respawn_at = r.after.map(|d| Instant::now() + d);
+                let r = pool::on_exit(false, false, Duration::ZERO, self.quick_deaths);
+                self.quick_deaths = r.quick_deaths;
+                self.hold_until = r.after.map(|d| Instant::now() + d);
                 tracing::error!(slot = i, error = %e, "fork failed; retrying later");
             }
         }
@@ -509,23 +776,31 @@ impl<'a> Supervisor<'a> {
             Err(e) => format!("wait error: {e}"),
         };
         let stopping = self.phase != Phase::Running;
-        let planned = w.retiring;
+        // Asked to exit, or exited 0 by itself (recycled after its request
+        // limit): planned. Anything else is a death.
+        let planned = w.retiring || matches!(status, Ok(WaitStatus::Exited(_, 0)));
         if planned {
             tracing::debug!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker exited");
         } else {
             tracing::warn!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker died; replacing it");
         }
-        let r = pool::on_exit(
-            planned,
-            stopping,
-            w.started.elapsed(),
-            self.slots[i].quick_deaths,
-        );
-        self.slots[i].quick_deaths = r.quick_deaths;
-        self.slots[i].respawn_at = r.after.map(|d| Instant::now() + d);
+        if let Some(h) = &self.hooks.on_worker_exit {
+            let ev = crate::hooks::WorkerExit {
+                slot: i,
+                pid: w.pid.as_raw(),
+                status: desc.clone(),
+                planned,
+            };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(&ev))).is_err() {
+                tracing::error!(slot = i, "on_worker_exit hook panicked");
+            }
+        }
+        let r = pool::on_exit(planned, stopping, w.started.elapsed(), self.quick_deaths);
+        self.quick_deaths = r.quick_deaths;
         if let Some(d) = r.after
             && !d.is_zero()
         {
+            self.hold_until = Some(Instant::now() + d);
             tracing::warn!(
                 slot = i,
                 delay_ms = d.as_millis() as u64,

@@ -1,4 +1,5 @@
-//! The pool's pure decisions: when a dead worker's slot is refilled.
+//! The pool's pure decisions: when to fork after a worker died (crash-loop
+//! back-off), and how the pool grows and shrinks each maintenance tick.
 //!
 //! No process is touched here; the supervisor feeds events in and carries
 //! out the answers, so these rules are unit-tested without forking.
@@ -52,6 +53,87 @@ pub fn on_exit(planned: bool, stopping: bool, lifetime: Duration, quick_deaths: 
     }
 }
 
+/// Maintenance period of the pool (growth and shrinking). Apache's prefork
+/// uses 1 s; jobs here are long and clients wait in the backlog while the
+/// pool grows, so the tick is shorter.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Most workers forked in one tick (Apache prefork's cap).
+pub const MAX_SPAWN_RATE: usize = 32;
+
+/// What the pool looks like at a maintenance tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolView {
+    /// Live workers.
+    pub live: usize,
+    /// Workers idle or starting (about to accept).
+    pub idle: usize,
+    /// Minimum (`--prefork`, moved by SIGTTIN / SIGTTOU).
+    pub min: usize,
+    /// `--max-children`.
+    pub max: usize,
+    /// Workers to fork this tick if the pool must grow.
+    pub rate: usize,
+    /// Idle workers idle for longer than `--idle-timeout`.
+    pub idle_expired: usize,
+}
+
+/// What to do at this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Workers to fork.
+    pub spawn: usize,
+    /// Idle workers to retire (0 or 1).
+    pub retire: usize,
+    /// The spawn rate for the next tick.
+    pub next_rate: usize,
+    /// Every worker is busy and the pool is at `max`: clients wait.
+    pub at_cap: bool,
+}
+
+/// The pool's rules, as Apache prefork's `perform_idle_server_maintenance`:
+///
+/// - below `min`, fork the missing workers at once;
+/// - when no worker is idle, fork `rate` more (never past `max`), doubling
+///   the rate for the next tick up to [`MAX_SPAWN_RATE`];
+/// - when some are idle, the rate falls back to 1, and one worker idle for
+///   longer than the idle timeout is retired per tick, down to `min`.
+pub fn plan(v: PoolView) -> Plan {
+    let room = v.max.saturating_sub(v.live);
+    if v.live < v.min {
+        return Plan {
+            spawn: (v.min - v.live).min(room),
+            retire: 0,
+            next_rate: v.rate.max(1),
+            at_cap: false,
+        };
+    }
+    if v.idle == 0 {
+        if room == 0 {
+            return Plan {
+                spawn: 0,
+                retire: 0,
+                next_rate: v.rate.max(1),
+                at_cap: true,
+            };
+        }
+        let spawn = v.rate.max(1).min(room);
+        return Plan {
+            spawn,
+            retire: 0,
+            next_rate: (v.rate.max(1) * 2).min(MAX_SPAWN_RATE),
+            at_cap: false,
+        };
+    }
+    let retire = usize::from(v.idle_expired > 0 && v.live > v.min);
+    Plan {
+        spawn: 0,
+        retire,
+        next_rate: 1,
+        at_cap: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +170,62 @@ mod tests {
         assert_eq!(waits[2], Duration::from_millis(200));
         assert!(waits.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+    }
+
+    fn view(live: usize, idle: usize, rate: usize, expired: usize) -> PoolView {
+        PoolView {
+            live,
+            idle,
+            min: 2,
+            max: 40,
+            rate,
+            idle_expired: expired,
+        }
+    }
+
+    #[test]
+    fn grows_doubling_up_to_32_per_tick_and_never_past_max() {
+        let mut live = 2;
+        let mut rate = 1;
+        let mut steps = vec![];
+        while live < 40 {
+            let p = plan(view(live, 0, rate, 0));
+            assert!(p.spawn > 0);
+            steps.push(p.spawn);
+            live += p.spawn;
+            rate = p.next_rate;
+        }
+        assert_eq!(steps, vec![1, 2, 4, 8, 16, 7]);
+        assert_eq!(live, 40);
+        let p = plan(view(40, 0, rate, 0));
+        assert_eq!((p.spawn, p.at_cap), (0, true));
+        let big = plan(PoolView {
+            live: 100,
+            idle: 0,
+            min: 2,
+            max: 1000,
+            rate: 32,
+            idle_expired: 0,
+        });
+        assert_eq!((big.spawn, big.next_rate), (32, 32));
+    }
+
+    #[test]
+    fn refills_to_min_first() {
+        let p = plan(view(0, 0, 8, 0));
+        assert_eq!(p.spawn, 2);
+    }
+
+    #[test]
+    fn idle_pool_resets_rate_and_retires_one_expired_worker_per_tick() {
+        let p = plan(view(10, 5, 16, 3));
+        assert_eq!((p.spawn, p.retire, p.next_rate), (0, 1, 1));
+        // Never below min.
+        let p = plan(view(2, 2, 1, 2));
+        assert_eq!(p.retire, 0);
+        // Idle but not expired: keep.
+        let p = plan(view(10, 5, 1, 0));
+        assert_eq!(p.retire, 0);
     }
 
     #[test]

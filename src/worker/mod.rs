@@ -11,7 +11,8 @@
 //! - `SIGINT`:  kill the current job's process group now and exit.
 //! - `SIGUSR2`: the supervisor asks to cancel the job named in the slot's
 //!   `cancel_req` (ignored when it names another job).
-//! - `SIGHUP`, `SIGUSR1`, `SIGTTIN`, `SIGTTOU`: ignored (the supervisor's
+//! - `SIGUSR1`: reopen the error and access logs.
+//! - `SIGHUP`, `SIGTTIN`, `SIGTTOU`: ignored (the supervisor's
 //!   business; blocked here so that handlers get default dispositions).
 
 use std::net::TcpListener;
@@ -89,6 +90,9 @@ pub(crate) fn run(
     let board = sb.slot(slot);
     let mut after = AfterJob::default();
     let mut events = [EpollEvent::empty(); 2];
+    let mut served: u64 = 0;
+    let max_requests = (cfg.max_requests_per_child > 0)
+        .then(|| cfg.max_requests_per_child + jitter(cfg.max_requests_jitter));
     loop {
         if after.exit_now || after.retire {
             board.set_state(SlotState::Exiting);
@@ -111,6 +115,7 @@ pub(crate) fn run(
                         match Signal::try_from(info.ssi_signo as i32) {
                             Ok(Signal::SIGTERM) => after.retire = true,
                             Ok(Signal::SIGINT) => after.exit_now = true,
+                            Ok(Signal::SIGUSR1) => reopen_logs(slot),
                             _ => {}
                         }
                     }
@@ -127,6 +132,17 @@ pub(crate) fn run(
                 let a = runner.serve(conn);
                 after.retire |= a.retire;
                 after.exit_now |= a.exit_now;
+                served += 1;
+                if max_requests.is_some_and(|m| served >= m) && !after.exit_now {
+                    tracing::info!(
+                        slot,
+                        pid = std::process::id(),
+                        jobs = served,
+                        "worker recycled after its request limit"
+                    );
+                    board.set_state(SlotState::Exiting);
+                    return 0;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -147,4 +163,27 @@ pub(crate) fn run(
             }
         }
     }
+}
+
+/// SIGUSR1: reopen the error and access logs in this process.
+pub(crate) fn reopen_logs(slot: usize) {
+    if let Err(e) = crate::logfiles::reopen() {
+        tracing::error!(slot, error = %e, "failed to reopen the logs");
+    }
+}
+
+/// A random number in `0..=max` (for `--max-requests-jitter`), from the
+/// kernel's random pool, falling back to the clock.
+fn jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let mut b = [0u8; 8];
+    let r = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let v = match r {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => crate::sys::monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32),
+    };
+    v % (max + 1)
 }
