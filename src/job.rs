@@ -255,6 +255,9 @@ impl Runner<'_> {
         if outcome == Outcome::Failed {
             h.jobs_failed.fetch_add(1, Ordering::Relaxed);
         }
+        if outcome == Outcome::Cancelled && reason == reason::SHUTDOWN {
+            h.cancelled_shutdown.fetch_add(1, Ordering::Relaxed);
+        }
         let duration_ms = started.elapsed().as_millis() as u64;
         let outcome_name = match (outcome, reason) {
             (Outcome::Cancelled, reason::TIMEOUT) => "timeout",
@@ -270,7 +273,7 @@ impl Runner<'_> {
             status: &status,
         });
         if outcome == Outcome::Cancelled {
-            tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome.as_str(), reason = %reason::name(reason), "job ended");
+            tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome_name, reason = %reason::name(reason), "job ended");
         } else {
             tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome.as_str(), "job ended");
         }

@@ -49,6 +49,19 @@ pub struct Totals {
     pub cancelled_disconnect: u64,
     /// Jobs cancelled by shutdown.
     pub cancelled_shutdown: u64,
+    /// Jobs cancelled by `--job-timeout`.
+    pub timeouts: u64,
+    /// Times the pool hit `--max-children` with every worker busy.
+    pub max_children_reached: u64,
+    /// `--max-children`.
+    pub max_children: u32,
+    /// Current minimum of workers (`--prefork`, moved by SIGTTIN / SIGTTOU).
+    pub min_workers: u32,
+    /// Connections waiting in the listen queue (sock_diag; None when it
+    /// could not be read).
+    pub listen_queue: Option<u32>,
+    /// The listen backlog as the kernel applied it.
+    pub listen_backlog: Option<u32>,
     /// Clients gone before their job started.
     pub gone_before_start: u64,
     /// Workers forked since start.
@@ -108,6 +121,7 @@ pub fn snapshot(sb: &Scoreboard) -> Status {
         });
     }
     let pid = h.supervisor_pid.load(Ordering::Acquire);
+    let queue = sb.listen().filter(|_| pid > 0).and_then(listen_queue);
     let running = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     Status {
         supervisor_pid: pid,
@@ -123,11 +137,30 @@ pub fn snapshot(sb: &Scoreboard) -> Status {
             jobs_failed: h.jobs_failed.load(Ordering::Relaxed),
             cancelled_disconnect: h.cancelled_disconnect.load(Ordering::Relaxed),
             cancelled_shutdown: h.cancelled_shutdown.load(Ordering::Relaxed),
+            timeouts: h.cancelled_timeout.load(Ordering::Relaxed),
+            max_children_reached: h.max_children_reached.load(Ordering::Relaxed),
+            max_children: h.max_children.load(Ordering::Relaxed),
+            min_workers: h.min_workers.load(Ordering::Relaxed),
+            listen_queue: queue.map(|q| q.0),
+            listen_backlog: queue.map(|q| q.1),
             gone_before_start: h.gone_before_start.load(Ordering::Relaxed),
             workers_spawned: h.workers_spawned.load(Ordering::Relaxed),
         },
         slots,
     }
+}
+
+/// The listener's accept queue length and backlog, over sock_diag (as
+/// PHP-FPM's status shows its listen queue).
+fn listen_queue(addr: std::net::SocketAddr) -> Option<(u32, u32)> {
+    let mut d = crate::detect::sockdiag::SockDiag::open().ok()?;
+    let socks = d.listen_queue(addr.port()).ok()?;
+    let unspecified = |a: &std::net::SocketAddr| a.ip().is_unspecified();
+    socks
+        .iter()
+        .find(|e| e.local == addr || (unspecified(&addr) && unspecified(&e.local)))
+        .or_else(|| socks.first())
+        .map(|e| (e.rqueue, e.wqueue))
 }
 
 fn fmt_age(ms: u64) -> String {
@@ -158,17 +191,30 @@ impl Status {
         ));
         let t = &self.totals;
         out.push_str(&format!(
-            "workers {}  idle {}  busy {}  starting {}  jobs served {}  failed {}  cancelled {} (disconnect {}, shutdown {})  gone before start {}\n\n",
+            "workers {} (min {}, max {})  idle {}  busy {}  starting {}  max children reached {}\n",
             t.workers,
+            t.min_workers,
+            t.max_children,
             t.idle,
             t.busy,
             t.starting,
+            t.max_children_reached
+        ));
+        out.push_str(&format!(
+            "jobs served {}  failed {}  cancelled {} (disconnect {}, timeout {}, shutdown {})  gone before start {}\n",
             t.jobs_served,
             t.jobs_failed,
-            t.cancelled_disconnect + t.cancelled_shutdown,
+            t.cancelled_disconnect + t.timeouts + t.cancelled_shutdown,
             t.cancelled_disconnect,
+            t.timeouts,
             t.cancelled_shutdown,
             t.gone_before_start
+        ));
+        let q = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+        out.push_str(&format!(
+            "listen queue {} (backlog {})\n\n",
+            q(t.listen_queue),
+            q(t.listen_backlog)
         ));
         out.push_str(&format!(
             "{:>5} {:>8} {:<9} {:>4} {:>10} {:<40} {:>8} {:>8}\n",

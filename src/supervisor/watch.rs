@@ -445,7 +445,7 @@ impl Watch {
                 .fetch_add(1, Ordering::Relaxed);
             let ran_ms = sys::monotonic_ns().saturating_sub(job.start_mono_ns) / 1_000_000;
             let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
-            tracing::info!(slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = "timeout", ran_ms, "job cancelled");
+            tracing::info!(slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = %"timeout", ran_ms, "job cancelled");
         }
     }
 
