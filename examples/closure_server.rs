@@ -1,5 +1,8 @@
 //! A Rust job server built with the library: each client sends one line and
 //! gets it back upper-cased, from a closure run in a preforked worker.
+//! A line `sleep N` makes the job sleep N seconds without ever checking
+//! `ctx.is_cancelled()`: hang up during it and jobd kills the worker after
+//! the kill grace (500 ms here) and forks a new one.
 //!
 //! ```sh
 //! cargo run --example closure_server -- 127.0.0.1:7001
@@ -21,9 +24,14 @@ fn main() {
         .prefork(2)
         .after_init(|info| eprintln!("closure_server bound {}", info.local_addr))
         .before_shutdown(|| eprintln!("closure_server shutting down"))
+        .kill_grace(std::time::Duration::from_millis(500))
         .job_fn(|conn, ctx| {
             let mut line = String::new();
             BufReader::new(&conn).read_line(&mut line)?;
+            if let Some(secs) = line.trim().strip_prefix("sleep ") {
+                let secs: u64 = secs.parse().unwrap_or(1);
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+            }
             writeln!(
                 &conn,
                 "job {} slot {}: {}",

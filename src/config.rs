@@ -274,6 +274,22 @@ impl Config {
         self.prefork.max(self.max_children).max(1)
     }
 
+    /// Checks the handler program again (on reload: it may have changed).
+    pub fn check_handler(&self) -> Result<(), ConfigError> {
+        if let JobSpec::Handler { program, .. } = &self.job {
+            check_program(program).map_err(|e| match e {
+                ProgramError::Missing => ConfigError::ScriptMissing {
+                    path: program.display().to_string(),
+                },
+                ProgramError::Bad(why) => ConfigError::ScriptNotExecutable {
+                    path: program.display().to_string(),
+                    why,
+                },
+            })?;
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked before binding.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.prefork > MAX_SLOTS {

@@ -232,7 +232,15 @@ impl Runner<'_> {
                         return AfterJob::default();
                     }
                 };
+                let guard = match sys::arm_self_kill(self.board()) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        tracing::warn!(slot, error = %e, "failed to arm the closure kill switch");
+                        None
+                    }
+                };
                 let res = f(stream, &ctx);
+                drop(guard);
                 let req = self.board().cancel_req.load(Ordering::Acquire) == job_id;
                 let (outcome, status) = match (&res, req) {
                     (_, true) => (Outcome::Cancelled, "returned".to_string()),

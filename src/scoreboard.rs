@@ -250,6 +250,9 @@ pub struct Slot {
     pub cancel_req: AtomicU64,
     /// Cancel reason code for `cancel_req`.
     pub cancel_reason: AtomicU32,
+    /// Kill request for a closure job that ignored its cancellation: the
+    /// worker kills itself only if this names the job it runs.
+    pub kill_req: AtomicU64,
     _pad2: AtomicU32,
     /// Jobs this worker served.
     pub jobs_served: AtomicU64,
@@ -346,6 +349,13 @@ impl Slot {
         self.job_phase.store(job_phase::RUNNING, Ordering::Relaxed);
         self.job_id.store(job.job_id, Ordering::Release);
         self.set_state(SlotState::Busy);
+    }
+
+    /// Whether `kill_req` names the job this slot runs now (async-signal-safe:
+    /// atomics only).
+    pub fn closure_job_to_kill(&self) -> bool {
+        let k = self.kill_req.load(Ordering::Acquire);
+        k != 0 && k == self.job_id.load(Ordering::Acquire)
     }
 
     /// Marks the job as ending (before its socket is closed).

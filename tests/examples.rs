@@ -117,6 +117,27 @@ fn closure_server_answers_and_hooks_run() {
     );
 }
 
+/// A closure that never checks `is_cancelled()` is killed with its worker
+/// after the kill grace; the slot gets a new worker that serves.
+#[test]
+fn stubborn_closure_job_is_killed_with_its_worker() {
+    let e = Example::start("closure_server", &["127.0.0.1:0"]);
+    let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+    s.write_all(b"sleep 30\n").unwrap();
+    e.wait(|l| l.contains("job started"));
+    drop(s);
+    e.wait(|l| l.contains("job cancelled") && l.contains("reason=client-closed"));
+    e.wait(|l| l.contains("closure job ignored its cancellation; killing its worker"));
+    e.wait(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
+    // Still serving.
+    let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+    s.write_all(b"again\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.trim().ends_with(": AGAIN"), "{out}");
+    e.stop();
+}
+
 #[test]
 fn callback_cancels_a_closure_job() {
     let e = Example::start("cancel_on_disconnect", &["127.0.0.1:0"]);

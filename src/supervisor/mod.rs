@@ -456,9 +456,7 @@ impl<'a> Supervisor<'a> {
             return;
         }
 
-        if let JobSpec::Handler { .. } = &self.cfg.job
-            && let Err(e) = self.cfg.validate()
-        {
+        if let Err(e) = self.cfg.check_handler() {
             tracing::error!(error = %e, "{why}: reload refused; keeping the current workers");
             return;
         }
@@ -750,6 +748,9 @@ impl<'a> Supervisor<'a> {
         // reaped yet, so its group id is still its own.
         let pgid = board.job_pgid.swap(0, Ordering::AcqRel);
         let job = board.job();
+        // A worker killed on purpose (its closure job ignored a cancel).
+        let killed_on_purpose =
+            job.is_some_and(|j| board.kill_req.load(Ordering::Acquire) == j.job_id);
         if pgid != 0 {
             let _ = sys::kill_group(Pid::from_raw(pgid), Signal::SIGKILL);
         }
@@ -759,10 +760,10 @@ impl<'a> Supervisor<'a> {
             h.jobs_served.fetch_add(1, Ordering::Relaxed);
             if board.cancel_req.load(Ordering::Acquire) == job.job_id {
                 let why = crate::job::reason::name(board.cancel_reason.load(Ordering::Relaxed));
-                tracing::info!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = "cancelled", reason = why, "job ended");
+                tracing::info!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = %"cancelled", reason = %why, "job ended");
             } else {
                 h.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = "failed", "job lost: its worker died");
+                tracing::warn!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = %"failed", "job lost: its worker died");
             }
         }
         board.release();
@@ -778,7 +779,8 @@ impl<'a> Supervisor<'a> {
         let stopping = self.phase != Phase::Running;
         // Asked to exit, or exited 0 by itself (recycled after its request
         // limit): planned. Anything else is a death.
-        let planned = w.retiring || matches!(status, Ok(WaitStatus::Exited(_, 0)));
+        let planned =
+            w.retiring || killed_on_purpose || matches!(status, Ok(WaitStatus::Exited(_, 0)));
         if planned {
             tracing::debug!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker exited");
         } else {

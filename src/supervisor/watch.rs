@@ -12,8 +12,9 @@
 //! the job id to cancel into the slot and pokes the worker through its pidfd;
 //! the worker, which is the handler's parent, kills the job's group only if
 //! the id is still its current job. A closure job cannot be interrupted
-//! inside its worker, so after `--kill-grace` the worker itself is killed
-//! through its pidfd, once the slot is checked to still run that job.
+//! inside its worker, so after `--kill-grace` the watch names the job in
+//! the slot's `kill_req` and pokes the worker, whose signal handler kills
+//! the worker only if it still runs that very job.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -565,7 +566,8 @@ impl Watch {
             if k.at > now {
                 return true;
             }
-            let still = sb.slot(k.slot).job().is_some_and(|v| v.job_id == k.job_id);
+            let board = sb.slot(k.slot);
+            let still = board.job().is_some_and(|v| v.job_id == k.job_id);
             if still && let Some(Some((pid, fd))) = workers.get(k.slot) {
                 tracing::warn!(
                     slot = k.slot,
@@ -573,7 +575,10 @@ impl Watch {
                     job = k.job_id,
                     "closure job ignored its cancellation; killing its worker"
                 );
-                let _ = fd.signal(Signal::SIGKILL);
+                // The worker kills itself only if it still runs this very
+                // job when the signal lands (see sys::arm_self_kill).
+                board.kill_req.store(k.job_id, Ordering::Release);
+                let _ = fd.signal(Signal::SIGUSR2);
             }
             false
         });

@@ -5,6 +5,8 @@
 //! parent-death signal. Nothing outside this folder calls `libc` in an
 //! unsafe way; callers hold descriptors as `OwnedFd` / `BorrowedFd`.
 
+pub mod daemon;
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
@@ -368,4 +370,65 @@ pub fn poll(fds: &mut [Polled<'_>], timeout: Option<std::time::Duration>) -> io:
         f.revents = r.revents;
     }
     Ok(n as usize)
+}
+
+/// The slot whose `kill_req` the SIGUSR2 handler of a closure worker checks.
+static SELF_KILL_SLOT: std::sync::atomic::AtomicPtr<crate::scoreboard::Slot> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn self_kill_handler(_: libc::c_int) {
+    let p = SELF_KILL_SLOT.load(std::sync::atomic::Ordering::Acquire);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: the pointer was set by `arm_self_kill` to a slot of the
+    // scoreboard mapping, which stays mapped until the worker exits; only
+    // atomics are read, which is async-signal-safe.
+    let slot = unsafe { &*p };
+    if slot.closure_job_to_kill() {
+        // SAFETY: kill(getpid(), SIGKILL) is async-signal-safe.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Closure jobs run inside the worker and cannot be interrupted by the
+/// worker's own loop. While one runs, SIGUSR2 is unblocked with a handler
+/// that kills this worker if, and only if, the slot's `kill_req` names the
+/// job the slot runs at that instant: a signal that arrives after the job
+/// ended (or for another job) does nothing. Returns a guard that blocks
+/// SIGUSR2 again.
+pub fn arm_self_kill(slot: &crate::scoreboard::Slot) -> io::Result<SelfKillGuard> {
+    use nix::sys::signal::{
+        SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, sigaction, sigprocmask,
+    };
+    SELF_KILL_SLOT.store(
+        slot as *const crate::scoreboard::Slot as *mut crate::scoreboard::Slot,
+        std::sync::atomic::Ordering::Release,
+    );
+    let act = SigAction::new(
+        SigHandler::Handler(self_kill_handler),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only reads atomics and calls kill/getpid, which
+    // are async-signal-safe.
+    unsafe { sigaction(Signal::SIGUSR2, &act) }.map_err(io::Error::from)?;
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGUSR2);
+    sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).map_err(io::Error::from)?;
+    Ok(SelfKillGuard(()))
+}
+
+/// Blocks SIGUSR2 again (back to the worker's signalfd) when dropped.
+pub struct SelfKillGuard(());
+
+impl Drop for SelfKillGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGUSR2);
+        let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    }
 }
