@@ -28,6 +28,29 @@
 //! - `SIGINT`:  kill every job now and exit 0.
 //! - `SIGHUP`:  reload: check the handler again and replace each worker once
 //!   it is idle (running jobs finish in their old worker).
+//! - `SIGTTIN` / `SIGTTOU`: one worker more / less (gunicorn).
+//! - `SIGUSR1`: reopen the error and access logs (logrotate).
+//!
+//! ## Pool
+//!
+//! The pool starts with `prefork` workers. Every maintenance tick (250 ms),
+//! when no worker is idle it forks more, doubling the number per tick up to
+//! 32 (Apache prefork) and never past `max_children`; at the cap, clients
+//! wait in the listen queue and `max children reached` is logged once per
+//! episode. Workers idle longer than `idle_timeout` are retired, one per
+//! tick, down to `prefork`. A worker exits after `max_requests_per_child`
+//! jobs (plus jitter) and is replaced, never in the middle of a job.
+//!
+//! ## Disconnects
+//!
+//! Each worker records its client's socket (cookie, inode, addresses) in
+//! its slot. Every `check_interval` the supervisor lists the listener's TCP
+//! sockets through sock_diag netlink (or `/proc/net/tcp`), and a job whose
+//! socket is in CLOSE_WAIT (the client sent a FIN) or gone (reset) lost its
+//! client; while a handler runs, its worker also polls the socket and wakes
+//! the supervisor at once. The `on_client_disconnect` hooks decide (cancel
+//! by default), once per job. Cancelling sends SIGTERM to the job's process
+//! group, then SIGKILL after `kill_grace`.
 //!
 //! ## Handler contract
 //!
