@@ -17,17 +17,27 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 fn main() {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "/tmp/jobd-demo".into()));
-    let listen = std::env::args().nth(2).unwrap_or_else(|| "127.0.0.1:0".into());
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "/tmp/jobd-demo".into()),
+    );
+    let listen = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     if let Err(e) = std::fs::create_dir_all(&dir) {
         eprintln!("daemon: cannot create {}: {e}", dir.display());
         std::process::exit(2);
     }
     // The subscriber writes to stderr, which the daemon points at its
     // error log.
-    tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
     let marker = dir.join("reload");
-    let seen: Cell<Option<SystemTime>> = Cell::new(std::fs::metadata(&marker).and_then(|m| m.modified()).ok());
+    let seen: Cell<Option<SystemTime>> =
+        Cell::new(std::fs::metadata(&marker).and_then(|m| m.modified()).ok());
     let server = jobd::Server::builder()
         .listen(listen.parse().expect("an address such as 127.0.0.1:7004"))
         .prefork(2)
@@ -47,13 +57,22 @@ fn main() {
         })
         .on_worker_exit(|w| {
             if !w.planned {
-                eprintln!("daemon: worker {} in slot {} died ({})", w.pid, w.slot, w.status);
+                eprintln!(
+                    "daemon: worker {} in slot {} died ({})",
+                    w.pid, w.slot, w.status
+                );
             }
         })
         .job_fn(|conn, ctx| {
             let mut line = String::new();
             BufReader::new(&conn).read_line(&mut line)?;
-            writeln!(&conn, "job {} on slot {}: {}", ctx.job_id, ctx.slot, line.trim())
+            writeln!(
+                &conn,
+                "job {} on slot {}: {}",
+                ctx.job_id,
+                ctx.slot,
+                line.trim()
+            )
         })
         .build();
     if let Err(e) = server.and_then(|s| s.run()) {

@@ -66,13 +66,21 @@ pub enum CtlVerb {
     /// SIGHUP: replace workers once idle.
     Reload,
     /// Stop, then start again with the same arguments (read from the running
-    /// process's /proc/PID/cmdline), or with the arguments after `--`.
+    /// process's /proc/PID/cmdline), or with the arguments after `--`;
+    /// relative paths in them are resolved from the current directory of
+    /// `jobd ctl restart`.
     Restart,
     /// SIGKILL the supervisor, its workers and their job process trees.
     ForceStop,
 }
 
 /// `jobd ctl` options.
+///
+/// Exit codes (LSB): status: 0 running, 3 not running, 4 unknown (no pid in
+/// the file, or not a jobd); stop and force-stop: 0 (also when not
+/// running), 1 on timeout or failure; reload: 0 sent, 7 not running;
+/// restart: the new jobd's exit code, 7 when not running and no arguments
+/// were given, 2 for unusable arguments.
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// What to do.
@@ -107,7 +115,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 /// Serving options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Address to listen on (IPv4 or [IPv6]:port; port 0 picks a free port).
+    /// Address to listen on (IPv4 or `[IPv6]:port`; port 0 picks a free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
 
@@ -185,12 +193,22 @@ pub struct RunArgs {
     pub idle_timeout: Duration,
 
     /// A worker exits and is replaced after this many jobs (0: never).
-    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub max_requests_per_child: u64,
 
     /// Adds a random 0..=J to --max-requests-per-child for each worker, so
     /// that workers do not all recycle at once.
-    #[arg(long, value_name = "J", default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "J",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub max_requests_jitter: u64,
 
     /// Cancel a job that runs longer than this (reason `timeout`).

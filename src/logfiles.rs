@@ -1,9 +1,43 @@
-//! The error log and the access log (being written: see the logs work item).
+//! The error log and the access log, and their reopening on SIGUSR1.
+//!
+//! Owns two process-wide descriptors, set in the supervisor before it forks
+//! (workers inherit them):
+//!
+//! - `--error-log PATH`: the file is put on fd 2, so that jobd's own log
+//!   (tracing writes to stderr) and the handlers' stderr go there.
+//! - `--access-log PATH`: one line per ended job, written with a single
+//!   `write` to a descriptor opened `O_APPEND`, so that lines from several
+//!   workers never interleave. Text lines are `key=value` pairs as in
+//!   jobd's log; with `--log-format json`, one JSON object per line. Fields:
+//!   `time` (RFC 3339, UTC, milliseconds), `job`, `slot`, `pid`, `peer`,
+//!   `duration_ms`, `outcome`, `status`.
+//!
+//! [`reopen`] opens both paths again and `dup`s the new files onto the same
+//! descriptor numbers (fd 2 and the access log's), so that every holder of
+//! those numbers writes to the new files: logrotate's `mv` followed by
+//! SIGUSR1, sent to the supervisor and passed on to the workers, each of
+//! which calls [`reopen`] itself. Handlers that are already running keep the
+//! old stderr until they exit. Files are created with mode 0640; under
+//! `--user`, reopening creates the new files as that user, so it needs
+//! write access to the log directory.
+//!
+//! It touches no other descriptor and writes nothing but these two files.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::config::LogFormat;
+use crate::sys::daemon::{redirect_stderr as dup_onto_stderr, replace_fd};
 
 /// One access log record: a job that ended.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AccessRecord<'a> {
     /// Job id.
+    #[serde(rename = "job")]
     pub job_id: u64,
     /// Worker slot.
     pub slot: usize,
@@ -19,10 +53,303 @@ pub struct AccessRecord<'a> {
     pub status: &'a str,
 }
 
-/// Appends one line to the access log, when there is one.
-pub fn access(_rec: &AccessRecord<'_>) {}
+/// Errors of opening the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A log file could not be opened or created.
+    #[error("failed to open {flag} {}", .path.display())]
+    Open {
+        /// The flag (`--error-log`, `--access-log`).
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The error log could not be put on fd 2.
+    #[error("failed to redirect stderr to --error-log {}", .path.display())]
+    Redirect {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
 
-/// Reopens the error log and the access log in this process (SIGUSR1).
-pub fn reopen() -> std::io::Result<()> {
-    Ok(())
+struct AccessLog {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+struct State {
+    error_log: Option<PathBuf>,
+    access: Option<AccessLog>,
+    format: LogFormat,
+}
+
+/// The process-wide log state. jobd's processes are single-threaded (the
+/// lock is never held across `fork`); the mutex only makes it a safe global.
+static STATE: Mutex<State> = Mutex::new(State {
+    error_log: None,
+    access: None,
+    format: LogFormat::Text,
+});
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+}
+
+/// The opened error log, to be put on fd 2 with [`ErrorLog::redirect_stderr`]
+/// (or handed to the daemonizing code, which does it in the daemon).
+#[derive(Debug)]
+pub struct ErrorLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl ErrorLog {
+    /// Points fd 2 at the error log.
+    pub fn redirect_stderr(&self) -> Result<(), LogError> {
+        dup_onto_stderr(self.file.as_fd()).map_err(|source| LogError::Redirect {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Opens the logs of this process: the access log becomes the process-wide
+/// access descriptor (inherited by workers forked later), and the error log
+/// is returned for the caller to put on fd 2 when it is time (the
+/// foreground of `--daemonize` keeps its terminal until the daemon is up).
+pub fn open(
+    error_log: Option<&Path>,
+    access_log: Option<&Path>,
+    format: LogFormat,
+) -> Result<Option<ErrorLog>, LogError> {
+    let err = match error_log {
+        Some(p) => Some(ErrorLog {
+            path: p.to_path_buf(),
+            file: open_append(p).map_err(|source| LogError::Open {
+                flag: "--error-log",
+                path: p.to_path_buf(),
+                source,
+            })?,
+        }),
+        None => None,
+    };
+    let access = match access_log {
+        Some(p) => Some(AccessLog {
+            path: p.to_path_buf(),
+            fd: open_append(p)
+                .map_err(|source| LogError::Open {
+                    flag: "--access-log",
+                    path: p.to_path_buf(),
+                    source,
+                })?
+                .into(),
+        }),
+        None => None,
+    };
+    let mut st = state();
+    st.error_log = error_log.map(Path::to_path_buf);
+    st.access = access;
+    st.format = format;
+    Ok(err)
+}
+
+/// Appends one line to the access log, when there is one. A failed write is
+/// logged (on stderr) and otherwise ignored: it never fails a job.
+pub fn access(rec: &AccessRecord<'_>) {
+    let st = state();
+    let Some(log) = &st.access else {
+        return;
+    };
+    let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let line = format_line(&time, rec, st.format);
+    // One write: O_APPEND makes it land whole at the end of the file.
+    let r = match nix::unistd::write(log.fd.as_fd(), line.as_bytes()) {
+        Ok(n) if n == line.len() => Ok(()),
+        Ok(n) => Err(io::Error::other(format!(
+            "short write ({n} of {} bytes)",
+            line.len()
+        ))),
+        Err(e) => Err(io::Error::from(e)),
+    };
+    if let Err(e) = r {
+        tracing::warn!(path = %log.path.display(), job = rec.job_id, error = %e, "failed to write the access log");
+    }
+}
+
+/// Formats one access log line (with its newline).
+fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String {
+    match format {
+        LogFormat::Json => {
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                time: &'a str,
+                #[serde(flatten)]
+                rec: &'a AccessRecord<'a>,
+            }
+            let mut s = serde_json::to_string(&Line { time, rec })
+                .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+            s.push('\n');
+            s
+        }
+        LogFormat::Text => format!(
+            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} status={}\n",
+            time,
+            rec.job_id,
+            rec.slot,
+            rec.pid,
+            text_value(rec.peer),
+            rec.duration_ms,
+            text_value(rec.outcome),
+            text_value(rec.status),
+        ),
+    }
+}
+
+/// A text value as tracing's text lines show it: bare when it is one plain
+/// word, quoted and escaped otherwise.
+fn text_value(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    if plain {
+        v.to_string()
+    } else {
+        format!("{v:?}")
+    }
+}
+
+/// Reopens the error log and the access log of this process (SIGUSR1): the
+/// paths are opened again (created when logrotate moved them away) and put
+/// on the same descriptor numbers. Both are attempted; the first failure is
+/// returned, naming the path, and that log keeps its old file.
+pub fn reopen() -> io::Result<()> {
+    let mut st = state();
+    let mut first: Option<io::Error> = None;
+    let mut fail = |path: &Path, e: io::Error| {
+        if first.is_none() {
+            first = Some(io::Error::new(
+                e.kind(),
+                format!("failed to reopen {}: {e}", path.display()),
+            ));
+        }
+    };
+    if let Some(p) = st.error_log.clone() {
+        match open_append(&p) {
+            Ok(f) => {
+                if let Err(e) = dup_onto_stderr(f.as_fd()) {
+                    fail(&p, e);
+                }
+            }
+            Err(e) => fail(&p, e),
+        }
+    }
+    if let Some(log) = st.access.as_mut() {
+        match open_append(&log.path) {
+            Ok(f) => {
+                if let Err(e) = replace_fd(f.as_fd(), &mut log.fd) {
+                    fail(&log.path, e);
+                }
+            }
+            Err(e) => fail(&log.path, e),
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> AccessRecord<'static> {
+        AccessRecord {
+            job_id: 7,
+            slot: 1,
+            pid: 4242,
+            peer: "127.0.0.1:5555",
+            duration_ms: 12,
+            outcome: "cancelled",
+            status: "signal SIGTERM",
+        }
+    }
+
+    #[test]
+    fn text_line() {
+        let l = format_line("2026-01-02T03:04:05.678Z", &rec(), LogFormat::Text);
+        assert_eq!(
+            l,
+            "time=2026-01-02T03:04:05.678Z job=7 slot=1 pid=4242 peer=127.0.0.1:5555 \
+             duration_ms=12 outcome=cancelled status=\"signal SIGTERM\"\n"
+        );
+        assert_eq!(text_value(""), "\"\"");
+        assert_eq!(text_value("[::1]:80"), "[::1]:80");
+    }
+
+    #[test]
+    fn json_line() {
+        let l = format_line("2026-01-02T03:04:05.678Z", &rec(), LogFormat::Json);
+        assert!(l.ends_with('\n') && !l[..l.len() - 1].contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["time"], "2026-01-02T03:04:05.678Z");
+        assert_eq!(v["job"], 7);
+        assert_eq!(v["slot"], 1);
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["peer"], "127.0.0.1:5555");
+        assert_eq!(v["duration_ms"], 12);
+        assert_eq!(v["outcome"], "cancelled");
+        assert_eq!(v["status"], "signal SIGTERM");
+    }
+
+    /// The only test of this binary that touches the process-wide state.
+    #[test]
+    fn access_lines_and_reopen_after_rename() {
+        let d = tempfile::Builder::new()
+            .prefix("jobd-logs-")
+            .tempdir()
+            .unwrap();
+        let live = d.path().join("access.log");
+        let rotated = d.path().join("access.log.1");
+        assert!(open(None, Some(&live), LogFormat::Text).unwrap().is_none());
+        access(&rec());
+        std::fs::rename(&live, &rotated).unwrap();
+        access(&rec()); // still the old file until reopen
+        reopen().unwrap();
+        access(&rec());
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&live).unwrap();
+        assert_eq!(old.lines().count(), 2, "{old}");
+        assert_eq!(new.lines().count(), 1, "{new}");
+        assert!(new.starts_with("time=") && new.contains(" job=7 "), "{new}");
+        open(None, None, LogFormat::Text).unwrap();
+        access(&rec()); // no access log: a no-op
+        assert_eq!(std::fs::read_to_string(&live).unwrap(), new);
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc_with_millis() {
+        let t = humantime::format_rfc3339_millis(std::time::SystemTime::UNIX_EPOCH).to_string();
+        assert_eq!(t, "1970-01-01T00:00:00.000Z");
+    }
 }

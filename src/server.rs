@@ -1,12 +1,13 @@
 //! The public entry point: [`ServerBuilder`] and [`Server::run`].
 //!
-//! `run` validates the configuration, binds the listener (backlog 1024),
-//! creates the scoreboard, calls `after_init`, and then either hands over to
-//! the supervisor (`prefork >= 1`) or serves jobs one at a time in this
-//! process (`prefork == 0`).
+//! `run` validates the configuration, takes the pid file, binds the
+//! listener (backlog 1024), creates the scoreboard, opens the logs,
+//! daemonizes, drops privileges, calls `after_init`, and then either hands
+//! over to the supervisor (`prefork >= 1`) or serves jobs one at a time in
+//! this process (`prefork == 0`).
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -17,9 +18,12 @@ use nix::unistd::Pid;
 
 use crate::config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec};
 use crate::hooks::{DisconnectEvent, InitInfo, JobContext, Verdict};
+use crate::logfiles::{self, LogError};
+use crate::pidfile::{PidFile, PidFileError};
 use crate::scoreboard::{Scoreboard, ScoreboardError};
 use crate::supervisor::Supervisor;
 use crate::sys;
+use crate::sys::daemon::{self, Daemonized, Ready};
 
 /// Errors of [`Server::run`].
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,31 @@ pub enum Error {
     /// A system call the supervisor needs failed.
     #[error("failed to set up the supervisor")]
     Setup(#[source] std::io::Error),
+    /// The pid file could not be taken (another jobd runs with it, or it
+    /// cannot be written).
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    /// A log file could not be opened.
+    #[error(transparent)]
+    Logs(#[from] LogError),
+    /// `--daemonize`: the detach itself failed (in the foreground process).
+    #[error("failed to daemonize")]
+    Daemonize(#[source] std::io::Error),
+    /// `--daemonize`: the daemon reported that it failed to start (the
+    /// foreground process returns this; the daemon logged it too).
+    #[error("the daemon failed to start: {0}")]
+    DaemonFailed(String),
+    /// `--user` / `--group`: the privileges could not be dropped.
+    #[error("failed to switch to user {user} and group {group}")]
+    Privileges {
+        /// The user name.
+        user: String,
+        /// The group name (or the user's primary group id).
+        group: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -348,48 +377,206 @@ impl Server {
 
     /// Binds, forks and serves until SIGTERM or SIGINT. Returns after a
     /// clean stop, with no worker or job process of its own left.
+    ///
+    /// The start, in this order: validate; take the pid file (refused when
+    /// another jobd holds it); bind; create the scoreboard; open the logs;
+    /// daemonize; write the daemon's pid; drop privileges; `after_init`;
+    /// serve. On a clean stop the pid file is removed.
+    ///
+    /// With `daemonize`, relative paths are made absolute first (the daemon
+    /// runs in `/`), and the calling process does not return on success: it
+    /// exits with status 0 once the daemon reports that it is up (bound,
+    /// pid written, privileges dropped); when the daemon fails to start, it
+    /// returns [`Error::DaemonFailed`] with the daemon's message.
     pub fn run(&self) -> Result<(), Error> {
         self.cfg.validate()?;
         let threads = sys::thread_count();
         if threads > 1 {
             return Err(Error::Threaded(threads));
         }
-        let listener = bind(self.cfg.listen, self.cfg.backlog).map_err(|source| Error::Bind {
-            addr: self.cfg.listen,
+        let owned;
+        let cfg = if self.cfg.daemonize {
+            owned = absolute_paths(&self.cfg).map_err(Error::Daemonize)?;
+            &owned
+        } else {
+            &self.cfg
+        };
+        let mut pid_file = cfg.pid_file.as_deref().map(PidFile::acquire).transpose()?;
+        let listener = bind(cfg.listen, cfg.backlog).map_err(|source| Error::Bind {
+            addr: cfg.listen,
             source,
         })?;
         let local = listener.local_addr().map_err(Error::Setup)?;
-        let sb = match &self.cfg.scoreboard {
-            Some(p) => Scoreboard::create(p, self.cfg.slots())?,
-            None => Scoreboard::anonymous(self.cfg.slots())?,
+        let sb = match &cfg.scoreboard {
+            Some(p) => Scoreboard::create(p, cfg.slots())?,
+            None => Scoreboard::anonymous(cfg.slots())?,
         };
+        let error_log = logfiles::open(
+            cfg.error_log.as_deref(),
+            cfg.access_log.as_deref(),
+            cfg.log_format,
+        )?;
+        let ready = if cfg.daemonize {
+            let Some(log) = &error_log else {
+                return Err(ConfigError::DaemonNeeds("--error-log").into());
+            };
+            // SAFETY: checked above that this process has one thread.
+            match unsafe { daemon::daemonize(log.file().as_fd()) }.map_err(Error::Daemonize)? {
+                Daemonized::Foreground(reader) => return foreground_wait(reader),
+                Daemonized::Daemon(writer) => Some(writer),
+            }
+        } else {
+            if let Some(log) = &error_log {
+                log.redirect_stderr()?;
+            }
+            None
+        };
+        drop(error_log); // fd 2 holds it now
+        let started = (|| -> Result<(), Error> {
+            if let Some(p) = pid_file.as_mut().filter(|_| cfg.daemonize) {
+                p.write_pid(std::process::id())?;
+            }
+            drop_privileges(cfg)?;
+            sys::ignore_sigpipe().map_err(Error::Setup)?;
+            // From the moment the pid is known (the pid file, `up`), a
+            // signal must not kill us with its default action: block the
+            // signals that the supervisor (or the inline worker) reads from
+            // its signalfd; pending ones are read there.
+            crate::supervisor::supervisor_sigset()
+                .thread_block()
+                .map_err(|e| Error::Setup(e.into()))
+        })();
+        if let Err(e) = started {
+            if let Some(w) = ready {
+                w.send(&Ready::Failed(error_chain(&e)));
+            }
+            return Err(e);
+        }
         let h = sb.header();
         h.supervisor_pid
             .store(std::process::id() as i32, Ordering::Relaxed);
-        h.prefork.store(self.cfg.prefork as u32, Ordering::Relaxed);
+        h.prefork.store(cfg.prefork as u32, Ordering::Relaxed);
+        h.generation.store(1, Ordering::Relaxed);
         sb.set_listen(local);
-        sys::ignore_sigpipe().map_err(Error::Setup)?;
         tracing::info!(
-            prefork = self.cfg.prefork,
+            prefork = cfg.prefork,
             pid = std::process::id(),
             "listening on {local}"
         );
+        if let Some(w) = ready {
+            w.send(&Ready::Up {
+                pid: std::process::id() as i32,
+            });
+        }
         if let Some(f) = &self.hooks.after_init {
             f(&InitInfo { local_addr: local });
         }
-        if self.cfg.prefork == 0 {
-            let code = run_inline(&self.cfg, &self.hooks, &sb, &listener);
+        let result = if cfg.prefork == 0 {
+            let code = run_inline(cfg, &self.hooks, &sb, &listener);
             sb.header().supervisor_pid.store(0, Ordering::Release);
-            return if code == 0 {
+            if code == 0 {
                 Ok(())
             } else {
                 Err(Error::Setup(std::io::Error::other("worker loop failed")))
-            };
+            }
+        } else {
+            let sup = Supervisor::new(cfg, &self.hooks, &sb, &listener).map_err(Error::Setup)?;
+            sup.run();
+            Ok(())
+        };
+        if let Some(p) = pid_file {
+            p.remove();
         }
-        let sup = Supervisor::new(&self.cfg, &self.hooks, &sb, &listener).map_err(Error::Setup)?;
-        sup.run();
+        result
+    }
+}
+
+/// `--daemonize`, in the foreground process: waits for the daemon's word;
+/// exits 0 when it is up, returns its failure otherwise.
+fn foreground_wait(reader: daemon::ReadyReader) -> Result<(), Error> {
+    match reader.wait() {
+        Ok(Ready::Up { pid }) => {
+            tracing::info!(pid, "daemon started");
+            // Exit without running destructors: the pid file, the
+            // listener and the scoreboard now belong to the daemon.
+            std::process::exit(0)
+        }
+        Ok(Ready::Failed(msg)) => Err(Error::DaemonFailed(msg)),
+        Err(e) => Err(Error::DaemonFailed(format!(
+            "{e}; see the error log for what happened"
+        ))),
+    }
+}
+
+/// The configuration with every file path made absolute (from the current
+/// directory), for a daemon that runs in `/`.
+fn absolute_paths(cfg: &Config) -> std::io::Result<Config> {
+    fn abs(p: &mut PathBuf) -> std::io::Result<()> {
+        if p.is_relative() {
+            *p = std::path::absolute(&*p)?;
+        }
         Ok(())
     }
+    let mut c = cfg.clone();
+    if let JobSpec::Handler { program, .. } = &mut c.job {
+        abs(program)?;
+    }
+    for p in [
+        &mut c.scoreboard,
+        &mut c.pid_file,
+        &mut c.error_log,
+        &mut c.access_log,
+        &mut c.disconnect_hook,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        abs(p)?;
+    }
+    Ok(c)
+}
+
+/// `--user` / `--group`: clears the supplementary groups, then sets the
+/// group (the user's primary group without `--group`) and the user.
+fn drop_privileges(cfg: &Config) -> Result<(), Error> {
+    let Some(user) = &cfg.user else {
+        return Ok(());
+    };
+    let group_name = cfg.group.clone();
+    let fail = |group: String, source: std::io::Error| Error::Privileges {
+        user: user.clone(),
+        group,
+        source,
+    };
+    let group_shown = || group_name.clone().unwrap_or_else(|| "(primary)".into());
+    let u = nix::unistd::User::from_name(user)
+        .map_err(|e| fail(group_shown(), e.into()))?
+        .ok_or_else(|| fail(group_shown(), std::io::Error::other("no such user")))?;
+    let gid = match &group_name {
+        Some(g) => {
+            nix::unistd::Group::from_name(g)
+                .map_err(|e| fail(g.clone(), e.into()))?
+                .ok_or_else(|| fail(g.clone(), std::io::Error::other("no such group")))?
+                .gid
+        }
+        None => u.gid,
+    };
+    let shown = group_name.unwrap_or_else(|| gid.to_string());
+    daemon::drop_privileges(u.uid, gid).map_err(|e| fail(shown.clone(), e))?;
+    tracing::info!(user = %user, uid = u.uid.as_raw(), group = %shown, gid = gid.as_raw(), "dropped privileges");
+    Ok(())
+}
+
+/// An error and its causes on one line, as the binary prints them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// `--prefork 0`: one process accepts and runs jobs one at a time.

@@ -127,6 +127,8 @@ fn worker_is_recycled_after_max_requests() {
     assert_ne!(pids[2], pids[3]);
     assert_eq!(pids[3], pids[5]);
     assert_ne!(pids[5], pids[6]);
+    j.wait_log_n(7, &|l| l.contains("job ended"));
+    j.wait_log_n(2, &|l| l.contains("worker recycled"));
     assert_eq!(j.count(|l| l.contains("worker recycled")), 2);
     assert_eq!(
         j.count(|l| l.contains("job ended") && l.contains("outcome=done")),

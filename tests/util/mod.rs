@@ -427,3 +427,191 @@ fn try_send(pid: i32, sig: &str) -> nix::Result<()> {
 pub fn send(pid: i32, sig: &str) {
     try_send(pid, sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
 }
+
+// ---- The daemon lifecycle (tests/daemon.rs, tests/ctl.rs) ----
+
+/// A fresh tag for processes started outside [`Jobd`].
+pub fn fresh_tag() -> String {
+    new_tag()
+}
+
+/// Runs `jobd ARGS` in `dir` with `tag` in its environment and waits for it
+/// to exit: (status, stdout, stderr). Unlike [`run_jobd`], processes it
+/// leaves behind (a daemon) are the caller's to check and stop.
+pub fn run_tagged<S: AsRef<std::ffi::OsStr>>(
+    dir: &Path,
+    tag: &str,
+    args: &[S],
+) -> (ExitStatus, String, String) {
+    let child = Command::new(jobd_bin())
+        .args(args)
+        .env("JOBD_TEST_TAG", tag)
+        .env_remove("JOBD_LOG")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A daemon does not keep these pipes (its stdio is /dev/null and the
+    // error log), so reading them to EOF ends when jobd exits.
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until the file at `path` has a line matching `pred`; returns it.
+pub fn wait_file_line(path: &Path, pred: impl Fn(&str) -> bool) -> String {
+    let mut found = None;
+    wait_until(&format!("a matching line in {}", path.display()), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        found = text.lines().find(|l| pred(l)).map(str::to_string);
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// The address in a `listening on ADDR` log line (text or JSON).
+pub fn listen_addr(line: &str) -> SocketAddr {
+    let rest = line.split("listening on ").nth(1).unwrap();
+    let addr = rest
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .unwrap();
+    addr.parse()
+        .unwrap_or_else(|_| panic!("bad address in {line:?}"))
+}
+
+/// A jobd started with `--daemonize` in a temp dir, with relative paths:
+/// `jobd.pid`, `error.log`, `access.log`. On `Drop`, every process carrying
+/// its tag (the daemon, its workers, their jobs, a restarted daemon) is
+/// killed by PID.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub tag: String,
+    pub pid: i32,
+    pub addr: SocketAddr,
+    /// The arguments it was started with.
+    pub args: Vec<String>,
+}
+
+impl Daemon {
+    /// The arguments of a daemon with the three files in the current
+    /// directory, then `extra`.
+    pub fn args(extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--daemonize",
+            "--listen",
+            "127.0.0.1:0",
+            "--pid-file",
+            "jobd.pid",
+            "--error-log",
+            "error.log",
+            "--access-log",
+            "access.log",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    /// Starts `jobd --daemonize ...` in `dir`; expects the foreground to
+    /// exit 0, and reads the daemon's pid and address.
+    pub fn start(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
+        let args = Daemon::args(extra);
+        let tag = new_tag();
+        let (st, out, err) = run_tagged(dir.path(), &tag, &args);
+        let mut d = Daemon {
+            dir,
+            tag,
+            pid: 0,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            args,
+        };
+        assert!(
+            st.success(),
+            "jobd {:?} exited with {st:?}\nstdout: {out}\nstderr: {err}\nerror log:\n{}",
+            d.args,
+            d.error_log_text()
+        );
+        d.refresh();
+        d
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.path("jobd.pid")
+    }
+
+    pub fn error_log(&self) -> PathBuf {
+        self.path("error.log")
+    }
+
+    pub fn access_log(&self) -> PathBuf {
+        self.path("access.log")
+    }
+
+    pub fn error_log_text(&self) -> String {
+        std::fs::read_to_string(self.error_log()).unwrap_or_default()
+    }
+
+    /// Reads the pid file and the last `listening on` line again (after a
+    /// restart).
+    pub fn refresh(&mut self) {
+        let text = std::fs::read_to_string(self.pid_file()).unwrap_or_default();
+        self.pid = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("pid file holds {text:?}"));
+        let pid = self.pid.to_string();
+        let line = wait_file_line(&self.error_log(), |l| {
+            l.contains("listening on ") && l.contains(&pid)
+        });
+        self.addr = listen_addr(&line);
+    }
+
+    /// `jobd ctl VERB --pid-file jobd.pid EXTRA`, run in the daemon's dir
+    /// with its tag (a restarted daemon carries it too).
+    pub fn ctl(&self, verb: &str, extra: &[&str]) -> (ExitStatus, String, String) {
+        let mut a = vec!["ctl", verb, "--pid-file", "jobd.pid"];
+        a.extend_from_slice(extra);
+        run_tagged(self.dir.path(), &self.tag, &a)
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s
+    }
+
+    /// Sends `input` and reads until jobd closes the connection.
+    pub fn request_all(&self, input: &str) -> String {
+        let mut s = self.connect();
+        s.write_all(input.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// SIGTERM, then waits until the daemon and everything it started are
+    /// gone.
+    pub fn stop(&self) {
+        send(self.pid, "TERM");
+        wait_until("the daemon to exit", || !alive(self.pid));
+        wait_gone(&self.tag);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        kill_tagged(&self.tag);
+    }
+}

@@ -1,0 +1,900 @@
+//! End-to-end load: jobs/s and latency of jobd beside tcpserver, socat and
+//! a bare in-process server, in one run on one machine.
+//!
+//! The load generator (this program) runs C client threads; each loops:
+//! connect to 127.0.0.1, send one line, read until EOF, check the echo, for
+//! a fixed duration (`LOAD_SECS`) and under a hard cap of connections per
+//! run. A job counts when its reply is complete before the end of the run;
+//! its latency runs from the start of `connect` to EOF.
+//!
+//! Servers (all on loopback, all started here and stopped by pid):
+//! - `jobd/sh`, `jobd/c`: `jobd --prefork 4 --script H` (defaults otherwise)
+//!   with H the shell echo handler (`read -r l; echo "$l"`) or a tiny C echo
+//!   program built here with `cc -O2 -static`;
+//! - `tcpserver-c4/*`, `tcpserver-c64/*`: `tcpserver -c N -b 1024 -H -R -l 0`
+//!   (no DNS or ident lookups: tcpserver's fastest setup) with the same H;
+//! - `socat/*`: `socat TCP-LISTEN:port,bind=127.0.0.1,fork,reuseaddr,backlog=1024 EXEC:H`;
+//! - `jobd-closure`: an echo closure through `jobd::Server::builder()
+//!   .prefork(4).job_fn(..)`, in this program re-executed as the server
+//!   (jobd forks, so it must start before any thread exists);
+//! - `bare-4threads`: the ceiling of the model: 4 threads of this process
+//!   accepting on one listener (backlog 1024) and running the same echo.
+//!
+//! Runs are interleaved: for each round, for each concurrency, every server
+//! in turn; the table gives medians over the rounds and ratios of medians.
+//! The generator's own CPU (getrusage of this process, and the client
+//! threads alone from schedstat) is printed beside the machine's busy share,
+//! to show that the generator is not the bottleneck.
+//!
+//! Environment: `LOAD_SECS` (seconds per run, default 2.5), `LOAD_RUNS`
+//! (rounds, default 5), `LOAD_CONC` (default `1,4,32`), `LOAD_SERVERS`
+//! (comma-separated names or prefixes, default all), `LOAD_MAX_JOBS` (hard
+//! cap of connections per run, default 300000), `LOAD_DEADLINE_S` (no new
+//! run starts after this, default 840), `LOAD_LOG_DIR` (keep the servers'
+//! logs there instead of a temporary directory).
+//!
+//! Output: progress on stderr; a table, `JSON ` lines (one per run, per
+//! server and concurrency, per target) and PASS/MISS lines on stdout. The
+//! targets are information, not assertions.
+
+mod common;
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
+    sockopt,
+};
+
+/// Set when this program is re-executed as the library closure server.
+const SERVER_ENV: &str = "JOBD_LOAD_BENCH_SERVER";
+/// The request line; the reply must be the same bytes.
+const LINE: &[u8] = b"jobd load bench: one line to echo\n";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Reads one line (up to 4 KiB) and writes it back: the job of both the
+/// closure server and the bare server.
+fn echo(mut conn: &TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = conn.read(&mut buf[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+        if buf[n - 1] == b'\n' {
+            break;
+        }
+    }
+    conn.write_all(&buf[..n])
+}
+
+/// Server mode: the jobd library with an echo closure.
+fn closure_server_main() -> std::process::ExitCode {
+    let server = jobd::Server::builder()
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .prefork(4)
+        .grace(Duration::from_secs(5))
+        .after_init(|info| eprintln!("listening on {}", info.local_addr))
+        .job_fn(|conn, _ctx| echo(&conn))
+        .build();
+    match server.map(|s| s.run()) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("closure server: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handler {
+    Sh,
+    C,
+}
+
+impl Handler {
+    fn name(self) -> &'static str {
+        match self {
+            Handler::Sh => "sh",
+            Handler::C => "c",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Jobd(Handler),
+    Tcpserver(u32, Handler),
+    Socat(Handler),
+    Closure,
+    Bare,
+}
+
+impl Kind {
+    fn name(self) -> String {
+        match self {
+            Kind::Jobd(h) => format!("jobd/{}", h.name()),
+            Kind::Tcpserver(c, h) => format!("tcpserver-c{c}/{}", h.name()),
+            Kind::Socat(h) => format!("socat/{}", h.name()),
+            Kind::Closure => "jobd-closure".into(),
+            Kind::Bare => "bare-4threads".into(),
+        }
+    }
+}
+
+const ALL: &[Kind] = &[
+    Kind::Jobd(Handler::Sh),
+    Kind::Tcpserver(4, Handler::Sh),
+    Kind::Tcpserver(64, Handler::Sh),
+    Kind::Socat(Handler::Sh),
+    Kind::Jobd(Handler::C),
+    Kind::Tcpserver(4, Handler::C),
+    Kind::Tcpserver(64, Handler::C),
+    Kind::Socat(Handler::C),
+    Kind::Closure,
+    Kind::Bare,
+];
+
+/// The in-process bare server: 4 threads blocked in accept on one listener.
+struct Bare {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Bare {
+    fn start(threads: usize) -> io::Result<Bare> {
+        let fd: OwnedFd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(any))?;
+        listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+        let l = Arc::new(TcpListener::from(fd));
+        let addr = l.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let l = Arc::clone(&l);
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((c, _)) = l.accept() {
+                            let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+                            let _ = echo(&c);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(Bare {
+            addr,
+            stop,
+            threads,
+        })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake each thread blocked in accept with one connection.
+        for _ in 0..self.threads.len() {
+            let _ = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Running {
+    Proc(Spawned),
+    Bare(Bare),
+}
+
+struct Live {
+    kind: Kind,
+    addr: SocketAddr,
+    run: Running,
+}
+
+impl Live {
+    fn probe(&self) -> CpuProbe {
+        match &self.run {
+            Running::Proc(p) => CpuProbe::Tree(p.pid()),
+            Running::Bare(_) => CpuProbe::InProcess,
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Default)]
+struct Sample {
+    jobs: usize,
+    late: usize,
+    errors: usize,
+    first_error: Option<String>,
+    jobs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// getrusage(RUSAGE_SELF) over wall, % of one core.
+    self_cpu_pct: f64,
+    /// The client threads alone, % of one core.
+    client_cpu_pct: f64,
+    /// Whole machine busy, % of all cores.
+    machine_busy_pct: f64,
+    wall_s: f64,
+    /// The server's CPU per job (its whole process tree, handlers
+    /// included), microseconds.
+    server_us_per_job: f64,
+}
+
+/// Where a server's CPU is read.
+#[derive(Clone, Copy)]
+enum CpuProbe {
+    /// A process tree rooted at this pid.
+    Tree(i32),
+    /// Threads of this process: getrusage minus the client threads.
+    InProcess,
+}
+
+fn load_run(
+    addr: SocketAddr,
+    probe: CpuProbe,
+    conc: usize,
+    dur: Duration,
+    cap: usize,
+) -> Sample {
+    let tickets = Arc::new(AtomicUsize::new(0));
+    let srv0 = match probe {
+        CpuProbe::Tree(pid) => tree_cpu_s(pid),
+        CpuProbe::InProcess => None,
+    };
+    let cpu0 = self_cpu_s();
+    let m0 = machine_jiffies();
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let handles: Vec<_> = (0..conc)
+        .map(|_| {
+            let tickets = Arc::clone(&tickets);
+            thread::spawn(move || client(addr, deadline, cap, &tickets))
+        })
+        .collect();
+    let mut lat: Vec<u32> = Vec::new();
+    let mut s = Sample::default();
+    let mut client_cpu = 0.0;
+    for h in handles {
+        let Ok(r) = h.join() else {
+            s.errors += 1;
+            continue;
+        };
+        lat.extend(r.lat_us);
+        s.late += r.late;
+        s.errors += r.errors;
+        if s.first_error.is_none() {
+            s.first_error = r.first_error;
+        }
+        client_cpu += r.cpu_s;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let m1 = machine_jiffies();
+    let cpu = self_cpu_s() - cpu0;
+    lat.sort_unstable();
+    s.jobs = lat.len();
+    s.jobs_per_s = lat.len() as f64 / dur.as_secs_f64();
+    s.p50_ms = percentile(&lat, 0.50).map_or(f64::NAN, |u| u as f64 / 1e3);
+    s.p99_ms = percentile(&lat, 0.99).map_or(f64::NAN, |u| u as f64 / 1e3);
+    s.self_cpu_pct = cpu / wall * 100.0;
+    s.client_cpu_pct = client_cpu / wall * 100.0;
+    let dt = (m1.1.saturating_sub(m0.1)).max(1) as f64;
+    s.machine_busy_pct = m1.0.saturating_sub(m0.0) as f64 / dt * 100.0;
+    s.wall_s = wall;
+    let server_cpu = match probe {
+        CpuProbe::Tree(pid) => tree_cpu_s(pid).zip(srv0).map(|(a, b)| a - b),
+        CpuProbe::InProcess => Some(cpu - client_cpu),
+    };
+    s.server_us_per_job = match server_cpu {
+        Some(c) if s.jobs + s.late > 0 => c / (s.jobs + s.late) as f64 * 1e6,
+        _ => f64::NAN,
+    };
+    s
+}
+
+struct ClientOut {
+    lat_us: Vec<u32>,
+    late: usize,
+    errors: usize,
+    first_error: Option<String>,
+    cpu_s: f64,
+}
+
+fn client(addr: SocketAddr, deadline: Instant, cap: usize, tickets: &AtomicUsize) -> ClientOut {
+    let cpu0 = thread_cpu_s();
+    let mut out = ClientOut {
+        lat_us: Vec::with_capacity(4096),
+        late: 0,
+        errors: 0,
+        first_error: None,
+        cpu_s: 0.0,
+    };
+    // Bounded: at most `cap` connections over all threads, none started
+    // after the deadline, each bounded by its timeouts.
+    for _ in 0..cap {
+        if Instant::now() >= deadline || tickets.fetch_add(1, Ordering::Relaxed) >= cap {
+            break;
+        }
+        let t = Instant::now();
+        match one_job(addr) {
+            Ok(()) => {
+                if Instant::now() <= deadline {
+                    out.lat_us
+                        .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                } else {
+                    out.late += 1;
+                }
+            }
+            Err(e) => {
+                out.errors += 1;
+                if out.first_error.is_none() {
+                    out.first_error = Some(e.to_string());
+                }
+                // Do not spin on a refusing server.
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    out.cpu_s = thread_cpu_s() - cpu0;
+    out
+}
+
+fn one_job(addr: SocketAddr) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(LINE)?;
+    let mut buf = [0u8; 256];
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            return Err(io::Error::other("reply too long"));
+        }
+        match s.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if &buf[..n] != LINE {
+        return Err(io::Error::other(format!(
+            "bad reply {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        )));
+    }
+    Ok(())
+}
+
+fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Result<Live, String> {
+    let h = |h: Handler| -> Result<&PathBuf, String> {
+        match h {
+            Handler::Sh => Ok(&handlers.sh),
+            Handler::C => handlers
+                .c
+                .as_ref()
+                .ok_or_else(|| "no C handler".to_string()),
+        }
+    };
+    let name = kind.name();
+    let spawned = match kind {
+        Kind::Jobd(hd) => {
+            let args: Vec<OsString> = vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--prefork".into(),
+                "4".into(),
+                "--script".into(),
+                h(hd)?.into(),
+            ];
+            spawn_jobd_like(
+                &name,
+                Path::new(env!("CARGO_BIN_EXE_jobd")),
+                &args,
+                &[],
+                dir,
+                START_TIMEOUT,
+            )?
+        }
+        Kind::Closure => {
+            let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+            spawn_jobd_like(
+                &name,
+                &exe,
+                &[],
+                &[(SERVER_ENV, "closure")],
+                dir,
+                START_TIMEOUT,
+            )?
+        }
+        Kind::Tcpserver(c, hd) => {
+            let bin = anchors
+                .tcpserver
+                .as_ref()
+                .ok_or("tcpserver is missing (package ucspi-tcp)")?;
+            let args: Vec<String> = vec![
+                "-c".into(),
+                c.to_string(),
+                "-b".into(),
+                "1024".into(),
+                "-H".into(),
+                "-R".into(),
+                "-l".into(),
+                "0".into(),
+                "127.0.0.1".into(),
+                "{port}".into(),
+                h(hd)?.to_string_lossy().into_owned(),
+            ];
+            spawn_on_free_port(&name, bin, &args, dir, START_TIMEOUT)?
+        }
+        Kind::Socat(hd) => {
+            let bin = anchors
+                .socat
+                .as_ref()
+                .ok_or("socat is missing (package socat)")?;
+            let args: Vec<String> = vec![
+                "TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024".into(),
+                format!("EXEC:{}", h(hd)?.display()),
+            ];
+            spawn_on_free_port(&name, bin, &args, dir, START_TIMEOUT)?
+        }
+        Kind::Bare => {
+            let b = Bare::start(4).map_err(|e| format!("bare server: {e}"))?;
+            return Ok(Live {
+                kind,
+                addr: b.addr,
+                run: Running::Bare(b),
+            });
+        }
+    };
+    Ok(Live {
+        kind,
+        addr: spawned.addr,
+        run: Running::Proc(spawned),
+    })
+}
+
+struct Handlers {
+    sh: PathBuf,
+    c: Option<PathBuf>,
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn main() -> std::process::ExitCode {
+    if std::env::var_os(SERVER_ENV).is_some() {
+        return closure_server_main();
+    }
+    let t_all = Instant::now();
+    let dur = env_secs("LOAD_SECS", 2.5);
+    let runs = env_usize("LOAD_RUNS", 5).max(1);
+    let cap = env_usize("LOAD_MAX_JOBS", 300_000).max(1);
+    let deadline = t_all + env_secs("LOAD_DEADLINE_S", 840.0);
+    let concs: Vec<usize> = env_list("LOAD_CONC", "1,4,32")
+        .iter()
+        .map(|s| {
+            s.parse::<usize>()
+                .unwrap_or_else(|_| panic!("LOAD_CONC: bad number {s:?}"))
+                .clamp(1, 512)
+        })
+        .collect();
+    let only = env_list("LOAD_SERVERS", "");
+    let kinds: Vec<Kind> = ALL
+        .iter()
+        .copied()
+        .filter(|k| only.is_empty() || only.iter().any(|o| k.name().starts_with(o.as_str())))
+        .collect();
+    if let Err(e) = raise_nofile(4096) {
+        eprintln!("note: {e}");
+    }
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir: PathBuf = match std::env::var_os("LOAD_LOG_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            std::fs::create_dir_all(&d).expect("LOAD_LOG_DIR");
+            d
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let anchors = ensure_anchors();
+    let sh = write_script(tmp.path(), "echo.sh", SH_ECHO).expect("write echo.sh");
+    let (c, c_link) = match build_c_echo(tmp.path()) {
+        Ok((p, how)) => (Some(p), how.to_string()),
+        Err(e) => (None, format!("unavailable: {e}")),
+    };
+    let handlers = Handlers { sh, c };
+
+    println!("load: {}", machine_line());
+    println!(
+        "load: {runs} rounds x {:.1} s per run, concurrency {concs:?}, cap {cap} connections per run",
+        dur.as_secs_f64()
+    );
+    println!("load: C echo handler: {c_link}");
+    for n in &anchors.notes {
+        println!("load: anchors: {n}");
+    }
+    println!(
+        "load: tcpserver: {}",
+        anchors
+            .tcpserver
+            .as_ref()
+            .map_or("MISSING: tcpserver rows skipped".into(), |p| p
+                .display()
+                .to_string())
+    );
+    println!(
+        "load: socat: {}",
+        anchors
+            .socat
+            .as_ref()
+            .map_or("MISSING: socat rows skipped".into(), |p| p
+                .display()
+                .to_string())
+    );
+
+    // Start every server once; they stay up (idle) while others are loaded.
+    let mut live: Vec<Live> = Vec::new();
+    for &k in &kinds {
+        match start(k, &handlers, &anchors, &dir) {
+            Ok(l) => {
+                eprintln!("started {} on {}", k.name(), l.addr);
+                live.push(l);
+            }
+            Err(e) => println!("load: SKIPPED {}: {e}", k.name()),
+        }
+    }
+
+    // Warm-up, not recorded: page cache, jobd's pools, the C library.
+    for l in &live {
+        let s = load_run(l.addr, l.probe(), 4, Duration::from_millis(300), cap);
+        if s.errors > 0 || s.jobs == 0 {
+            println!(
+                "load: warm-up of {}: {} jobs, {} errors ({})",
+                l.kind.name(),
+                s.jobs,
+                s.errors,
+                s.first_error.unwrap_or_default()
+            );
+        }
+    }
+
+    // samples[server][conc] = one Sample per round.
+    let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); concs.len()]; live.len()];
+    let mut cut_short = false;
+    'rounds: for round in 0..runs {
+        for (ci, &conc) in concs.iter().enumerate() {
+            for (si, l) in live.iter().enumerate() {
+                if Instant::now() >= deadline {
+                    cut_short = true;
+                    break 'rounds;
+                }
+                let s = load_run(l.addr, l.probe(), conc, dur, cap);
+                eprintln!(
+                    "round {} c={conc:<3} {:<18} {:>8.0} jobs/s p50 {:>7.2} ms p99 {:>7.2} ms err {} bench cpu {:.0}% machine {:.0}% server {:.0} us/job",
+                    round + 1,
+                    l.kind.name(),
+                    s.jobs_per_s,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.errors,
+                    s.self_cpu_pct,
+                    s.machine_busy_pct,
+                    s.server_us_per_job
+                );
+                println!(
+                    "JSON {}",
+                    serde_json::json!({
+                        "bench": "load", "kind": "run", "server": l.kind.name(),
+                        "conc": conc, "round": round + 1,
+                        "secs": dur.as_secs_f64(), "jobs": s.jobs, "late": s.late,
+                        "errors": s.errors, "first_error": s.first_error,
+                        "jobs_per_s": round2(s.jobs_per_s), "p50_ms": round3(s.p50_ms),
+                        "p99_ms": round3(s.p99_ms),
+                        "bench_cpu_pct_of_core": round2(s.self_cpu_pct),
+                        "client_threads_cpu_pct_of_core": round2(s.client_cpu_pct),
+                        "machine_busy_pct": round2(s.machine_busy_pct),
+                        "server_cpu_us_per_job": round2(s.server_us_per_job),
+                    })
+                );
+                samples[si][ci].push(s);
+            }
+        }
+    }
+
+    // Stop everything by pid, then sweep for left-overs.
+    let ran: Vec<Kind> = live.iter().map(|l| l.kind).collect();
+    for l in live.drain(..).rev() {
+        match l.run {
+            Running::Proc(p) => {
+                let name = p.name.clone();
+                let how = p.stop(STOP_GRACE);
+                eprintln!("stopped {name}: {how}");
+                if how.contains("left-over") || how.contains("SIGKILL") {
+                    println!("load: {name}: {how}");
+                }
+            }
+            Running::Bare(b) => b.stop(),
+        }
+    }
+
+    let summary = summarize(&samples, &ran, &concs);
+    print_table(&summary, &concs);
+    print_targets(&summary, &concs);
+    if cut_short {
+        println!("load: LOAD_DEADLINE_S reached: fewer rounds than asked for some servers (see n)");
+    }
+    println!(
+        "load: total wall time {:.1} s",
+        t_all.elapsed().as_secs_f64()
+    );
+    std::process::ExitCode::SUCCESS
+}
+
+fn round2(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!((x * 100.0).round() / 100.0)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn round3(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!((x * 1000.0).round() / 1000.0)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// Medians over the rounds of one server at one concurrency.
+#[derive(Clone)]
+struct Summary {
+    kind: Kind,
+    conc: usize,
+    n: usize,
+    jobs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+    bench_cpu_pct: f64,
+    client_cpu_pct: f64,
+    machine_pct: f64,
+    server_us_per_job: f64,
+    per_run_jobs_per_s: Vec<f64>,
+}
+
+fn summarize(samples: &[Vec<Vec<Sample>>], kinds: &[Kind], concs: &[usize]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for (si, per_conc) in samples.iter().enumerate() {
+        for (ci, v) in per_conc.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let m = |f: fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+            out.push(Summary {
+                kind: kinds[si],
+                conc: concs[ci],
+                n: v.len(),
+                jobs_per_s: m(|s| s.jobs_per_s).unwrap_or(f64::NAN),
+                p50_ms: m(|s| s.p50_ms).unwrap_or(f64::NAN),
+                p99_ms: m(|s| s.p99_ms).unwrap_or(f64::NAN),
+                errors: v.iter().map(|s| s.errors).sum(),
+                bench_cpu_pct: m(|s| s.self_cpu_pct).unwrap_or(f64::NAN),
+                client_cpu_pct: m(|s| s.client_cpu_pct).unwrap_or(f64::NAN),
+                machine_pct: m(|s| s.machine_busy_pct).unwrap_or(f64::NAN),
+                server_us_per_job: m(|s| s.server_us_per_job).unwrap_or(f64::NAN),
+                per_run_jobs_per_s: v.iter().map(|s| s.jobs_per_s).collect(),
+            });
+        }
+    }
+    out
+}
+
+fn find(sum: &[Summary], kind: Kind, conc: usize) -> Option<&Summary> {
+    sum.iter().find(|s| s.kind == kind && s.conc == conc)
+}
+
+/// The reference of a row: tcpserver -c 4 with the same handler for the
+/// handler servers, the bare server for the closure.
+fn reference(kind: Kind) -> Option<Kind> {
+    match kind {
+        Kind::Jobd(h) | Kind::Socat(h) => Some(Kind::Tcpserver(4, h)),
+        Kind::Tcpserver(c, h) if c != 4 => Some(Kind::Tcpserver(4, h)),
+        Kind::Closure => Some(Kind::Bare),
+        _ => None,
+    }
+}
+
+fn print_table(sum: &[Summary], concs: &[usize]) {
+    println!();
+    println!(
+        "{:>4}  {:<18} {:>3} {:>9} {:>8} {:>8} {:>8} {:>8} {:<16} {:>5} {:>6} {:>6} {:>6} {:>9}",
+        "conc",
+        "server",
+        "n",
+        "jobs/s",
+        "ratio",
+        "p99 rat",
+        "p50 ms",
+        "p99 ms",
+        "vs",
+        "err",
+        "bench%",
+        "clnt%",
+        "mach%",
+        "srv us/job"
+    );
+    for &c in concs {
+        for s in sum.iter().filter(|s| s.conc == c) {
+            let r = reference(s.kind).and_then(|k| find(sum, k, c));
+            let (ratio, p99r, vs) = match r {
+                Some(r) => (
+                    format!("{:.2}x", s.jobs_per_s / r.jobs_per_s),
+                    format!("{:.2}x", s.p99_ms / r.p99_ms),
+                    r.kind.name(),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            println!(
+                "{:>4}  {:<18} {:>3} {:>9.0} {:>8} {:>8} {:>8.2} {:>8.2} {:<16} {:>5} {:>6.0} {:>6.0} {:>6.0} {:>9.0}",
+                c,
+                s.kind.name(),
+                s.n,
+                s.jobs_per_s,
+                ratio,
+                p99r,
+                s.p50_ms,
+                s.p99_ms,
+                vs,
+                s.errors,
+                s.bench_cpu_pct,
+                s.client_cpu_pct,
+                s.machine_pct,
+                s.server_us_per_job
+            );
+            println!(
+                "JSON {}",
+                serde_json::json!({
+                    "bench": "load", "kind": "summary", "server": s.kind.name(), "conc": c,
+                    "runs": s.n, "jobs_per_s_median": round2(s.jobs_per_s),
+                    "jobs_per_s_runs": s.per_run_jobs_per_s.iter().map(|x| round2(*x)).collect::<Vec<_>>(),
+                    "p50_ms_median": round3(s.p50_ms), "p99_ms_median": round3(s.p99_ms),
+                    "errors": s.errors,
+                    "reference": r.map(|r| r.kind.name()),
+                    "jobs_per_s_ratio": r.map(|r| round3(s.jobs_per_s / r.jobs_per_s)),
+                    "p99_ratio": r.map(|r| round3(s.p99_ms / r.p99_ms)),
+                    "bench_cpu_pct_of_core": round2(s.bench_cpu_pct),
+                    "client_threads_cpu_pct_of_core": round2(s.client_cpu_pct),
+                    "machine_busy_pct": round2(s.machine_pct),
+                    "server_cpu_us_per_job": round2(s.server_us_per_job),
+                })
+            );
+        }
+        println!();
+    }
+    println!(
+        "columns: medians over rounds; ratio = jobs/s over `vs` (same handler, same round set); \
+         p99 rat = p99 over vs's p99 (< 1 is better); bench% = this program's CPU \
+         (getrusage, % of one core; for bare-4threads it includes the in-process server); \
+         clnt% = the client threads alone; mach% = whole machine busy (% of all cores); \
+         srv us/job = CPU of the server's process tree per job, handler included \
+         (/proc/PID/stat utime+stime+cutime+cstime, 10 ms ticks)"
+    );
+}
+
+fn print_targets(sum: &[Summary], concs: &[usize]) {
+    println!();
+    let line = |name: String, ok: Option<bool>, detail: String| {
+        let verdict = match ok {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a ",
+        };
+        println!("{verdict}  {name}: {detail}");
+        println!(
+            "JSON {}",
+            serde_json::json!({"bench": "load", "kind": "target", "target": name,
+                "result": verdict.trim(), "detail": detail})
+        );
+    };
+    for h in [Handler::Sh, Handler::C] {
+        for &c in concs.iter().filter(|&&c| c == 4 || c == 32) {
+            let name = format!(
+                "jobd/{} >= 1.1x tcpserver-c4/{} jobs/s with p99 no worse, conc {c}",
+                h.name(),
+                h.name()
+            );
+            match (
+                find(sum, Kind::Jobd(h), c),
+                find(sum, Kind::Tcpserver(4, h), c),
+            ) {
+                (Some(a), Some(b)) => {
+                    let r = a.jobs_per_s / b.jobs_per_s;
+                    let ok = r >= 1.1 && a.p99_ms <= b.p99_ms;
+                    line(
+                        name,
+                        Some(ok),
+                        format!(
+                            "{r:.2}x ({:.0} vs {:.0} jobs/s), p99 {:.2} vs {:.2} ms",
+                            a.jobs_per_s, b.jobs_per_s, a.p99_ms, b.p99_ms
+                        ),
+                    );
+                }
+                _ => line(name, None, "not measured".into()),
+            }
+        }
+    }
+    for h in [Handler::Sh, Handler::C] {
+        for &c in concs {
+            let name = format!(
+                "jobd/{} >= 2x socat/{} jobs/s, conc {c}",
+                h.name(),
+                h.name()
+            );
+            match (find(sum, Kind::Jobd(h), c), find(sum, Kind::Socat(h), c)) {
+                (Some(a), Some(b)) => {
+                    let r = a.jobs_per_s / b.jobs_per_s;
+                    line(
+                        name,
+                        Some(r >= 2.0),
+                        format!(
+                            "{r:.2}x ({:.0} vs {:.0} jobs/s)",
+                            a.jobs_per_s, b.jobs_per_s
+                        ),
+                    );
+                }
+                _ => line(name, None, "not measured".into()),
+            }
+        }
+    }
+    for &c in concs {
+        let name = format!("jobd-closure >= 0.8x bare-4threads jobs/s, conc {c}");
+        match (find(sum, Kind::Closure, c), find(sum, Kind::Bare, c)) {
+            (Some(a), Some(b)) => {
+                let r = a.jobs_per_s / b.jobs_per_s;
+                line(
+                    name,
+                    Some(r >= 0.8),
+                    format!(
+                        "{r:.2}x ({:.0} vs {:.0} jobs/s), p99 {:.2} vs {:.2} ms",
+                        a.jobs_per_s, b.jobs_per_s, a.p99_ms, b.p99_ms
+                    ),
+                );
+            }
+            _ => line(name, None, "not measured".into()),
+        }
+    }
+}
