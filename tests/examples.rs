@@ -210,3 +210,70 @@ fn callback_keeps_a_half_closed_job_and_cancels_a_reset_one() {
     wait_until("reset job gone", || !alive(pid));
     e.stop();
 }
+
+/// The daemon example: detaches, logs to files, reloads when its
+/// `auto_reload_handler` says so, reports worker deaths through
+/// `on_worker_exit`, and stops through `jobd ctl`.
+#[test]
+fn daemon_example_with_auto_reload_and_worker_exit_hook() {
+    let dir = tempdir();
+    let d = dir.path();
+    let st = Command::new(example("daemon"))
+        .arg(d)
+        .arg("127.0.0.1:0")
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    let log = d.join("error.log");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait_until("listening line", || read(&log).contains("listening on "));
+    let text = read(&log);
+    let addr: std::net::SocketAddr = text
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"hello\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.contains(": hello"), "{out}");
+    wait_until("an access log line", || {
+        read(&d.join("access.log")).contains("outcome=done")
+    });
+    // The auto_reload_handler watches a marker file.
+    std::fs::write(d.join("reload"), "now").unwrap();
+    wait_until("auto-reload", || {
+        read(&log).contains("auto-reload: reloading")
+    });
+    // A worker killed from outside is reported by on_worker_exit.
+    let sb = d.join("jobd.sb");
+    let mut victim = 0;
+    wait_until("a live idle worker", || {
+        let st = util::Jobd::status_json(&sb);
+        victim = st["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["state"] == "idle")
+            .and_then(|s| s["pid"].as_i64())
+            .unwrap_or(0);
+        victim > 0
+    });
+    util::send(victim as i32, "KILL");
+    wait_until("on_worker_exit report", || {
+        read(&log).contains(&format!("daemon: worker {victim} in slot"))
+    });
+    let pid_file = d.join("jobd.pid");
+    let st = Command::new(util::jobd_bin())
+        .args(["ctl", "stop", "--pid-file"])
+        .arg(&pid_file)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_until("pid file removed", || !pid_file.exists());
+}
