@@ -185,17 +185,18 @@ fn print_table(results: &[Outcome], cap: Duration) {
             continue;
         }
         let ended = |x: Option<f64>| match x {
-            Some(w) if w < 1.0 => "killed at once",
-            Some(w) if w >= JOB_SECS - 1.0 => "ran to its end",
-            Some(_) => "ended late",
-            None => "still running at the cap",
+            Some(w) if w < 0.1 => "killed at once".to_string(),
+            Some(w) if w >= JOB_SECS - 1.0 => "ran to the end".to_string(),
+            Some(w) => format!("killed after {w:.1} s"),
+            None => "still running at the cap".to_string(),
         };
-        let verdict = match (ended(o.handler_s), ended(o.child_s)) {
-            ("killed at once", "killed at once") => {
-                "cancelled: handler and child killed".to_string()
-            }
-            (a, b) if a == b => format!("not cancelled: handler and child {a}"),
-            (a, b) => format!("handler {a}, its child {b}"),
+        let (a, b) = (ended(o.handler_s), ended(o.child_s));
+        let verdict = if a == "killed at once" && b == a {
+            "cancelled: handler and child killed at once".to_string()
+        } else if a == b {
+            format!("not cancelled: handler and child {a}")
+        } else {
+            format!("handler {a}, its child {b}")
         };
         println!(
             "{:<10} {:>28} {:>28}  {verdict}",

@@ -31,7 +31,8 @@
 //! (comma-separated names or prefixes, default all), `LOAD_MAX_JOBS` (hard
 //! cap of connections per run, default 300000), `LOAD_DEADLINE_S` (no new
 //! run starts after this, default 840), `LOAD_LOG_DIR` (keep the servers'
-//! logs there instead of a temporary directory).
+//! logs there instead of a temporary directory), `LOAD_JOBD_ARGS` (extra
+//! flags for the `jobd/*` servers, for experiments; printed when set).
 //!
 //! Output: progress on stderr; a table, `JSON ` lines (one per run, per
 //! server and concurrency, per target) and PASS/MISS lines on stdout. The
@@ -255,13 +256,7 @@ enum CpuProbe {
     InProcess,
 }
 
-fn load_run(
-    addr: SocketAddr,
-    probe: CpuProbe,
-    conc: usize,
-    dur: Duration,
-    cap: usize,
-) -> Sample {
+fn load_run(addr: SocketAddr, probe: CpuProbe, conc: usize, dur: Duration, cap: usize) -> Sample {
     let tickets = Arc::new(AtomicUsize::new(0));
     let srv0 = match probe {
         CpuProbe::Tree(pid) => tree_cpu_s(pid),
@@ -404,14 +399,15 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
     let name = kind.name();
     let spawned = match kind {
         Kind::Jobd(hd) => {
-            let args: Vec<OsString> = vec![
+            let mut args: Vec<OsString> = vec![
                 "--listen".into(),
                 "127.0.0.1:0".into(),
                 "--prefork".into(),
                 "4".into(),
-                "--script".into(),
-                h(hd)?.into(),
             ];
+            args.extend(extra_jobd_args());
+            args.push("--script".into());
+            args.push(h(hd)?.into());
             spawn_jobd_like(
                 &name,
                 Path::new(env!("CARGO_BIN_EXE_jobd")),
@@ -479,6 +475,16 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
     })
 }
 
+/// `LOAD_JOBD_ARGS`: extra jobd flags, split on whitespace (for
+/// experiments, e.g. `--check-interval 1h`); empty by default.
+fn extra_jobd_args() -> Vec<OsString> {
+    std::env::var("LOAD_JOBD_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(OsString::from)
+        .collect()
+}
+
 struct Handlers {
     sh: PathBuf,
     c: Option<PathBuf>,
@@ -543,6 +549,12 @@ fn main() -> std::process::ExitCode {
         dur.as_secs_f64()
     );
     println!("load: C echo handler: {c_link}");
+    if !extra_jobd_args().is_empty() {
+        println!(
+            "load: LOAD_JOBD_ARGS: jobd/* run with extra flags {:?}",
+            extra_jobd_args()
+        );
+    }
     for n in &anchors.notes {
         println!("load: anchors: {n}");
     }

@@ -13,7 +13,9 @@
 //! group of its own, or a Rust closure given through [`ServerBuilder::job_fn`].
 //! A worker that dies is reaped and replaced in the same slot, with a
 //! growing delay when workers keep dying young. Workers die with the
-//! supervisor (`PR_SET_PDEATHSIG`), and handlers die with their worker.
+//! supervisor (`PR_SET_PDEATHSIG`); when a worker dies, the supervisor (the
+//! subreaper of its job trees) kills its job's process group as it reaps it.
+//! Handlers are spawned with `posix_spawn` (no fork of the worker).
 //! With `prefork = 0`, the calling process serves jobs one at a time itself.
 //!
 //! The supervisor never runs job code and never signals a pid it read from

@@ -225,7 +225,9 @@ pub struct Slot {
     pub job_kind: AtomicU8,
     /// [`job_phase`].
     pub job_phase: AtomicU8,
-    _pad: [u8; 1],
+    /// 1 while the worker watches its client's socket itself (the worker
+    /// watch); the supervisor's full scan is then only a slower backstop.
+    pub watching: AtomicU8,
     /// Worker pid (information only; never a signal target).
     pub pid: AtomicI32,
     /// Worker generation.
@@ -346,6 +348,7 @@ impl Slot {
             .store(job.start_mono_ns, Ordering::Relaxed);
         self.hangup_mono_ns.store(0, Ordering::Relaxed);
         self.hangup_kind.store(0, Ordering::Relaxed);
+        self.watching.store(0, Ordering::Relaxed);
         self.job_phase.store(job_phase::RUNNING, Ordering::Relaxed);
         self.job_id.store(job.job_id, Ordering::Release);
         self.set_state(SlotState::Busy);

@@ -407,6 +407,9 @@ impl Server {
             source,
         })?;
         let local = listener.local_addr().map_err(Error::Setup)?;
+        if let Err(e) = crate::job::set_keepalive(&listener, cfg.keepalive) {
+            tracing::warn!(error = %e, "failed to set TCP keepalive on the listener");
+        }
         let sb = match &cfg.scoreboard {
             Some(p) => Scoreboard::create(p, cfg.slots())?,
             None => Scoreboard::anonymous(cfg.slots())?,

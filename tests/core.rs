@@ -116,7 +116,16 @@ fn n_clients_are_served_by_n_workers_at_once() {
     );
     let mut j = Jobd::start_in(
         dir,
-        &["--prefork", "4", "--max-children", "4", "--scoreboard", sb.to_str().unwrap(), "--script", h.to_str().unwrap()],
+        &[
+            "--prefork",
+            "4",
+            "--max-children",
+            "4",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
     );
     let mut conns = vec![];
     for _ in 0..4 {

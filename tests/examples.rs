@@ -150,7 +150,9 @@ fn callback_cancels_a_closure_job() {
     assert!(line.starts_with("step 1/300"), "{line}");
     drop(s);
     e.wait(|l| l.starts_with("callback: client 127.0.0.1:") && l.contains("cancelling"));
-    e.wait(|l| l.contains("job cancelled") && l.contains("reason=client-closed"));
+    // Closing with unread progress lines pending makes the kernel send a
+    // reset rather than a FIN: either counts.
+    e.wait(|l| l.contains("job cancelled") && l.contains("reason=client-"));
     e.wait(|l| l.contains("stops at step") && l.contains("cancelled"));
     e.wait(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
     e.stop();

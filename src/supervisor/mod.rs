@@ -145,6 +145,9 @@ pub(crate) struct Supervisor<'a> {
     /// Inside a "max children reached" episode (logged once per episode).
     cap_episode: bool,
     reload_watch: Option<ReloadWatch>,
+    /// SIGCHLD arrived: reap (a waitid over every child costs with 1,000
+    /// workers, so only then).
+    child_exited: bool,
 }
 
 impl<'a> Supervisor<'a> {
@@ -209,6 +212,7 @@ impl<'a> Supervisor<'a> {
             quick_deaths: 0,
             cap_episode: false,
             reload_watch,
+            child_exited: false,
         })
     }
 
@@ -278,7 +282,9 @@ impl<'a> Supervisor<'a> {
                     w.tick(self.cfg, self.hooks, self.sb, &pidfds, woken);
                 }
             }
-            self.reap();
+            if std::mem::take(&mut self.child_exited) {
+                self.reap();
+            }
             self.maintain();
             if self.phase != Phase::Running && self.live_workers() == 0 {
                 break;
@@ -302,7 +308,7 @@ impl<'a> Supervisor<'a> {
                 continue;
             };
             match sig {
-                Signal::SIGCHLD => {} // reaped below, every turn
+                Signal::SIGCHLD => self.child_exited = true,
                 Signal::SIGTERM => self.begin_drain(),
                 Signal::SIGINT => self.begin_kill("SIGINT"),
                 Signal::SIGHUP => self.reload("SIGHUP"),

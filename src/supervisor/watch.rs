@@ -51,6 +51,9 @@ impl Backend {
     }
 }
 
+/// How many ticks apart the full scan covers jobs whose worker watches them.
+const BACKSTOP_TICKS: u32 = 10;
+
 struct PendingKill {
     slot: usize,
     job_id: u64,
@@ -63,6 +66,9 @@ pub(crate) struct Watch {
     interval: Duration,
     next: Instant,
     last_scan: Instant,
+    /// Jobs whose worker watches its socket are covered by the full scan
+    /// only this often (the backstop); unwatched jobs every tick.
+    next_backstop: Instant,
     seen: Vec<SockEntry>,
     judged: HashSet<u64>,
     pending_kills: Vec<PendingKill>,
@@ -219,6 +225,7 @@ impl Watch {
             interval: cfg.check_interval,
             next: now + cfg.check_interval,
             last_scan: now,
+            next_backstop: now,
             seen: Vec::with_capacity(256),
             judged: HashSet::new(),
             pending_kills: Vec::new(),
@@ -400,7 +407,6 @@ impl Watch {
         for (i, v) in overdue {
             self.time_out(cfg, sb, workers, i, v);
         }
-        let prev_scan = std::mem::replace(&mut self.last_scan, now);
         self.judged.retain(|id| {
             sb.slots()
                 .any(|(_, s)| s.job_id.load(Ordering::Relaxed) == *id)
@@ -408,6 +414,18 @@ impl Watch {
         if jobs.is_empty() {
             return;
         }
+        // A worker that watches its own client reports a hang-up at once;
+        // its job needs the full scan only as a backstop, every
+        // BACKSTOP_TICKS ticks. A job nobody watches (a closure, or
+        // --worker-watch off) is scanned every tick.
+        let unwatched = jobs
+            .iter()
+            .any(|j| sb.slot(j.slot).watching.load(Ordering::Acquire) == 0);
+        if !unwatched && now < self.next_backstop {
+            return;
+        }
+        self.next_backstop = now + self.interval * BACKSTOP_TICKS;
+        let prev_scan = std::mem::replace(&mut self.last_scan, now);
         let mut seen = std::mem::take(&mut self.seen);
         seen.clear();
         let res = self

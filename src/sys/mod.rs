@@ -230,51 +230,13 @@ pub unsafe trait Shared {}
 
 // SAFETY: Header is #[repr(C)] and made only of atomics.
 unsafe impl Shared for crate::scoreboard::Header {}
-// SAFETY: Slot is #[repr(C)], made of atomics and a padding byte array.
+// SAFETY: Slot is #[repr(C)] and made only of atomics.
 unsafe impl Shared for crate::scoreboard::Slot {}
 
 impl Drop for SharedMap {
     fn drop(&mut self) {
         // SAFETY: ptr/len describe a mapping we created and nobody uses after drop.
         let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// Sets up a handler's forked child right before `execve`: the parent-death
-/// signal, so the handler dies with its worker, checked against a worker
-/// that died before it was set.
-pub fn handler_pre_exec(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: getpid is async-signal-safe; it runs here, before the fork.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure only calls prctl, getppid, signal, sigemptyset
-    // and sigprocmask, which are async-signal-safe, on a zeroed local
-    // sigset_t; it allocates nothing on success.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            // The worker blocks its signals for its signalfd and ignores
-            // SIGPIPE; a handler starts with an empty mask and defaults.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

@@ -80,17 +80,31 @@ pub(crate) fn run(
         tracing::error!(slot, error = %e, "failed to register fds in worker epoll");
         return 1;
     }
+    let spawner = match crate::job::Spawner::new(&cfg.job) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(slot, error = %e, "cannot prepare the handler command");
+            return 1;
+        }
+    };
     let runner = Runner {
         cfg,
         sb,
         slot,
         sigfd,
         wake,
+        spawner: spawner.as_ref(),
     };
     let board = sb.slot(slot);
     let mut after = AfterJob::default();
     let mut events = [EpollEvent::empty(); 2];
     let mut served: u64 = 0;
+    // Accepted sockets share the listener's address unless it is a
+    // wildcard: then each asks (getsockname).
+    let fixed_local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     let max_requests = (cfg.max_requests_per_child > 0)
         .then(|| cfg.max_requests_per_child + jitter(cfg.max_requests_jitter));
     loop {
@@ -128,8 +142,8 @@ pub(crate) fn run(
             continue;
         }
         match listener.accept() {
-            Ok((conn, _)) => {
-                let a = runner.serve(conn);
+            Ok((conn, peer)) => {
+                let a = runner.serve(conn, peer, fixed_local);
                 after.retire |= a.retire;
                 after.exit_now |= a.exit_now;
                 served += 1;
