@@ -295,17 +295,7 @@ impl Config {
         if self.prefork > MAX_SLOTS {
             return Err(ConfigError::Prefork(self.prefork));
         }
-        if let JobSpec::Handler { program, .. } = &self.job {
-            check_program(program).map_err(|e| match e {
-                ProgramError::Missing => ConfigError::ScriptMissing {
-                    path: program.display().to_string(),
-                },
-                ProgramError::Bad(why) => ConfigError::ScriptNotExecutable {
-                    path: program.display().to_string(),
-                    why,
-                },
-            })?;
-        }
+        self.check_handler()?;
         if let Some(hook) = &self.disconnect_hook {
             check_program(hook).map_err(|e| ConfigError::Hook {
                 path: hook.display().to_string(),

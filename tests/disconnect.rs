@@ -6,26 +6,12 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use util::{Jobd, alive, script, tempdir, wait_gone, wait_until};
+use util::{Jobd, alive, reset, script, tempdir, wait_gone, wait_until};
 
 /// A job tree of two: the handler and its child. First line: both pids.
 const TREE: &str = "sleep 300 &\necho \"$$ $! $JOBD_JOB_ID\"\nwait";
-
-fn reset(s: TcpStream) {
-    nix::sys::socket::setsockopt(
-        &s.as_fd(),
-        nix::sys::socket::sockopt::Linger,
-        &libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-    .unwrap();
-    drop(s);
-}
 
 fn start_tree(j: &Jobd) -> (TcpStream, i32, i32, u64) {
     let (s, line) = j.request_line("");

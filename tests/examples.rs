@@ -76,15 +76,13 @@ impl Example {
 
     fn stop(mut self) {
         util::send(self.child.id() as i32, "TERM");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "{st:?}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "example did not stop");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let mut status = None;
+        let stopped = util::poll_until(Instant::now() + DEADLINE, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(stopped, "example did not stop");
+        assert!(status.unwrap().success(), "{status:?}");
     }
 }
 
@@ -197,17 +195,7 @@ fn callback_keeps_a_half_closed_job_and_cancels_a_reset_one() {
         .unwrap()
         .parse()
         .unwrap();
-    use std::os::fd::AsFd;
-    nix::sys::socket::setsockopt(
-        &s.as_fd(),
-        nix::sys::socket::sockopt::Linger,
-        &libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-    .unwrap();
-    drop(s);
+    util::reset(s);
     e.wait(|l| l.contains("job cancelled") && l.contains("reason=client-reset"));
     wait_until("reset job gone", || !alive(pid));
     e.stop();

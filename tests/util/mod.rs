@@ -44,6 +44,7 @@ pub struct Jobd {
     pub tag: String,
     log: Log,
     exited: Option<ExitStatus>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Writes an executable shell script into `dir` and returns its path.
@@ -93,13 +94,12 @@ pub fn run_jobd(args: &[&str]) -> (ExitStatus, String, String) {
             assert_no_tagged(&tag);
             return (st, out, err);
         }
-        if Instant::now() > deadline {
+        if !poll_until(deadline, || child.try_wait().ok().flatten().is_some()) {
             let _ = child.kill();
             let _ = child.wait();
             kill_tagged(&tag);
             panic!("jobd {args:?} did not exit within {DEADLINE:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -130,7 +130,7 @@ impl Jobd {
         let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let stderr = child.stderr.take().unwrap();
         let l2 = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let (m, cv) = &*l2;
@@ -145,6 +145,7 @@ impl Jobd {
             tag,
             log,
             exited: None,
+            reader: Some(reader),
         };
         let deadline = Instant::now() + DEADLINE;
         let line = loop {
@@ -153,7 +154,10 @@ impl Jobd {
             }
             if let Some(st) = j.child.try_wait().unwrap() {
                 j.exited = Some(st);
-                std::thread::sleep(Duration::from_millis(50)); // let the reader catch the last lines
+                // The reader thread ends at EOF: its last lines are in.
+                if let Some(r) = j.reader.take() {
+                    let _ = r.join();
+                }
                 panic!(
                     "jobd {full:?} exited with {st:?} before listening; log:\n{}",
                     j.dump()
@@ -230,19 +234,14 @@ impl Jobd {
         if let Some(s) = self.exited {
             return s;
         }
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                self.exited = Some(s);
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "jobd did not exit; log:\n{}",
-                self.dump()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        let exited = poll_until(Instant::now() + DEADLINE, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(exited, "jobd did not exit; log:\n{}", self.dump());
+        self.exited = status;
+        status.unwrap()
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -312,12 +311,7 @@ impl Drop for Jobd {
         if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
             let _ = try_send(self.pid(), "INT");
             let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if self.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            poll_until(deadline, || self.child.try_wait().ok().flatten().is_some());
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -359,29 +353,22 @@ fn kill_tagged(tag: &str) {
 
 /// Waits until no tagged process is alive; panics naming them otherwise.
 pub fn wait_gone(tag: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = tagged_pids(tag);
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            let desc: Vec<String> = left
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{p}: {}",
-                        std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                            .unwrap_or_default()
-                            .replace('\0', " ")
-                    )
-                })
-                .collect();
-            kill_tagged(tag);
-            panic!("processes left behind: {desc:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if poll_until(Instant::now() + DEADLINE, || tagged_pids(tag).is_empty()) {
+        return;
     }
+    let desc: Vec<String> = tagged_pids(tag)
+        .iter()
+        .map(|p| {
+            format!(
+                "{p}: {}",
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " ")
+            )
+        })
+        .collect();
+    kill_tagged(tag);
+    panic!("processes left behind: {desc:?}");
 }
 
 fn assert_no_tagged(tag: &str) {
@@ -396,13 +383,27 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// Waits until `pred` holds; panics with `what` after the deadline.
-pub fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+/// Checks `pred` every 10 ms until it holds (true) or `deadline` passes
+/// (false): the one polling loop of the harness, for conditions that give
+/// no event to wait on (the process table, files, another process's exit).
+pub fn poll_until(deadline: Instant, mut pred: impl FnMut() -> bool) -> bool {
+    loop {
+        if pred() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits until `pred` holds; panics with `what` after the deadline.
+pub fn wait_until(what: &str, pred: impl FnMut() -> bool) {
+    assert!(
+        poll_until(Instant::now() + DEADLINE, pred),
+        "timed out waiting for {what}"
+    );
 }
 
 /// Reads a pid written by a handler into `path`, waiting for the file.
@@ -614,4 +615,19 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         kill_tagged(&self.tag);
     }
+}
+
+/// Closes `s` with a reset (SO_LINGER 0) instead of a FIN.
+pub fn reset(s: TcpStream) {
+    use std::os::fd::AsFd;
+    nix::sys::socket::setsockopt(
+        &s.as_fd(),
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(s);
 }
