@@ -21,7 +21,8 @@ use crate::config::{
 /// goes away, its job is cancelled.
 ///
 /// Signals: SIGTERM stops gracefully (jobs finish within --grace), SIGINT
-/// kills every job and exits, SIGHUP replaces workers once idle.
+/// kills every job and exits, SIGHUP replaces workers once idle, SIGTTIN /
+/// SIGTTOU add / remove a worker, SIGUSR1 reopens the logs.
 #[derive(Debug, Parser)]
 #[command(name = "jobd", version, args_conflicts_with_subcommands = true, after_help = AFTER_HELP)]
 pub struct Cli {
