@@ -296,6 +296,9 @@ impl Runner<'_> {
                 match self.spawn_handler(&conn, job_id, peer, local) {
                     Ok(child) => {
                         view.pgid = child.as_raw();
+                        self.board()
+                            .watching
+                            .store(u8::from(self.cfg.worker_watch), Ordering::Relaxed);
                         self.board().begin_job(&view);
                         tracing::info!(slot, pid, job = job_id, peer = %peer, handler_pid = child.as_raw(), "job started");
                         self.wait_handler(child, &conn, job_id, peer, started)
@@ -433,9 +436,6 @@ impl Runner<'_> {
         };
         let mut cancel: u32 = 0;
         let mut kill_at: Option<Instant> = None;
-        self.board()
-            .watching
-            .store(u8::from(watch), Ordering::Release);
         loop {
             let timeout = kill_at.map(|t| t.saturating_duration_since(Instant::now()));
             let (sig_ready, conn_ev) = {

@@ -333,7 +333,9 @@ impl Slot {
         self.set_state(SlotState::Empty);
     }
 
-    /// Publishes a new job (worker side). `job_id` is stored last.
+    /// Publishes a new job (worker side). `job_id` is stored last. The
+    /// worker sets `watching` before, so that no scan sees the job
+    /// unwatched for a moment.
     pub fn begin_job(&self, job: &JobView) {
         self.job_id.store(0, Ordering::Release);
         self.job_kind.store(job.kind, Ordering::Relaxed);
@@ -348,7 +350,6 @@ impl Slot {
             .store(job.start_mono_ns, Ordering::Relaxed);
         self.hangup_mono_ns.store(0, Ordering::Relaxed);
         self.hangup_kind.store(0, Ordering::Relaxed);
-        self.watching.store(0, Ordering::Relaxed);
         self.job_phase.store(job_phase::RUNNING, Ordering::Relaxed);
         self.job_id.store(job.job_id, Ordering::Release);
         self.set_state(SlotState::Busy);
@@ -369,6 +370,7 @@ impl Slot {
     /// Clears the job (worker side) and counts it served.
     pub fn end_job(&self) {
         self.job_id.store(0, Ordering::Release);
+        self.watching.store(0, Ordering::Relaxed);
         self.job_pgid.store(0, Ordering::Relaxed);
         self.job_phase.store(job_phase::NONE, Ordering::Release);
         self.jobs_served.fetch_add(1, Ordering::Relaxed);

@@ -26,12 +26,21 @@ const TCP6_PATH: &str = "/proc/net/tcp6";
 
 /// TCP socket lister over `/proc/net/tcp` and `/proc/net/tcp6`.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ProcNet;
+pub struct ProcNet {
+    /// Read only `tcp6` (Some(true)) or only `tcp` (Some(false)).
+    only_v6: Option<bool>,
+}
 
 impl ProcNet {
-    /// A lister; it holds nothing open between dumps.
+    /// A lister of both tables; it holds nothing open between dumps.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// A lister of the listener's family only: half the reading. (An IPv6
+    /// listener's IPv4 clients are IPv4-mapped and listed in `tcp6`.)
+    pub fn for_family(v6: bool) -> Self {
+        Self { only_v6: Some(v6) }
     }
 }
 
@@ -47,13 +56,17 @@ impl SocketSource for ProcNet {
         out: &mut Vec<SockEntry>,
     ) -> Result<(), DetectError> {
         let start = out.len();
-        let v4 = procfs::net::tcp().map_err(|e| procfs_error(TCP4_PATH, e))?;
-        push_matching(&v4, port, states, out);
-        match procfs::net::tcp6() {
-            Ok(v6) => push_matching(&v6, port, states, out),
-            // A kernel booted without IPv6 has no tcp6 table: no sockets.
-            Err(ProcError::NotFound(_)) => {}
-            Err(e) => return Err(procfs_error(TCP6_PATH, e)),
+        if self.only_v6 != Some(true) {
+            let v4 = procfs::net::tcp().map_err(|e| procfs_error(TCP4_PATH, e))?;
+            push_matching(&v4, port, states, out);
+        }
+        if self.only_v6 != Some(false) {
+            match procfs::net::tcp6() {
+                Ok(v6) => push_matching(&v6, port, states, out),
+                // A kernel booted without IPv6 has no tcp6 table: no sockets.
+                Err(ProcError::NotFound(_)) => {}
+                Err(e) => return Err(procfs_error(TCP6_PATH, e)),
+            }
         }
         dedup_tail(out, start);
         Ok(())

@@ -188,14 +188,21 @@ fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> Disc
 
 impl Watch {
     pub(crate) fn new(cfg: &Config, sb: &Scoreboard) -> std::io::Result<Option<Watch>> {
-        let port = sb.listen().map(|a| a.port()).unwrap_or(cfg.listen.port());
+        let listen = sb.listen().unwrap_or(cfg.listen);
+        let port = listen.port();
+        // Accepted sockets have the listener's family: scan only that one.
+        let v6 = listen.is_ipv6();
+        let open_diag = || {
+            SockDiag::open().map(|mut d| {
+                d.only_family(v6);
+                d
+            })
+        };
         let backend = match cfg.detector {
-            DetectorKind::Procfs => Backend::Proc(ProcNet::new()),
-            DetectorKind::SockDiag => {
-                Backend::Diag(SockDiag::open().map_err(std::io::Error::other)?)
-            }
+            DetectorKind::Procfs => Backend::Proc(ProcNet::for_family(v6)),
+            DetectorKind::SockDiag => Backend::Diag(open_diag().map_err(std::io::Error::other)?),
             DetectorKind::Auto => {
-                let probe = SockDiag::open().and_then(|mut d| {
+                let probe = open_diag().and_then(|mut d| {
                     let mut v = Vec::new();
                     d.dump(port, JOB_SOCKET_STATES, &mut v).map(|_| d)
                 });
@@ -203,7 +210,7 @@ impl Watch {
                     Ok(d) => Backend::Diag(d),
                     Err(e) => {
                         tracing::warn!(error = %e, "netlink sock_diag is unavailable; falling back to /proc/net/tcp");
-                        Backend::Proc(ProcNet::new())
+                        Backend::Proc(ProcNet::for_family(v6))
                     }
                 }
             }
