@@ -201,6 +201,8 @@ fn measure(
 ) -> Result<Vec<Row>, String> {
     clients.command(&format!("close {CLOSE_WAIT_COUNT}"), "closed")?;
     let mut sd = SockDiag::open().map_err(|e| format!("{e}"))?;
+    // As jobd scans: only the listener's address family (IPv4 here).
+    sd.only_family(false);
     let close_wait = state_mask(&[tcp_state::CLOSE_WAIT]);
     let mut out: Vec<SockEntry> = Vec::with_capacity(n + 16);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -233,7 +235,7 @@ fn measure(
         .collect();
 
     let iters = if n <= 1000 { 200 } else { 50 };
-    let mut pn = ProcNet::new();
+    let mut pn = ProcNet::for_family(false);
     let mut rows = Vec::new();
     rows.push(time_scan(
         n,
@@ -269,7 +271,7 @@ fn measure(
     )?);
     rows.push(time_scan(
         n,
-        "procfs tcp+tcp6, job states",
+        "procfs tcp (one family), job states",
         iters,
         &mut out,
         |o| {

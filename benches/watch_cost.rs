@@ -221,13 +221,17 @@ fn run(
     let port = addr.port();
     r.ns_sockets = namespace_sockets();
     match SockDiag::open() {
-        Ok(mut sd) => match time_scans(&mut sd, port, scans) {
-            Ok(row) => r.scans.push(row),
-            Err(e) => r.errors.push(format!("sock_diag: {e}")),
-        },
+        Ok(mut sd) => {
+            // As the supervisor does: only the listener's address family.
+            sd.only_family(addr.is_ipv6());
+            match time_scans(&mut sd, port, scans) {
+                Ok(row) => r.scans.push(row),
+                Err(e) => r.errors.push(format!("sock_diag: {e}")),
+            }
+        }
         Err(e) => r.errors.push(format!("sock_diag open: {e}")),
     }
-    let mut pn = ProcNet::new();
+    let mut pn = ProcNet::for_family(addr.is_ipv6());
     match time_scans(&mut pn, port, (scans / 4).max(10)) {
         Ok(row) => r.scans.push(row),
         Err(e) => r.errors.push(format!("procfs: {e}")),
