@@ -241,6 +241,15 @@ impl Jobd {
         });
         assert!(exited, "jobd did not exit; log:\n{}", self.dump());
         self.exited = status;
+        // Every line jobd and its processes wrote is read once the last of
+        // them closed the pipe: then the log is complete.
+        if let Some(r) = self.reader.take() {
+            if poll_until(Instant::now() + DEADLINE, || r.is_finished()) {
+                let _ = r.join();
+            } else {
+                self.reader = Some(r);
+            }
+        }
         status.unwrap()
     }
 
