@@ -2,7 +2,8 @@
 //! gets it back upper-cased, from a closure run in a preforked worker.
 //! A line `sleep N` makes the job sleep N seconds without ever checking
 //! `ctx.is_cancelled()`: hang up during it and jobd kills the worker after
-//! the kill grace (500 ms here) and forks a new one.
+//! the kill grace (500 ms here) and forks a new one. A line `panic` makes
+//! the job panic: it is logged as failed and the worker serves on.
 //!
 //! ```sh
 //! cargo run --example closure_server -- 127.0.0.1:7001
@@ -28,6 +29,10 @@ fn main() {
         .job_fn(|conn, ctx| {
             let mut line = String::new();
             BufReader::new(&conn).read_line(&mut line)?;
+            if line.trim() == "panic" {
+                // A panicking job fails; the worker goes on serving.
+                panic!("job {} asked to panic", ctx.job_id);
+            }
             if let Some(secs) = line.trim().strip_prefix("sleep ") {
                 let secs: u64 = secs.parse().unwrap_or(1);
                 std::thread::sleep(std::time::Duration::from_secs(secs));

@@ -341,13 +341,17 @@ impl Runner<'_> {
                         None
                     }
                 };
-                let res = f(stream, &ctx);
+                // A panicking job fails; its worker goes on serving (the
+                // panic message is on stderr, from the panic hook).
+                let res =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(stream, &ctx)));
                 drop(guard);
                 let req = self.board().cancel_req.load(Ordering::Acquire) == job_id;
                 let (outcome, status) = match (&res, req) {
                     (_, true) => (Outcome::Cancelled, "returned".to_string()),
-                    (Ok(()), _) => (Outcome::Done, "ok".to_string()),
-                    (Err(e), _) => (Outcome::Failed, format!("error: {e}")),
+                    (Ok(Ok(())), _) => (Outcome::Done, "ok".to_string()),
+                    (Ok(Err(e)), _) => (Outcome::Failed, format!("error: {e}")),
+                    (Err(_), _) => (Outcome::Failed, "panicked".to_string()),
                 };
                 let r = if req {
                     self.board().cancel_reason.load(Ordering::Relaxed)

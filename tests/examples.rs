@@ -136,6 +136,34 @@ fn stubborn_closure_job_is_killed_with_its_worker() {
     e.stop();
 }
 
+/// A panicking closure job is a failed job; its worker serves on.
+#[test]
+fn panicking_closure_job_fails_and_the_worker_serves_on() {
+    let e = Example::start("closure_server", &["127.0.0.1:0"]);
+    let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+    s.write_all(b"panic\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "");
+    e.wait(|l| l.contains("job ended") && l.contains("outcome=failed") && l.contains("panicked"));
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+        s.write_all(b"fine\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.trim().ends_with(": FINE"), "{out}");
+    }
+    assert!(
+        !e.log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("worker died"))
+    );
+    e.stop();
+}
+
 #[test]
 fn callback_cancels_a_closure_job() {
     let e = Example::start("cancel_on_disconnect", &["127.0.0.1:0"]);

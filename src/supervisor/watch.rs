@@ -609,3 +609,76 @@ impl Watch {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JobSpec;
+
+    fn ev() -> DisconnectEvent {
+        DisconnectEvent {
+            slot: 0,
+            pid: 1,
+            job_id: 7,
+            proto: "TCP",
+            local_host: "127.0.0.1".into(),
+            local_port: 7000,
+            foreign_host: "127.0.0.1".into(),
+            foreign_port: 40000,
+            reason: DisconnectReason::ClientClosed,
+            job_start_unix_ms: 0,
+            detected_unix_ms: 0,
+        }
+    }
+
+    fn cfg() -> Config {
+        Config::new(JobSpec::Handler {
+            program: "/bin/cat".into(),
+            args: vec![],
+        })
+    }
+
+    #[test]
+    fn no_hook_follows_the_policy() {
+        let mut c = cfg();
+        assert_eq!(
+            decide(&c, &Hooks::default(), &ev()),
+            (Verdict::Cancel, "policy")
+        );
+        c.on_disconnect = DisconnectPolicy::Log;
+        assert_eq!(
+            decide(&c, &Hooks::default(), &ev()),
+            (Verdict::Keep, "policy")
+        );
+    }
+
+    #[test]
+    fn callbacks_run_in_order_and_the_first_keep_wins() {
+        let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut h = Hooks::default();
+        for (i, v) in [
+            (1, Verdict::Cancel),
+            (2, Verdict::Keep),
+            (3, Verdict::Cancel),
+        ] {
+            let calls = calls.clone();
+            h.on_disconnect.push(Box::new(move |_| {
+                calls.borrow_mut().push(i);
+                v
+            }));
+        }
+        assert_eq!(decide(&cfg(), &h, &ev()), (Verdict::Keep, "callback"));
+        assert_eq!(*calls.borrow(), vec![1, 2]);
+    }
+
+    /// Regression guard: a panicking callback must not take the supervisor
+    /// down; it counts as cancel, and the next callbacks still run.
+    #[test]
+    fn panicking_callback_counts_as_cancel() {
+        let mut h = Hooks::default();
+        h.on_disconnect.push(Box::new(|_| panic!("hook bug")));
+        assert_eq!(decide(&cfg(), &h, &ev()), (Verdict::Cancel, "callback"));
+        h.on_disconnect.push(Box::new(|_| Verdict::Keep));
+        assert_eq!(decide(&cfg(), &h, &ev()), (Verdict::Keep, "callback"));
+    }
+}
