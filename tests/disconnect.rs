@@ -467,3 +467,57 @@ fn no_false_cancellation_under_churn() {
     assert_eq!(cancelled.len(), dropped.len());
     j.stop_clean();
 }
+
+/// The supervisor never waits for a hook program: while one hangs (until
+/// `--hook-timeout` kills it and the policy applies), other disconnects
+/// are judged.
+#[test]
+fn slow_hook_program_blocks_nothing_and_times_out() {
+    let dir = tempdir();
+    // Odd job ids: hang; even: cancel at once.
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "read -r ev\nid=$(echo \"$ev\" | sed 's/.*\"job_id\":\\([0-9]*\\).*/\\1/')\n[ $((id % 2)) -eq 1 ] && exec sleep 30\nexit 0",
+    );
+    let h = script(dir.path(), "h.sh", TREE);
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--disconnect-hook",
+            hook.to_str().unwrap(),
+            "--hook-timeout",
+            "1s",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let a = start_tree(&j);
+    let b = start_tree(&j);
+    let (slow, fast) = if a.3 % 2 == 1 { (a, b) } else { (b, a) };
+    drop(slow.0);
+    j.wait_log(|l| l.contains("job started") && l.contains(&format!("job={} ", slow.3)));
+    drop(fast.0);
+    // The fast verdict lands while the slow hook still hangs.
+    gone_within(fast.1, fast.2);
+    let fast_line =
+        j.wait_log(|l| l.contains("job cancelled") && l.contains(&format!("job={} ", fast.3)));
+    assert!(
+        fast_line.contains("verdict_by=\"hook-program\"")
+            || fast_line.contains("verdict_by=hook-program"),
+        "{fast_line}"
+    );
+    assert!(
+        alive(slow.1),
+        "the slow job was judged before its hook answered"
+    );
+    // Then the slow hook is killed at its timeout and the policy cancels.
+    j.wait_log(|l| l.contains("disconnect hook gave no answer in time"));
+    gone_within(slow.1, slow.2);
+    let slow_line =
+        j.wait_log(|l| l.contains("job cancelled") && l.contains(&format!("job={} ", slow.3)));
+    assert!(slow_line.contains("policy"), "{slow_line}");
+    j.stop_clean();
+}

@@ -291,7 +291,11 @@ impl<'a> Supervisor<'a> {
             }
         }
         // Orphaned job processes left by workers are reaped (they were
-        // killed with their group when their worker was reaped).
+        // killed with their group when their worker was reaped), and hook
+        // programs still running are killed.
+        if let Some(w) = &mut self.watch {
+            w.kill_hooks();
+        }
         self.reap();
         self.sb.header().supervisor_pid.store(0, Ordering::Release);
         tracing::info!("jobd stopped");
@@ -720,6 +724,16 @@ impl<'a> Supervisor<'a> {
                     None => return,
                 },
             };
+            if let Some(w) = &mut self.watch
+                && w.owns(pid)
+            {
+                if let Ok(st) =
+                    nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                {
+                    w.hook_exited(pid, st);
+                }
+                continue;
+            }
             if let Some(i) = self.slot_of(pid) {
                 let status =
                     nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));

@@ -18,11 +18,11 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::config::{Config, DetectorKind, DisconnectPolicy, FinPolicy};
@@ -54,6 +54,27 @@ impl Backend {
 /// How many ticks apart the full scan covers jobs whose worker watches them.
 const BACKSTOP_TICKS: u32 = 10;
 
+/// A disconnect judged, waiting for its verdict.
+struct Judged {
+    slot: usize,
+    pid: Pid,
+    job: JobView,
+    reason: DisconnectReason,
+    seen_after_ms: f64,
+    seen_by: &'static str,
+    ran_ms: u64,
+}
+
+/// A `--disconnect-hook` program at work: the supervisor never waits for
+/// it; its exit (reaped by the supervisor) or its deadline resolves it.
+struct PendingHook {
+    pid: Pid,
+    deadline: Instant,
+    killed: bool,
+    status: Option<WaitStatus>,
+    judged: Judged,
+}
+
 struct PendingKill {
     slot: usize,
     job_id: u64,
@@ -72,88 +93,106 @@ pub(crate) struct Watch {
     seen: Vec<SockEntry>,
     judged: HashSet<u64>,
     pending_kills: Vec<PendingKill>,
+    /// `--disconnect-hook` programs running, one per judged job.
+    pending_hooks: Vec<PendingHook>,
     last_error_log: Option<Instant>,
 }
 
-/// The verdict of the hooks, and who gave it.
-fn decide(cfg: &Config, hooks: &Hooks, ev: &DisconnectEvent) -> (Verdict, &'static str) {
-    if !hooks.on_disconnect.is_empty() {
-        for (i, h) in hooks.on_disconnect.iter().enumerate() {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(ev))) {
-                Ok(Verdict::Keep) => return (Verdict::Keep, "callback"),
-                Ok(Verdict::Cancel) => {}
-                Err(_) => {
-                    tracing::error!(
-                        job = ev.job_id,
-                        hook = i,
-                        "on_client_disconnect callback panicked; treating it as cancel"
-                    );
-                }
+/// The verdict of the Rust callbacks (in order; the first `Keep` wins; a
+/// panic counts as cancel), or None when none is registered.
+fn callbacks_verdict(hooks: &Hooks, ev: &DisconnectEvent) -> Option<Verdict> {
+    if hooks.on_disconnect.is_empty() {
+        return None;
+    }
+    for (i, h) in hooks.on_disconnect.iter().enumerate() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(ev))) {
+            Ok(Verdict::Keep) => return Some(Verdict::Keep),
+            Ok(Verdict::Cancel) => {}
+            Err(_) => {
+                tracing::error!(
+                    job = ev.job_id,
+                    hook = i,
+                    "on_client_disconnect callback panicked; treating it as cancel"
+                );
             }
         }
-        return (Verdict::Cancel, "callback");
     }
-    let policy = match cfg.on_disconnect {
+    Some(Verdict::Cancel)
+}
+
+/// `--on-disconnect`: what happens when no hook decides.
+fn policy(cfg: &Config) -> Verdict {
+    match cfg.on_disconnect {
         DisconnectPolicy::Cancel => Verdict::Cancel,
         DisconnectPolicy::Log => Verdict::Keep,
-    };
-    if let Some(prog) = &cfg.disconnect_hook {
-        return match run_hook_program(prog, ev, cfg.hook_timeout) {
-            Ok(Some(0)) => (Verdict::Cancel, "hook-program"),
-            Ok(Some(3)) => (Verdict::Keep, "hook-program"),
-            Ok(code) => {
-                tracing::warn!(job = ev.job_id, hook = %prog.display(), exit = ?code, "disconnect hook gave no verdict; applying --on-disconnect");
-                (policy, "policy")
-            }
-            Err(e) => {
-                tracing::warn!(job = ev.job_id, hook = %prog.display(), error = %e, "disconnect hook failed; applying --on-disconnect");
-                (policy, "policy")
-            }
-        };
-    }
-    (policy, "policy")
-}
-
-/// Runs the `--disconnect-hook` program with the event as JSON on stdin.
-/// Returns its exit code (None when killed by a signal); kills it at the
-/// timeout.
-fn run_hook_program(
-    prog: &std::path::Path,
-    ev: &DisconnectEvent,
-    timeout: Duration,
-) -> std::io::Result<Option<i32>> {
-    let mut child = Command::new(prog)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let json = serde_json::to_string(ev).map_err(std::io::Error::other)?;
-        // A hook that does not read its stdin is not an error.
-        let _ = stdin
-            .write_all(json.as_bytes())
-            .and_then(|_| stdin.write_all(b"\n"));
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(st.code());
-        }
-        if Instant::now() >= deadline {
-            // Our own unreaped child: its pid cannot have been reused.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {timeout:?}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-use std::os::unix::process::CommandExt;
+/// The verdict of a `--disconnect-hook` program from its exit: 0 cancels,
+/// 3 keeps, anything else (another code, a signal, a timeout) leaves it to
+/// the policy.
+fn hook_verdict(status: Option<&WaitStatus>) -> Option<Verdict> {
+    match status {
+        Some(WaitStatus::Exited(_, 0)) => Some(Verdict::Cancel),
+        Some(WaitStatus::Exited(_, 3)) => Some(Verdict::Keep),
+        _ => None,
+    }
+}
+
+/// Starts the `--disconnect-hook` program with the event as one JSON line
+/// on its stdin: an empty signal mask, its own process group, stdout on
+/// /dev/null, stderr shared. Returns its pid; the caller waits for it
+/// without blocking.
+fn spawn_hook(prog: &std::path::Path, ev: &DisconnectEvent) -> std::io::Result<Pid> {
+    use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use nix::sys::signal::SigSet;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let json = serde_json::to_string(ev).map_err(std::io::Error::other)? + "\n";
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    attr.set_pgroup(Pid::from_raw(0))?;
+    attr.set_sigmask(&SigSet::empty())?;
+    let mut dfl = SigSet::empty();
+    dfl.add(Signal::SIGPIPE);
+    attr.set_sigdefault(&dfl)?;
+    let mut fa = PosixSpawnFileActions::init()?;
+    fa.add_dup2(rd.as_raw_fd(), 0)?;
+    fa.add_open(
+        1,
+        c"/dev/null",
+        nix::fcntl::OFlag::O_WRONLY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let path =
+        std::ffi::CString::new(prog.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let env: Vec<std::ffi::CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            std::ffi::CString::new(kv).ok()
+        })
+        .collect();
+    let pid = nix::spawn::posix_spawn(
+        path.as_c_str(),
+        &fa,
+        &attr,
+        std::slice::from_ref(&path),
+        &env,
+    )?;
+    drop(rd);
+    // The event is far smaller than a pipe's buffer: this write never
+    // blocks. A hook that does not read its stdin is not an error.
+    let mut wr = std::fs::File::from(wr);
+    let _ = wr.write_all(json.as_bytes());
+    Ok(pid)
+}
 
 /// Whether `/proc/<pid>/fd` holds `socket:[inode]`. An unreadable
 /// directory (EACCES) does not count against the candidate.
@@ -236,14 +275,23 @@ impl Watch {
             seen: Vec::with_capacity(256),
             judged: HashSet::new(),
             pending_kills: Vec::new(),
+            pending_hooks: Vec::new(),
             last_error_log: None,
         }))
     }
 
     pub(crate) fn next_due(&self) -> Instant {
+        let hooks = self.pending_hooks.iter().map(|h| {
+            if h.status.is_some() {
+                Instant::now()
+            } else {
+                h.deadline
+            }
+        });
         self.pending_kills
             .iter()
             .map(|k| k.at)
+            .chain(hooks)
             .fold(self.next, Instant::min)
     }
 
@@ -374,6 +422,7 @@ impl Watch {
     ) {
         let now = Instant::now();
         self.kill_overdue_closures(sb, workers, now);
+        self.resolve_hooks(cfg, sb, workers, now);
         let fin_counts = cfg.on_fin == FinPolicy::Cancel;
         if woken {
             let prev = self.last_scan;
@@ -515,30 +564,142 @@ impl Watch {
             (prev_scan.elapsed().as_secs_f64() * 1e3, "scan")
         };
         let ran_ms = detected.saturating_sub(job.start_mono_ns) / 1_000_000;
-        let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
-        let (verdict, by) = decide(cfg, hooks, &ev);
+        let judged = Judged {
+            slot: g.slot,
+            pid,
+            job,
+            reason: g.reason,
+            seen_after_ms,
+            seen_by,
+            ran_ms,
+        };
+        if let Some(v) = callbacks_verdict(hooks, &ev) {
+            self.act(cfg, sb, pidfd, &judged, v, "callback");
+            return;
+        }
+        if let Some(prog) = &cfg.disconnect_hook {
+            match spawn_hook(prog, &ev) {
+                Ok(hook) => {
+                    self.pending_hooks.push(PendingHook {
+                        pid: hook,
+                        deadline: Instant::now() + cfg.hook_timeout,
+                        killed: false,
+                        status: None,
+                        judged,
+                    });
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job = job.job_id, hook = %prog.display(), error = %e, "disconnect hook failed to start; applying --on-disconnect");
+                }
+            }
+        }
+        self.act(cfg, sb, pidfd, &judged, policy(cfg), "policy");
+    }
+
+    /// Whether `pid` is a hook program of ours (the supervisor reaps it and
+    /// hands its status over with [`Watch::hook_exited`]).
+    pub(crate) fn owns(&self, pid: Pid) -> bool {
+        self.pending_hooks.iter().any(|h| h.pid == pid)
+    }
+
+    /// A hook program was reaped.
+    pub(crate) fn hook_exited(&mut self, pid: Pid, status: WaitStatus) {
+        if let Some(h) = self.pending_hooks.iter_mut().find(|h| h.pid == pid) {
+            h.status = Some(status);
+        }
+    }
+
+    /// Kills the hook programs still running (the supervisor is stopping).
+    pub(crate) fn kill_hooks(&mut self) {
+        for h in &self.pending_hooks {
+            if h.status.is_none() {
+                // Our own child, not reaped yet: its pid is still its own.
+                let _ = nix::sys::signal::kill(h.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Applies the verdicts of hook programs that exited; kills those past
+    /// their deadline (their exit then leaves the verdict to the policy).
+    fn resolve_hooks(
+        &mut self,
+        cfg: &Config,
+        sb: &Scoreboard,
+        workers: &[Option<(Pid, &PidFd)>],
+        now: Instant,
+    ) {
+        let mut done = Vec::new();
+        for (i, h) in self.pending_hooks.iter_mut().enumerate() {
+            if h.status.is_some() {
+                done.push(i);
+            } else if now >= h.deadline && !h.killed {
+                tracing::warn!(
+                    job = h.judged.job.job_id,
+                    timeout_ms = cfg.hook_timeout.as_millis() as u64,
+                    "disconnect hook gave no answer in time; killing it"
+                );
+                // Our own child, not reaped yet: its pid is still its own.
+                let _ = nix::sys::signal::kill(h.pid, Signal::SIGKILL);
+                h.killed = true;
+            }
+        }
+        for i in done.into_iter().rev() {
+            let h = self.pending_hooks.swap_remove(i);
+            let verdict = match hook_verdict(h.status.as_ref()) {
+                Some(v) => (v, "hook-program"),
+                None => {
+                    if !h.killed {
+                        tracing::warn!(job = h.judged.job.job_id, status = ?h.status, "disconnect hook gave no verdict; applying --on-disconnect");
+                    }
+                    (policy(cfg), "policy")
+                }
+            };
+            // The same worker must still run the same job.
+            let Some((pid, pidfd)) = workers.get(h.judged.slot).and_then(|w| *w) else {
+                continue;
+            };
+            if pid != h.judged.pid || sb.slot(h.judged.slot).job() != Some(h.judged.job) {
+                continue;
+            }
+            self.act(cfg, sb, pidfd, &h.judged, verdict.0, verdict.1);
+        }
+    }
+
+    /// Carries out a verdict: cancels (and logs `job cancelled`) or logs
+    /// that the job is kept.
+    fn act(
+        &mut self,
+        cfg: &Config,
+        sb: &Scoreboard,
+        pidfd: &PidFd,
+        j: &Judged,
+        verdict: Verdict,
+        by: &'static str,
+    ) {
+        let peer = j.job.peer.map(|p| p.to_string()).unwrap_or_default();
         match verdict {
             Verdict::Keep => {
-                tracing::info!(slot = g.slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = %g.reason.as_str(), verdict_by = by, "client disconnected; job kept");
+                tracing::info!(slot = j.slot, pid = j.pid.as_raw(), job = j.job.job_id, peer = %peer, reason = %j.reason.as_str(), verdict_by = by, "client disconnected; job kept");
             }
             Verdict::Cancel => {
-                let code = match g.reason {
+                let code = match j.reason {
                     DisconnectReason::ClientClosed => reason::CLIENT_CLOSED,
                     DisconnectReason::ClientReset => reason::CLIENT_RESET,
                 };
-                if self.cancel(sb, g.slot, &job, code, pidfd, cfg.kill_grace) {
+                if self.cancel(sb, j.slot, &j.job, code, pidfd, cfg.kill_grace) {
                     sb.header()
                         .cancelled_disconnect
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
-                        slot = g.slot,
-                        pid = pid.as_raw(),
-                        job = job.job_id,
+                        slot = j.slot,
+                        pid = j.pid.as_raw(),
+                        job = j.job.job_id,
                         peer = %peer,
-                        reason = %g.reason.as_str(),
-                        ran_ms,
-                        seen_after_ms = format_args!("{seen_after_ms:.1}"),
-                        seen_by,
+                        reason = %j.reason.as_str(),
+                        ran_ms = j.ran_ms,
+                        seen_after_ms = format_args!("{:.1}", j.seen_after_ms),
+                        seen_by = j.seen_by,
                         verdict_by = by,
                         "job cancelled"
                     );
@@ -641,15 +802,29 @@ mod tests {
     #[test]
     fn no_hook_follows_the_policy() {
         let mut c = cfg();
-        assert_eq!(
-            decide(&c, &Hooks::default(), &ev()),
-            (Verdict::Cancel, "policy")
-        );
+        assert_eq!(callbacks_verdict(&Hooks::default(), &ev()), None);
+        assert_eq!(policy(&c), Verdict::Cancel);
         c.on_disconnect = DisconnectPolicy::Log;
+        assert_eq!(policy(&c), Verdict::Keep);
+    }
+
+    #[test]
+    fn hook_program_exit_codes() {
+        let p = Pid::from_raw(1);
         assert_eq!(
-            decide(&c, &Hooks::default(), &ev()),
-            (Verdict::Keep, "policy")
+            hook_verdict(Some(&WaitStatus::Exited(p, 0))),
+            Some(Verdict::Cancel)
         );
+        assert_eq!(
+            hook_verdict(Some(&WaitStatus::Exited(p, 3))),
+            Some(Verdict::Keep)
+        );
+        assert_eq!(hook_verdict(Some(&WaitStatus::Exited(p, 1))), None);
+        assert_eq!(
+            hook_verdict(Some(&WaitStatus::Signaled(p, Signal::SIGKILL, false))),
+            None
+        );
+        assert_eq!(hook_verdict(None), None);
     }
 
     #[test]
@@ -667,7 +842,7 @@ mod tests {
                 v
             }));
         }
-        assert_eq!(decide(&cfg(), &h, &ev()), (Verdict::Keep, "callback"));
+        assert_eq!(callbacks_verdict(&h, &ev()), Some(Verdict::Keep));
         assert_eq!(*calls.borrow(), vec![1, 2]);
     }
 
@@ -677,8 +852,8 @@ mod tests {
     fn panicking_callback_counts_as_cancel() {
         let mut h = Hooks::default();
         h.on_disconnect.push(Box::new(|_| panic!("hook bug")));
-        assert_eq!(decide(&cfg(), &h, &ev()), (Verdict::Cancel, "callback"));
+        assert_eq!(callbacks_verdict(&h, &ev()), Some(Verdict::Cancel));
         h.on_disconnect.push(Box::new(|_| Verdict::Keep));
-        assert_eq!(decide(&cfg(), &h, &ev()), (Verdict::Keep, "callback"));
+        assert_eq!(callbacks_verdict(&h, &ev()), Some(Verdict::Keep));
     }
 }
