@@ -521,3 +521,56 @@ fn slow_hook_program_blocks_nothing_and_times_out() {
     assert!(slow_line.contains("policy"), "{slow_line}");
     j.stop_clean();
 }
+
+/// The server side of a job's connection: the `tr:tm->when` field of its
+/// line in /proc/net/tcp (timer kind 2 is the keepalive timer).
+fn server_timer(port: u16, client_port: u16) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let hex = |p: u16| format!(":{p:04X}");
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || !f[1].ends_with(&hex(port)) || !f[2].ends_with(&hex(client_port)) {
+            return None;
+        }
+        let (kind, when) = f[5].split_once(':')?;
+        Some((
+            u32::from_str_radix(kind, 16).ok()?,
+            u64::from_str_radix(when, 16).ok()?,
+        ))
+    })
+}
+
+/// Accepted sockets carry TCP keepalive (set once on the listener and
+/// inherited), so a peer that vanishes without a packet is found too;
+/// `--keepalive 0` turns it off.
+#[test]
+fn accepted_sockets_have_keepalive() {
+    for (arg, want) in [("7s", true), ("0", false)] {
+        let dir = tempdir();
+        let h = script(dir.path(), "h.sh", TREE);
+        let mut j = Jobd::start_in(
+            dir,
+            &[
+                "--prefork",
+                "1",
+                "--keepalive",
+                arg,
+                "--script",
+                h.to_str().unwrap(),
+            ],
+        );
+        let (s, ..) = start_tree(&j);
+        let me = s.local_addr().unwrap().port();
+        let (kind, when) =
+            server_timer(j.addr.port(), me).expect("the job's socket in /proc/net/tcp");
+        if want {
+            assert_eq!(kind, 2, "keepalive timer expected with --keepalive {arg}");
+            // Jiffies to the first probe: at most the idle time (7 s).
+            assert!(when <= 7 * 1000, "timer {when}");
+        } else {
+            assert_eq!(kind, 0, "no timer expected with --keepalive 0");
+        }
+        drop(s);
+        j.stop_clean();
+    }
+}
