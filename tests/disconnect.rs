@@ -574,3 +574,71 @@ fn accepted_sockets_have_keepalive() {
         j.stop_clean();
     }
 }
+
+/// A dual-stack listener (`[::]`): an IPv4 client is an IPv4-mapped IPv6
+/// socket, found in the IPv6 tables by both detectors.
+#[test]
+fn dual_stack_listener_cancels_an_ipv4_client() {
+    for detector in ["sock-diag", "procfs"] {
+        let dir = tempdir();
+        let h = script(dir.path(), "h.sh", TREE);
+        let mut j = Jobd::start_in(
+            dir,
+            &[
+                "--listen",
+                "[::]:0",
+                "--prefork",
+                "1",
+                "--worker-watch",
+                "off",
+                "--detector",
+                detector,
+                "--script",
+                h.to_str().unwrap(),
+            ],
+        );
+        let port = j.addr.port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(util::DEADLINE)).unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Vec<i32> = line
+            .split_whitespace()
+            .take(2)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        s.write_all(b"").unwrap();
+        drop(s);
+        gone_within(v[0], v[1]);
+        let c = j.wait_log(|l| l.contains("job cancelled"));
+        assert!(
+            c.contains("seen_by=\"scan\"") || c.contains("seen_by=scan"),
+            "{c}"
+        );
+        j.stop_clean();
+    }
+}
+
+/// `--prefork 0`: the single process watches its own client and cancels.
+#[test]
+fn prefork_zero_cancels_on_hangup() {
+    let dir = tempdir();
+    let h = script(dir.path(), "h.sh", TREE);
+    let mut j = Jobd::start_in(dir, &["--prefork", "0", "--script", h.to_str().unwrap()]);
+    let (s, handler, child, job) = start_tree(&j);
+    drop(s);
+    gone_within(handler, child);
+    j.wait_log(|l| {
+        l.contains("job cancelled")
+            && l.contains(&format!("job={job} "))
+            && l.contains("reason=client-closed")
+    });
+    j.wait_log(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
+    // And serves the next client.
+    let next = start_tree(&j);
+    assert!(alive(next.1));
+    drop(next.0);
+    j.stop_clean();
+}
