@@ -423,8 +423,7 @@ impl Server {
             let Some(log) = &error_log else {
                 return Err(ConfigError::DaemonNeeds("--error-log").into());
             };
-            // SAFETY: checked above that this process has one thread.
-            match unsafe { daemon::daemonize(log.file().as_fd()) }.map_err(Error::Daemonize)? {
+            match daemon::daemonize(log.file().as_fd()).map_err(Error::Daemonize)? {
                 Daemonized::Foreground(reader) => return foreground_wait(reader),
                 Daemonized::Daemon(writer) => Some(writer),
             }

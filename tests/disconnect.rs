@@ -598,7 +598,7 @@ fn dual_stack_listener_cancels_an_ipv4_client() {
             ],
         );
         let port = j.addr.port();
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(util::DEADLINE)).unwrap();
         let mut line = String::new();
         BufReader::new(s.try_clone().unwrap())
@@ -609,7 +609,6 @@ fn dual_stack_listener_cancels_an_ipv4_client() {
             .take(2)
             .map(|x| x.parse().unwrap())
             .collect();
-        s.write_all(b"").unwrap();
         drop(s);
         gone_within(v[0], v[1]);
         let c = j.wait_log(|l| l.contains("job cancelled"));

@@ -647,9 +647,7 @@ impl<'a> Supervisor<'a> {
     fn spawn(&mut self, i: usize) {
         let board = self.sb.slot(i);
         board.claim(0, self.generation);
-        // SAFETY: the supervisor is single-threaded (checked in Server::run
-        // before the first fork, and it starts no thread).
-        match unsafe { sys::fork() } {
+        match sys::fork() {
             Ok(Forked::Child) => {
                 let code = crate::server::worker_main(
                     self.cfg,

@@ -138,15 +138,10 @@ pub enum Daemonized {
 ///
 /// When a step in a child fails, the child reports it through the ready
 /// pipe and exits 1, and the foreground's [`ReadyReader::wait`] returns it.
-///
-/// # Safety
-///
-/// The process must be single-threaded: both children go on running
-/// arbitrary code after `fork`.
-pub unsafe fn daemonize(stderr: BorrowedFd<'_>) -> io::Result<Daemonized> {
+/// Fails without forking when the process has threads.
+pub fn daemonize(stderr: BorrowedFd<'_>) -> io::Result<Daemonized> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-    // SAFETY: the caller guarantees that the process is single-threaded.
-    match unsafe { fork() }? {
+    match fork()? {
         Forked::Parent(child) => {
             drop(w);
             // Reap the intermediate child (it exits at once).
@@ -160,9 +155,7 @@ pub unsafe fn daemonize(stderr: BorrowedFd<'_>) -> io::Result<Daemonized> {
                 w.send(&Ready::Failed(format!("setsid failed: {e}")));
                 exit_now(1);
             }
-            // SAFETY: the process is still single-threaded (a fork of a
-            // single-threaded process).
-            match unsafe { fork() } {
+            match fork() {
                 Err(e) => {
                     w.send(&Ready::Failed(format!("second fork failed: {e}")));
                     exit_now(1);

@@ -22,15 +22,18 @@ pub enum Forked {
     Child,
 }
 
-/// Forks the calling process.
-///
-/// # Safety
-///
-/// The caller must be single-threaded (jobd forks before any thread exists),
-/// so that the child may run arbitrary code, not only async-signal-safe
-/// functions.
-pub unsafe fn fork() -> io::Result<Forked> {
-    // SAFETY: the caller guarantees that the process is single-threaded.
+/// Forks the calling process, after checking that it is single-threaded
+/// (jobd forks before any thread exists), so that the child may run
+/// arbitrary code, not only async-signal-safe functions. Fails, without
+/// forking, when the process has threads.
+pub fn fork() -> io::Result<Forked> {
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork a process with {threads} threads"
+        )));
+    }
+    // SAFETY: checked just above that the process has a single thread.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
