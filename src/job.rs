@@ -114,6 +114,38 @@ fn reap(child: Pid) -> nix::Result<WaitStatus> {
     }
 }
 
+/// This process's environment as `KEY=VALUE` strings for a child, without
+/// the keys in `except`.
+pub(crate) fn environ(except: &[&str]) -> Vec<CString> {
+    std::env::vars_os()
+        .filter(|(k, _)| !except.iter().any(|o| k == o))
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect()
+}
+
+/// `posix_spawn` attributes for a child of a worker or the supervisor: a
+/// new process group, an empty signal mask (ours blocks the signals read
+/// from a signalfd) and SIGPIPE back to its default (Rust ignores it).
+pub(crate) fn spawn_attr() -> io::Result<PosixSpawnAttr> {
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    attr.set_pgroup(Pid::from_raw(0))?;
+    attr.set_sigmask(&SigSet::empty())?;
+    let mut dfl = SigSet::empty();
+    dfl.add(Signal::SIGPIPE);
+    attr.set_sigdefault(&dfl)?;
+    Ok(attr)
+}
+
 /// Spawns handlers with `posix_spawn` (glibc: `clone(CLONE_VM |
 /// CLONE_VFORK)`), far cheaper than forking the worker: a new process
 /// group, an empty signal mask (the worker blocks its signals for its
@@ -151,26 +183,8 @@ impl Spawner {
             "JOBD_JOB_ID",
             "JOBD_SLOT",
         ];
-        let base_env = std::env::vars_os()
-            .filter(|(k, _)| !ours.iter().any(|o| k == o))
-            .filter_map(|(k, v)| {
-                let mut kv = k.into_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).ok()
-            })
-            .collect();
-        let mut attr = PosixSpawnAttr::init()?;
-        attr.set_flags(
-            PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-        )?;
-        attr.set_pgroup(Pid::from_raw(0))?;
-        attr.set_sigmask(&SigSet::empty())?;
-        let mut dfl = SigSet::empty();
-        dfl.add(Signal::SIGPIPE);
-        attr.set_sigdefault(&dfl)?;
+        let base_env = environ(&ours);
+        let attr = spawn_attr()?;
         Ok(Some(Spawner {
             program: prog,
             argv,

@@ -144,23 +144,12 @@ fn hook_verdict(status: Option<&WaitStatus>) -> Option<Verdict> {
 /// /dev/null, stderr shared. Returns its pid; the caller waits for it
 /// without blocking.
 fn spawn_hook(prog: &std::path::Path, ev: &DisconnectEvent) -> std::io::Result<Pid> {
-    use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
-    use nix::sys::signal::SigSet;
+    use nix::spawn::PosixSpawnFileActions;
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let json = serde_json::to_string(ev).map_err(std::io::Error::other)? + "\n";
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let mut attr = PosixSpawnAttr::init()?;
-    attr.set_flags(
-        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-    )?;
-    attr.set_pgroup(Pid::from_raw(0))?;
-    attr.set_sigmask(&SigSet::empty())?;
-    let mut dfl = SigSet::empty();
-    dfl.add(Signal::SIGPIPE);
-    attr.set_sigdefault(&dfl)?;
+    let attr = crate::job::spawn_attr()?;
     let mut fa = PosixSpawnFileActions::init()?;
     fa.add_dup2(rd.as_raw_fd(), 0)?;
     fa.add_open(
@@ -171,14 +160,7 @@ fn spawn_hook(prog: &std::path::Path, ev: &DisconnectEvent) -> std::io::Result<P
     )?;
     let path =
         std::ffi::CString::new(prog.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let env: Vec<std::ffi::CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            std::ffi::CString::new(kv).ok()
-        })
-        .collect();
+    let env = crate::job::environ(&[]);
     let pid = nix::spawn::posix_spawn(
         path.as_c_str(),
         &fa,
