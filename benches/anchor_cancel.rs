@@ -18,7 +18,6 @@
 mod common;
 
 use std::ffi::OsString;
-use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -303,17 +302,4 @@ fn client(name: &str, addr: SocketAddr, cap: Duration) -> (Outcome, Vec<OwnedFd>
         .map(|(f, _)| f)
         .collect();
     (o, leftovers)
-}
-
-fn read_line(mut s: &TcpStream) -> io::Result<String> {
-    let mut buf = Vec::with_capacity(32);
-    let mut b = [0u8; 1];
-    while buf.len() < 128 {
-        match s.read(&mut b)? {
-            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF")),
-            _ if b[0] == b'\n' => break,
-            _ => buf.push(b[0]),
-        }
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }

@@ -35,10 +35,12 @@
 //! in its environment (inherited from jobd) is killed after a pidfd is opened
 //! on it and the marker checked again.
 
+mod common;
+
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -48,7 +50,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use common::{
+    MARKER_ENV, env_usize, kill_marked, parse_listening, percentile, pidfd_exited, pidfd_open,
+    pidfd_signal, poll_exited, read_line,
+};
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::socket::{setsockopt, sockopt::Linger};
 
@@ -60,7 +65,6 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DELAY_MS: u64 = 50;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-const MARKER_ENV: &str = "JOBD_CANCEL_LATENCY_RUN";
 /// Set when this program is re-executed as the server (library fallback).
 const SERVER_ENV: &str = "JOBD_CANCEL_LATENCY_SERVER";
 
@@ -120,16 +124,6 @@ impl Variant {
         } else {
             CHECK_INTERVAL.as_secs_f64() * 1e3 + WATCH_TARGET_MS
         }
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: expected a positive integer, got {s:?}")),
-        Err(_) => default,
     }
 }
 
@@ -279,15 +273,6 @@ impl Report {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Duration) -> Report {
     let t_start = Instant::now();
     let hard_deadline = t_start + deadline;
@@ -377,12 +362,15 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
     report.client_cpu_s = shared.client_cpu_s;
     for fd in shared.leftovers.drain(..) {
         if !pidfd_exited(&fd) {
-            let _ = pidfd_kill(&fd);
+            let _ = pidfd_signal(&fd, libc::SIGKILL);
             report.leftovers_killed += 1;
         }
     }
     // And any process carrying this run's marker (jobd's descendants).
-    report.leftovers_killed += kill_marked(&marker);
+    for pid in kill_marked(&marker) {
+        eprintln!("    left over after jobd stopped: pid {pid}; killed");
+        report.leftovers_killed += 1;
+    }
 
     // The pipe closes once every holder of jobd's stderr is gone.
     if server.eof.recv_timeout(Duration::from_secs(5)).is_ok() {
@@ -664,11 +652,6 @@ fn server_main() -> std::process::ExitCode {
     }
 }
 
-fn parse_listening(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    rest.split_whitespace().next()?.parse().ok()
-}
-
 /// A small xorshift generator: enough for random delays.
 struct Rng(u64);
 
@@ -832,81 +815,6 @@ fn one_job(
     }
 }
 
-/// Reads up to the first newline, byte by byte (so nothing past it is
-/// consumed; the handler sends nothing more anyway).
-fn read_line(mut s: &TcpStream) -> io::Result<String> {
-    let mut buf = Vec::with_capacity(32);
-    let mut b = [0u8; 1];
-    while buf.len() < 256 {
-        match s.read(&mut b) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("EOF after {:?}", String::from_utf8_lossy(&buf)),
-                ));
-            }
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) => buf.push(b[0]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// Polls pidfds (readable = the process exited) for at most `timeout`;
-/// returns which have exited.
-fn poll_exited(fds: &[&OwnedFd], timeout: Duration) -> Vec<bool> {
-    // Round up to whole milliseconds, at most 1 s per call.
-    let ms = timeout.as_micros().div_ceil(1000).min(1000) as u16;
-    let mut pfds: Vec<PollFd> = fds
-        .iter()
-        .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-        .collect();
-    match poll(&mut pfds, PollTimeout::from(ms)) {
-        Ok(_) => pfds
-            .iter()
-            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-            .collect(),
-        Err(_) => vec![false; fds.len()], // EINTR: the caller polls again
-    }
-}
-
-fn pidfd_exited(fd: &OwnedFd) -> bool {
-    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags, touches none of our memory,
-    // and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// SIGKILL through a pidfd: never hits a recycled pid.
-fn pidfd_kill(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: the fd is a pidfd we own; a null siginfo is allowed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// SIGTERM to jobd, wait; SIGKILL after `STOP_TIMEOUT`. Returns how it ended.
 fn stop_jobd(child: &mut Child) -> String {
     if let Ok(Some(st)) = child.try_wait() {
@@ -928,42 +836,6 @@ fn stop_jobd(child: &mut Child) -> String {
         Ok(st) => format!("did not stop on SIGTERM within {STOP_TIMEOUT:?}; SIGKILLed ({st})"),
         Err(e) => format!("wait error after SIGKILL: {e}"),
     }
-}
-
-fn has_marker(pid: &str, needle: &[u8]) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle))
-}
-
-/// Kills every process whose environment holds this run's marker (jobd's
-/// handlers and their children inherit it). Returns how many.
-fn kill_marked(marker: &str) -> usize {
-    let needle = format!("{MARKER_ENV}={marker}").into_bytes();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut killed = 0;
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if !has_marker(pid, &needle) {
-            continue;
-        }
-        let Ok(fd) = pidfd_open(pid.parse().unwrap_or(0)) else {
-            continue;
-        };
-        // Checked again through the pidfd's process: the pid is pinned now.
-        if has_marker(pid, &needle) && !pidfd_exited(&fd) && pidfd_kill(&fd).is_ok() {
-            eprintln!("    left over after jobd stopped: pid {pid}; killed");
-            killed += 1;
-        }
-    }
-    killed
 }
 
 fn print_problems(r: &Report) {

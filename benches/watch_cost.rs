@@ -25,7 +25,7 @@
 mod common;
 
 use std::ffi::OsString;
-use std::io::{self, Read};
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -306,19 +306,6 @@ fn open_clients(
         }
     }
     ok
-}
-
-fn read_line(mut s: &TcpStream) -> io::Result<String> {
-    let mut buf = Vec::with_capacity(32);
-    let mut b = [0u8; 1];
-    while buf.len() < 128 {
-        match s.read(&mut b)? {
-            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF")),
-            _ if b[0] == b'\n' => break,
-            _ => buf.push(b[0]),
-        }
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 fn time_scans(src: &mut dyn SocketSource, port: u16, iters: usize) -> Result<ScanRow, String> {

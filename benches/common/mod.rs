@@ -661,6 +661,21 @@ pub fn spawn_jobd_like(
     }
 }
 
+/// Reads one line (at most 128 bytes) from `s`, byte by byte so that
+/// nothing after the newline is consumed.
+pub fn read_line(mut s: &std::net::TcpStream) -> io::Result<String> {
+    let mut buf = Vec::with_capacity(32);
+    let mut b = [0u8; 1];
+    while buf.len() < 128 {
+        match s.read(&mut b)? {
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF")),
+            _ if b[0] == b'\n' => break,
+            _ => buf.push(b[0]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// The first `listening on IP:PORT` in a log.
 pub fn parse_listening(text: &str) -> Option<SocketAddr> {
     for line in text.lines() {
