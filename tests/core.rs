@@ -20,9 +20,7 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn echo_and_tcpserver_environment_ipv4() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", ENV_ECHO);
-    let mut j = Jobd::start_in(dir, &["--prefork", "2", "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::with_script(ENV_ECHO, &["--prefork", "2"]);
     let (mut s, line) = j.request_line("hello world\n");
     let me = s.local_addr().unwrap();
     // Read to the end: the job is over when jobd closes the connection (a
@@ -61,19 +59,7 @@ fn echo_and_tcpserver_environment_ipv4() {
 
 #[test]
 fn echo_over_ipv6() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", ENV_ECHO);
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--listen",
-            "[::1]:0",
-            "--prefork",
-            "1",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let mut j = Jobd::with_script(ENV_ECHO, &["--listen", "[::1]:0", "--prefork", "1"]);
     assert!(j.addr.is_ipv6());
     let (_s, line) = j.request_line("six\n");
     assert_eq!(field(&line, "proto"), "TCP6");
@@ -84,19 +70,9 @@ fn echo_over_ipv6() {
 
 #[test]
 fn handler_arguments_after_double_dash() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", r#"echo "args=$1,$2""#);
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--script",
-            h.to_str().unwrap(),
-            "--",
-            "a b",
-            "-c",
-        ],
+    let mut j = Jobd::with_script(
+        r#"echo "args=$1,$2""#,
+        &["--prefork", "1", "--", "a b", "-c"],
     );
     let (_s, line) = j.request_line("");
     assert_eq!(line.trim(), "args=a b,-c");
@@ -105,27 +81,11 @@ fn handler_arguments_after_double_dash() {
 
 #[test]
 fn n_clients_are_served_by_n_workers_at_once() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
     // Each job says "ready" and then waits for the client: all four can only
     // be ready together if four workers run them at the same time.
-    let h = script(
-        dir.path(),
-        "h.sh",
+    let (mut j, sb) = Jobd::with_script_sb(
         "echo ready\nIFS= read -r x\necho \"bye $x\"",
-    );
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "4",
-            "--max-children",
-            "4",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
-        ],
+        &["--prefork", "4", "--max-children", "4"],
     );
     let mut conns = vec![];
     for _ in 0..4 {
@@ -171,20 +131,7 @@ fn n_clients_are_served_by_n_workers_at_once() {
 
 #[test]
 fn killed_worker_is_replaced_in_its_slot() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", "echo hi");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "2",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let (mut j, sb) = Jobd::with_script_sb("echo hi", &["--prefork", "2"]);
     let pid_of = |slot: u64| -> Option<i64> {
         let st = Jobd::status_json(&sb);
         st["slots"]
@@ -218,13 +165,10 @@ fn killed_worker_is_replaced_in_its_slot() {
 
 #[test]
 fn sigterm_waits_for_the_running_job() {
-    let dir = tempdir();
-    let h = script(
-        dir.path(),
-        "h.sh",
+    let mut j = Jobd::with_script(
         "echo started\nIFS= read -r x\necho \"finished $x\"",
+        &["--prefork", "2"],
     );
-    let mut j = Jobd::start_in(dir, &["--prefork", "2", "--script", h.to_str().unwrap()]);
     let (mut s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
     j.signal("TERM");
@@ -250,18 +194,9 @@ fn sigterm_waits_for_the_running_job() {
 
 #[test]
 fn sigterm_kills_jobs_after_the_grace_period() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", "echo started\nexec sleep 300");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--grace",
-            "300ms",
-            "--script",
-            h.to_str().unwrap(),
-        ],
+    let mut j = Jobd::with_script(
+        "echo started\nexec sleep 300",
+        &["--prefork", "1", "--grace", "300ms"],
     );
     let (_s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
@@ -308,23 +243,9 @@ fn sigint_kills_the_job_and_its_children() {
 
 #[test]
 fn sighup_replaces_workers_and_running_job_completes() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(
-        dir.path(),
-        "h.sh",
+    let (mut j, sb) = Jobd::with_script_sb(
         "echo started\nIFS= read -r x\necho \"finished $x\"",
-    );
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "2",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
-        ],
+        &["--prefork", "2"],
     );
     let (mut s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
@@ -388,20 +309,8 @@ fn sighup_replaces_workers_and_running_job_completes() {
 
 #[test]
 fn prefork_zero_serves_one_at_a_time_in_one_process() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", "echo \"slot=$JOBD_SLOT ppid=$PPID\"");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "0",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let (mut j, _sb) =
+        Jobd::with_script_sb("echo \"slot=$JOBD_SLOT ppid=$PPID\"", &["--prefork", "0"]);
     for _ in 0..3 {
         let (_s, line) = j.request_line("");
         assert_eq!(field(&line, "slot"), "0");
@@ -438,19 +347,7 @@ fn handler_that_cannot_run_at_job_time_is_a_failed_job() {
 
 #[test]
 fn json_log_format() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", "echo hi");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--log-format",
-            "json",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let mut j = Jobd::with_script("echo hi", &["--prefork", "1", "--log-format", "json"]);
     assert_eq!(j.request_all("").trim(), "hi");
     let end = j.wait_log(|l| l.contains("job ended"));
     let v: serde_json::Value = serde_json::from_str(&end).unwrap();

@@ -168,19 +168,7 @@ fn ipv6_fin_and_rst_cancel() {
 /// says it was seen by the scan.
 #[test]
 fn scan_alone_reports_seen_by_scan() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", TREE);
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--worker-watch",
-            "off",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let mut j = Jobd::with_script(TREE, &["--prefork", "1", "--worker-watch", "off"]);
     let (s, handler, child, _) = start_tree(&j);
     drop(s);
     gone_within(handler, child);
@@ -226,19 +214,7 @@ fn half_close_with_on_fin_keep_gets_its_answer() {
 
 #[test]
 fn reset_cancels_even_with_on_fin_keep() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", TREE);
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--on-fin",
-            "keep",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let mut j = Jobd::with_script(TREE, &["--prefork", "1", "--on-fin", "keep"]);
     let (s, handler, child, _) = start_tree(&j);
     reset(s);
     gone_within(handler, child);
@@ -248,9 +224,7 @@ fn reset_cancels_even_with_on_fin_keep() {
 
 #[test]
 fn half_close_with_default_policy_is_cancelled() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", HALF);
-    let mut j = Jobd::start_in(dir, &["--prefork", "1", "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::with_script(HALF, &["--prefork", "1"]);
     let mut s = j.connect();
     s.write_all(b"q\n").unwrap();
     j.wait_log(|l| l.contains("job started"));
@@ -264,19 +238,7 @@ fn half_close_with_default_policy_is_cancelled() {
 
 #[test]
 fn on_disconnect_log_keeps_the_job() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", TREE);
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--on-disconnect",
-            "log",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let mut j = Jobd::with_script(TREE, &["--prefork", "1", "--on-disconnect", "log"]);
     let (s, handler, child, job) = start_tree(&j);
     drop(s);
     j.wait_log(|l| {
@@ -352,13 +314,10 @@ fn disconnect_hook_program_decides() {
 
 #[test]
 fn client_gone_before_job_start_gets_no_job() {
-    let dir = tempdir();
-    let h = script(
-        dir.path(),
-        "h.sh",
+    let mut j = Jobd::with_script(
         "echo started\nIFS= read -r x\necho \"bye $x\"",
+        &["--prefork", "1"],
     );
-    let mut j = Jobd::start_in(dir, &["--prefork", "1", "--script", h.to_str().unwrap()]);
     // Occupy the only worker, so the next client waits in the backlog.
     let (mut busy, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
@@ -377,14 +336,11 @@ fn client_gone_before_job_start_gets_no_job() {
 /// and no kept job ever appears in a cancellation line.
 #[test]
 fn no_false_cancellation_under_churn() {
-    let dir = tempdir();
     // First line: the job id; then work for the asked number of ms.
-    let h = script(
-        dir.path(),
-        "h.sh",
+    let mut j = Jobd::with_script(
         "echo \"$JOBD_JOB_ID\"\nIFS= read -r ms\nsleep \"$ms\"\necho done",
+        &["--prefork", "8"],
     );
-    let mut j = Jobd::start_in(dir, &["--prefork", "8", "--script", h.to_str().unwrap()]);
     let addr = j.addr;
     let mut seed: u64 = 0x9e3779b97f4a7c15 ^ std::process::id() as u64;
     let mut rnd = move || {
@@ -623,9 +579,7 @@ fn dual_stack_listener_cancels_an_ipv4_client() {
 /// `--prefork 0`: the single process watches its own client and cancels.
 #[test]
 fn prefork_zero_cancels_on_hangup() {
-    let dir = tempdir();
-    let h = script(dir.path(), "h.sh", TREE);
-    let mut j = Jobd::start_in(dir, &["--prefork", "0", "--script", h.to_str().unwrap()]);
+    let mut j = Jobd::with_script(TREE, &["--prefork", "0"]);
     let (s, handler, child, job) = start_tree(&j);
     drop(s);
     gone_within(handler, child);

@@ -53,11 +53,8 @@ const HOLD: &str = "echo started\nIFS= read -r x\necho \"done $x\"";
 
 #[test]
 fn grows_under_load_to_max_children_and_shrinks_back_after_idle() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", HOLD);
-    let mut j = Jobd::start_in(
-        dir,
+    let (mut j, sb) = Jobd::with_script_sb(
+        HOLD,
         &[
             "--prefork",
             "2",
@@ -65,10 +62,6 @@ fn grows_under_load_to_max_children_and_shrinks_back_after_idle() {
             "40",
             "--idle-timeout",
             "1s",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
         ],
     );
     // 32 slow clients: every one gets a worker of its own.
@@ -100,11 +93,8 @@ fn grows_under_load_to_max_children_and_shrinks_back_after_idle() {
 
 #[test]
 fn worker_is_recycled_after_max_requests() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", "echo \"$PPID\"");
-    let mut j = Jobd::start_in(
-        dir,
+    let (mut j, _sb) = Jobd::with_script_sb(
+        "echo \"$PPID\"",
         &[
             "--prefork",
             "1",
@@ -112,10 +102,6 @@ fn worker_is_recycled_after_max_requests() {
             "1",
             "--max-requests-per-child",
             "3",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
         ],
     );
     let pids: Vec<String> = (0..7)
@@ -140,21 +126,9 @@ fn worker_is_recycled_after_max_requests() {
 
 #[test]
 fn job_timeout_cancels_the_job() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", "echo started\nsleep 300 &\nwait");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--job-timeout",
-            "300ms",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
-        ],
+    let (mut j, sb) = Jobd::with_script_sb(
+        "echo started\nsleep 300 &\nwait",
+        &["--prefork", "1", "--job-timeout", "300ms"],
     );
     let (mut s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
@@ -173,20 +147,7 @@ fn job_timeout_cancels_the_job() {
 
 #[test]
 fn sigttin_and_sigttou_add_and_remove_a_worker() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", "echo hi");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "2",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let (mut j, sb) = Jobd::with_script_sb("echo hi", &["--prefork", "2"]);
     let count = || live_workers(&Jobd::status_json(&sb));
     wait_until("2 workers", || count() == 2);
     j.signal("TTIN");
@@ -256,22 +217,7 @@ fn reload_on_handler_change_keeps_the_running_job() {
 
 #[test]
 fn status_shows_totals_and_listen_queue() {
-    let dir = tempdir();
-    let sb = dir.path().join("sb");
-    let h = script(dir.path(), "h.sh", HOLD);
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--max-children",
-            "1",
-            "--scoreboard",
-            sb.to_str().unwrap(),
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
+    let (mut j, sb) = Jobd::with_script_sb(HOLD, &["--prefork", "1", "--max-children", "1"]);
     let held = hold_clients(&j, 1);
     let waiting: Vec<TcpStream> = (0..3).map(|_| j.connect()).collect();
     wait_until("3 in the listen queue", || {

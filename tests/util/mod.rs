@@ -640,3 +640,30 @@ pub fn reset(s: TcpStream) {
     .unwrap();
     drop(s);
 }
+
+impl Jobd {
+    /// Starts jobd in a fresh temp dir serving the shell script `body`
+    /// (written there as `h.sh`), with `args` after `--script`.
+    pub fn with_script(body: &str, args: &[&str]) -> Jobd {
+        let dir = tempdir();
+        let h = script(dir.path(), "h.sh", body);
+        let h = h.to_str().unwrap().to_string();
+        let mut full = vec!["--script", h.as_str()];
+        full.extend_from_slice(args);
+        Jobd::start_in(dir, &full)
+    }
+
+    /// As [`Jobd::with_script`], with a scoreboard file; returns its path.
+    pub fn with_script_sb(body: &str, args: &[&str]) -> (Jobd, PathBuf) {
+        let dir = tempdir();
+        let sb = dir.path().join("sb");
+        let h = script(dir.path(), "h.sh", body);
+        let (h, sbs) = (
+            h.to_str().unwrap().to_string(),
+            sb.to_str().unwrap().to_string(),
+        );
+        let mut full = vec!["--script", h.as_str(), "--scoreboard", sbs.as_str()];
+        full.extend_from_slice(args);
+        (Jobd::start_in(dir, &full), sb)
+    }
+}
