@@ -555,11 +555,6 @@ impl Scoreboard {
     pub fn next_job_id(&self) -> u64 {
         self.header().next_job_id.fetch_add(1, Ordering::Relaxed)
     }
-
-    /// Mapping size in bytes.
-    pub fn byte_len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 #[cfg(test)]

@@ -219,7 +219,7 @@ impl Watch {
                 d
             })
         };
-        let backend = match cfg.detector {
+        let mut backend = match cfg.detector {
             DetectorKind::Procfs => Backend::Proc(ProcNet::for_family(v6)),
             DetectorKind::SockDiag => Backend::Diag(open_diag().map_err(std::io::Error::other)?),
             DetectorKind::Auto => {
@@ -236,10 +236,7 @@ impl Watch {
                 }
             }
         };
-        let name = match &backend {
-            Backend::Diag(_) => "sock-diag",
-            Backend::Proc(_) => "procfs",
-        };
+        let name = backend.source().name();
         tracing::info!(
             detector = name,
             check_interval_ms = cfg.check_interval.as_millis() as u64,

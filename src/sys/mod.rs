@@ -202,11 +202,6 @@ impl SharedMap {
         })
     }
 
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// A reference to a `T` at byte `offset`. Panics when the offset is out
     /// of bounds or misaligned (a programming error).
     pub fn get<T: Shared>(&self, offset: usize) -> &T {

@@ -254,9 +254,7 @@ impl Jobd {
     }
 
     pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s
+        connect(self.addr)
     }
 
     /// Sends `input`, keeps the connection open, reads one line.
@@ -273,11 +271,7 @@ impl Jobd {
     /// Sends `input`, keeps the write side open, and reads everything until
     /// jobd closes the connection (the job has ended).
     pub fn request_all(&self, input: &str) -> String {
-        let mut s = self.connect();
-        s.write_all(input.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        request_all(self.addr, input)
     }
 
     /// `jobd status --scoreboard PATH --json`.
@@ -597,18 +591,12 @@ impl Daemon {
     }
 
     pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s
+        connect(self.addr)
     }
 
     /// Sends `input` and reads until jobd closes the connection.
     pub fn request_all(&self, input: &str) -> String {
-        let mut s = self.connect();
-        s.write_all(input.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        request_all(self.addr, input)
     }
 
     /// SIGTERM, then waits until the daemon and everything it started are
@@ -666,4 +654,21 @@ impl Jobd {
         full.extend_from_slice(args);
         (Jobd::start_in(dir, &full), sb)
     }
+}
+
+/// A client of `addr` with the harness's read deadline.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Sends `input`, keeps the write side open, and reads everything until the
+/// server closes the connection (the job has ended).
+pub fn request_all(addr: SocketAddr, input: &str) -> String {
+    let mut s = connect(addr);
+    s.write_all(input.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
