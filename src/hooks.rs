@@ -121,3 +121,18 @@ pub struct WorkerExit {
     /// Whether jobd asked it to exit (reload, stop, shrink, recycling).
     pub planned: bool,
 }
+
+type InitHook = dyn Fn(&InitInfo);
+type ShutdownHook = dyn Fn();
+type WorkerExitHook = dyn Fn(&WorkerExit);
+type AutoReloadHook = dyn Fn() -> bool;
+
+/// Lifecycle and disconnect hooks.
+#[derive(Default)]
+pub struct Hooks {
+    pub(crate) after_init: Option<Box<InitHook>>,
+    pub(crate) before_shutdown: Option<Box<ShutdownHook>>,
+    pub(crate) on_disconnect: Vec<Box<DisconnectHook>>,
+    pub(crate) on_worker_exit: Option<Box<WorkerExitHook>>,
+    pub(crate) auto_reload: Option<Box<AutoReloadHook>>,
+}

@@ -90,21 +90,26 @@
 
 pub mod cli;
 pub mod config;
-pub mod ctl;
+pub mod control;
 pub mod detect;
+mod error;
 pub mod hooks;
-pub mod job;
 pub mod logfiles;
+mod net;
 pub mod pidfile;
 pub mod scoreboard;
 pub mod server;
-pub mod status;
+mod spawn;
 mod supervisor;
 mod sys;
+mod watch;
 mod worker;
+
+pub use control::status;
 
 pub use config::{
     Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat,
 };
+pub use error::Error;
 pub use hooks::{DisconnectEvent, DisconnectReason, InitInfo, JobContext, Verdict};
-pub use server::{Error, Server, ServerBuilder};
+pub use server::{Server, ServerBuilder};

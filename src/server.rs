@@ -6,102 +6,24 @@
 //! over to the supervisor (`prefork >= 1`) or serves jobs one at a time in
 //! this process (`prefork == 0`).
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
-use nix::unistd::Pid;
-
 use crate::config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec};
-use crate::hooks::{DisconnectEvent, InitInfo, JobContext, Verdict};
-use crate::logfiles::{self, LogError};
-use crate::pidfile::{PidFile, PidFileError};
-use crate::scoreboard::{Scoreboard, ScoreboardError};
+use crate::error::Error;
+use crate::hooks::{DisconnectEvent, Hooks, InitInfo, JobContext, Verdict};
+use crate::logfiles;
+use crate::net::{bind, set_keepalive};
+use crate::pidfile::PidFile;
+use crate::scoreboard::Scoreboard;
 use crate::supervisor::Supervisor;
 use crate::sys;
 use crate::sys::daemon::{self, Daemonized, Ready};
-
-/// Errors of [`Server::run`].
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The configuration is invalid (exit status 2).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The listen address could not be bound (exit status 1).
-    #[error("failed to listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The scoreboard could not be created.
-    #[error(transparent)]
-    Scoreboard(#[from] ScoreboardError),
-    /// The process has threads, so it must not fork.
-    #[error("jobd must fork before any thread exists, but this process has {0} threads")]
-    Threaded(usize),
-    /// A system call the supervisor needs failed.
-    #[error("failed to set up the supervisor")]
-    Setup(#[source] std::io::Error),
-    /// The pid file could not be taken (another jobd runs with it, or it
-    /// cannot be written).
-    #[error(transparent)]
-    PidFile(#[from] PidFileError),
-    /// A log file could not be opened.
-    #[error(transparent)]
-    Logs(#[from] LogError),
-    /// `--daemonize`: the detach itself failed (in the foreground process).
-    #[error("failed to daemonize")]
-    Daemonize(#[source] std::io::Error),
-    /// `--daemonize`: the daemon reported that it failed to start (the
-    /// foreground process returns this; the daemon logged it too).
-    #[error("the daemon failed to start: {0}")]
-    DaemonFailed(String),
-    /// `--user` / `--group`: the privileges could not be dropped.
-    #[error("failed to switch to user {user} and group {group}")]
-    Privileges {
-        /// The user name.
-        user: String,
-        /// The group name (or the user's primary group id).
-        group: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl Error {
-    /// The exit status the command uses for this error: 2 for usage and
-    /// configuration errors, 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Config(_) => 2,
-            _ => 1,
-        }
-    }
-}
-
-type InitHook = dyn Fn(&InitInfo);
-type ShutdownHook = dyn Fn();
-
-/// Lifecycle and disconnect hooks.
-#[derive(Default)]
-pub struct Hooks {
-    pub(crate) after_init: Option<Box<InitHook>>,
-    pub(crate) before_shutdown: Option<Box<ShutdownHook>>,
-    pub(crate) on_disconnect: Vec<Box<crate::hooks::DisconnectHook>>,
-    pub(crate) on_worker_exit: Option<Box<WorkerExitHook>>,
-    pub(crate) auto_reload: Option<Box<AutoReloadHook>>,
-}
-
-type WorkerExitHook = dyn Fn(&crate::hooks::WorkerExit);
-type AutoReloadHook = dyn Fn() -> bool;
+use crate::worker::run_inline;
 
 /// Builds a [`Server`].
 ///
@@ -407,7 +329,7 @@ impl Server {
             source,
         })?;
         let local = listener.local_addr().map_err(Error::Setup)?;
-        if let Err(e) = crate::job::set_keepalive(&listener, cfg.keepalive) {
+        if let Err(e) = set_keepalive(&listener, cfg.keepalive) {
             tracing::warn!(error = %e, "failed to set TCP keepalive on the listener");
         }
         let sb = match &cfg.scoreboard {
@@ -579,89 +501,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// `--prefork 0`: one process accepts and runs jobs one at a time.
-fn run_inline(cfg: &Config, hooks: &Hooks, sb: &Scoreboard, listener: &TcpListener) -> i32 {
-    let set = crate::worker::worker_sigset();
-    if let Err(e) = set.thread_block() {
-        tracing::error!(error = %e, "failed to block signals");
-        return 1;
-    }
-    let sigfd = match crate::worker::worker_signalfd() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "failed to open a signalfd");
-            return 1;
-        }
-    };
-    let slot = sb.slot(0);
-    slot.claim(std::process::id() as i32, 1);
-    let code = crate::worker::run(cfg, sb, 0, listener, &sigfd, None);
-    if let Some(h) = &hooks.before_shutdown {
-        h();
-    }
-    slot.release();
-    tracing::info!("jobd stopped");
-    code
-}
-
-/// The body of a freshly forked worker; returns its exit code.
-pub(crate) fn worker_main(
-    cfg: &Config,
-    sb: &Scoreboard,
-    slot: usize,
-    listener: &TcpListener,
-    wake: Option<&nix::sys::eventfd::EventFd>,
-    supervisor: Pid,
-) -> i32 {
-    if let Err(e) = sys::reset_signals(&crate::worker::worker_sigset()) {
-        tracing::error!(slot, error = %e, "worker failed to set its signal mask");
-        return 1;
-    }
-    match sys::die_with_parent(nix::sys::signal::Signal::SIGINT, supervisor) {
-        Ok(true) => {}
-        Ok(false) => return 0, // the supervisor died before we could ask
-        Err(e) => {
-            tracing::error!(slot, error = %e, "worker failed to set its parent-death signal");
-            return 1;
-        }
-    }
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(false) {
-        tracing::warn!(slot, error = %e, "worker failed to clear the subreaper flag");
-    }
-    let sigfd = match crate::worker::worker_signalfd() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(slot, error = %e, "worker failed to open its signalfd");
-            return 1;
-        }
-    };
-    sb.slot(slot)
-        .pid
-        .store(std::process::id() as i32, Ordering::Relaxed);
-    crate::worker::run(cfg, sb, slot, listener, &sigfd, wake)
-}
-
-/// Binds a listening TCP socket with SO_REUSEADDR and the given backlog.
-fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd: OwnedFd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    let backlog = backlog.min(sys::somaxconn().max(128));
-    socket::listen(
-        &fd,
-        socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN),
-    )?;
-    Ok(TcpListener::from(fd))
 }

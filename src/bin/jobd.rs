@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some(Command::Ctl(args)) => ExitCode::from(jobd::ctl::run(&args) as u8),
+        Some(Command::Ctl(args)) => ExitCode::from(jobd::control::ctl::run(&args) as u8),
         None => {
             let cfg = match cli.run.to_config() {
                 Ok(c) => c,

@@ -12,8 +12,9 @@
 //! - `SIGHUP`:  reload: check the handler again, replace each worker once idle
 //! - `SIGCHLD`: reap workers and orphaned job processes
 
+mod children;
 pub mod pool;
-pub(crate) mod watch;
+mod reload;
 
 use std::net::TcpListener;
 use std::os::fd::AsFd;
@@ -24,13 +25,15 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::config::{Config, JobSpec};
+use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::scoreboard::{Scoreboard, SlotState};
-use crate::server::Hooks;
-use crate::sys::{self, Forked, PidFd};
+use crate::sys::{self, PidFd};
+
+use children::Worker;
+use reload::ReloadWatch;
 
 /// The signals the supervisor reads from its signalfd.
 pub(crate) fn supervisor_sigset() -> SigSet {
@@ -50,63 +53,9 @@ pub(crate) fn supervisor_sigset() -> SigSet {
     set
 }
 
-struct Worker {
-    pid: Pid,
-    pidfd: Option<PidFd>,
-    generation: u32,
-    started: Instant,
-    /// Asked to exit (reload, stop): its exit is planned.
-    retiring: bool,
-}
-
-impl Worker {
-    fn signal(&self, sig: Signal) {
-        match &self.pidfd {
-            Some(fd) => {
-                if let Err(e) = fd.signal(sig)
-                    && e.raw_os_error() != Some(libc::ESRCH)
-                {
-                    tracing::warn!(pid = self.pid.as_raw(), signal = sig.as_str(), error = %e, "failed to signal worker");
-                }
-            }
-            None => tracing::warn!(
-                pid = self.pid.as_raw(),
-                "no pidfd for worker; not signalling it"
-            ),
-        }
-    }
-}
-
 #[derive(Default)]
 struct SlotRec {
     worker: Option<Worker>,
-}
-
-/// What a file looked like, for `--reload-check-every`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileSig {
-    mtime_ns: i128,
-    size: u64,
-    ino: u64,
-    dev: u64,
-}
-
-fn file_sig(path: &std::path::Path) -> Option<FileSig> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileSig {
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        size: m.size(),
-        ino: m.ino(),
-        dev: m.dev(),
-    })
-}
-
-/// `--reload-check-every`: the handler file and jobd's own executable.
-struct ReloadWatch {
-    every: Duration,
-    next: Instant,
-    files: Vec<(std::path::PathBuf, Option<FileSig>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +82,7 @@ pub(crate) struct Supervisor<'a> {
     generation: u32,
     phase: Phase,
     me: Pid,
-    watch: Option<watch::Watch>,
+    watch: Option<crate::watch::Watch>,
     /// Minimum of workers: `--prefork`, moved by SIGTTIN / SIGTTOU.
     min_workers: usize,
     /// Workers to fork at the next growth tick.
@@ -165,29 +114,8 @@ impl<'a> Supervisor<'a> {
             nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
         )?;
         nix::sys::prctl::set_child_subreaper(true)?;
-        let watch = watch::Watch::new(cfg, sb)?;
-        let reload_watch = cfg.reload_check_every.map(|every| {
-            let mut files = Vec::new();
-            if hooks.auto_reload.is_none() {
-                if let JobSpec::Handler { program, .. } = &cfg.job {
-                    files.push(program.clone());
-                }
-                if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
-                    files.push(exe);
-                }
-            }
-            ReloadWatch {
-                every,
-                next: Instant::now() + every,
-                files: files
-                    .into_iter()
-                    .map(|f| {
-                        let sig = file_sig(&f);
-                        (f, sig)
-                    })
-                    .collect(),
-            }
-        });
+        let watch = crate::watch::Watch::new(cfg, sb)?;
+        let reload_watch = reload::ReloadWatch::new(cfg, hooks);
         let h = sb.header();
         h.max_children
             .store(cfg.max_children as u32, Ordering::Relaxed);
@@ -461,35 +389,6 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn reload(&mut self, why: &str) {
-        if self.phase != Phase::Running {
-            return;
-        }
-
-        if let Err(e) = self.cfg.check_handler() {
-            tracing::error!(error = %e, "{why}: reload refused; keeping the current workers");
-            return;
-        }
-        self.generation += 1;
-        self.sb
-            .header()
-            .generation
-            .store(self.generation, Ordering::Relaxed);
-        tracing::info!(
-            generation = self.generation,
-            "{why}: reloading; workers are replaced once idle"
-        );
-        for s in &mut self.slots {
-            if let Some(w) = &mut s.worker
-                && w.generation < self.generation
-                && !w.retiring
-            {
-                w.retiring = true;
-                w.signal(Signal::SIGTERM);
-            }
-        }
-    }
-
     /// Refills slots whose time has come; escalates a stop at its deadline.
     fn maintain(&mut self) {
         let now = Instant::now();
@@ -520,42 +419,6 @@ impl<'a> Supervisor<'a> {
                 };
             }
             _ => {}
-        }
-    }
-
-    /// `--reload-check-every`: a changed handler or executable (or the
-    /// library's `auto_reload_handler` saying so) reloads as SIGHUP does.
-    fn check_reload(&mut self, now: Instant) {
-        let Some(rw) = &mut self.reload_watch else {
-            return;
-        };
-        if now < rw.next {
-            return;
-        }
-        rw.next = now + rw.every;
-        let changed = match &self.hooks.auto_reload {
-            Some(f) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                Ok(v) => v,
-                Err(_) => {
-                    tracing::error!("auto_reload_handler panicked; not reloading");
-                    false
-                }
-            },
-            None => {
-                let mut changed = false;
-                for (path, sig) in &mut rw.files {
-                    let now_sig = file_sig(path);
-                    if now_sig != *sig {
-                        tracing::info!(file = %path.display(), "file changed");
-                        *sig = now_sig;
-                        changed = true;
-                    }
-                }
-                changed
-            }
-        };
-        if changed {
-            self.reload("auto-reload");
         }
     }
 
@@ -628,205 +491,6 @@ impl<'a> Supervisor<'a> {
         {
             tracing::debug!(slot = i, "retiring an idle worker");
             self.retire(i);
-        }
-    }
-
-    /// Forks `n` workers into the lowest free slots.
-    fn spawn_n(&mut self, n: usize) {
-        for _ in 0..n {
-            let Some(i) = self.slots.iter().position(|s| s.worker.is_none()) else {
-                return;
-            };
-            self.spawn(i);
-            if self.hold_until.is_some() {
-                return; // fork failed: back off
-            }
-        }
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let board = self.sb.slot(i);
-        board.claim(0, self.generation);
-        match sys::fork() {
-            Ok(Forked::Child) => {
-                let code = crate::server::worker_main(
-                    self.cfg,
-                    self.sb,
-                    i,
-                    self.listener,
-                    Some(&self.wake),
-                    self.me,
-                );
-                std::process::exit(code);
-            }
-            Ok(Forked::Parent(pid)) => {
-                board.pid.store(pid.as_raw(), Ordering::Relaxed);
-                let pidfd = match PidFd::open(pid) {
-                    Ok(fd) => Some(fd),
-                    Err(e) => {
-                        tracing::error!(slot = i, pid = pid.as_raw(), error = %e, "pidfd_open failed; this worker cannot be signalled");
-                        None
-                    }
-                };
-                self.sb
-                    .header()
-                    .workers_spawned
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    slot = i,
-                    pid = pid.as_raw(),
-                    generation = self.generation,
-                    "worker started"
-                );
-                self.slots[i].worker = Some(Worker {
-                    pid,
-                    pidfd,
-                    generation: self.generation,
-                    started: Instant::now(),
-                    retiring: false,
-                });
-            }
-            Err(e) => {
-                board.release();
-                let r = pool::on_exit(false, false, Duration::ZERO, self.quick_deaths);
-                self.quick_deaths = r.quick_deaths;
-                self.hold_until = r.after.map(|d| Instant::now() + d);
-                tracing::error!(slot = i, error = %e, "fork failed; retrying later");
-            }
-        }
-    }
-
-    fn slot_of(&self, pid: Pid) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
-    }
-
-    /// Reaps every exited child: workers (refilling their slots) and job
-    /// processes orphaned by a dead worker (we are their subreaper).
-    fn reap(&mut self) {
-        loop {
-            let peek = nix::sys::wait::waitid(
-                Id::All,
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-            );
-            let pid = match peek {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "waitid failed");
-                    return;
-                }
-                Ok(st) => match st.pid() {
-                    Some(p) => p,
-                    None => return,
-                },
-            };
-            if let Some(w) = &mut self.watch
-                && w.owns(pid)
-            {
-                if let Ok(st) =
-                    nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-                {
-                    w.hook_exited(pid, st);
-                }
-                continue;
-            }
-            if let Some(i) = self.slot_of(pid) {
-                let status =
-                    nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-                self.worker_exited(i, status);
-            } else {
-                // An orphaned job process. If it leads the process group of a
-                // job whose worker died, kill the rest of that group while
-                // this zombie still holds the group id.
-                for (i, s) in self.sb.slots() {
-                    if s.job_pgid.load(Ordering::Acquire) == pid.as_raw() {
-                        let _ = sys::kill_group(pid, Signal::SIGKILL);
-                        s.job_pgid.store(0, Ordering::Release);
-                        tracing::debug!(
-                            slot = i,
-                            pgid = pid.as_raw(),
-                            "killed the job group of a dead worker"
-                        );
-                    }
-                }
-                let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-            }
-        }
-    }
-
-    fn worker_exited(&mut self, i: usize, status: nix::Result<WaitStatus>) {
-        let Some(w) = self.slots[i].worker.take() else {
-            return;
-        };
-        let board = self.sb.slot(i);
-        // A worker that died in the middle of a job: its handler was
-        // reparented to us and killed by its parent-death signal, but not
-        // reaped yet, so its group id is still its own.
-        let pgid = board.job_pgid.swap(0, Ordering::AcqRel);
-        let job = board.job();
-        // A worker killed on purpose (its closure job ignored a cancel).
-        let killed_on_purpose =
-            job.is_some_and(|j| board.kill_req.load(Ordering::Acquire) == j.job_id);
-        if pgid != 0 {
-            let _ = sys::kill_group(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
-        if let Some(job) = job {
-            let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
-            let h = self.sb.header();
-            h.jobs_served.fetch_add(1, Ordering::Relaxed);
-            if board.cancel_req.load(Ordering::Acquire) == job.job_id {
-                let why = crate::job::reason::name(board.cancel_reason.load(Ordering::Relaxed));
-                tracing::info!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = %"cancelled", reason = %why, "job ended");
-            } else {
-                h.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(slot = i, pid = w.pid.as_raw(), job = job.job_id, peer = %peer, outcome = %"failed", "job lost: its worker died");
-            }
-        }
-        board.release();
-        if let Some(watch) = &mut self.watch {
-            watch.forget_slot(i);
-        }
-        let desc = match status {
-            Ok(WaitStatus::Exited(_, c)) => format!("exit {c}"),
-            Ok(WaitStatus::Signaled(_, s, _)) => format!("signal {}", s.as_str()),
-            Ok(other) => format!("{other:?}"),
-            Err(e) => format!("wait error: {e}"),
-        };
-        let stopping = self.phase != Phase::Running;
-        // Asked to exit, or exited 0 by itself (recycled after its request
-        // limit): planned. Anything else is a death.
-        let planned =
-            w.retiring || killed_on_purpose || matches!(status, Ok(WaitStatus::Exited(_, 0)));
-        if planned {
-            tracing::debug!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker exited");
-        } else {
-            tracing::warn!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker died; replacing it");
-        }
-        if let Some(h) = &self.hooks.on_worker_exit {
-            let ev = crate::hooks::WorkerExit {
-                slot: i,
-                pid: w.pid.as_raw(),
-                status: desc.clone(),
-                planned,
-            };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(&ev))).is_err() {
-                tracing::error!(slot = i, "on_worker_exit hook panicked");
-            }
-        }
-        let r = pool::on_exit(planned, stopping, w.started.elapsed(), self.quick_deaths);
-        self.quick_deaths = r.quick_deaths;
-        if let Some(d) = r.after
-            && !d.is_zero()
-        {
-            self.hold_until = Some(Instant::now() + d);
-            tracing::warn!(
-                slot = i,
-                delay_ms = d.as_millis() as u64,
-                quick_deaths = r.quick_deaths,
-                "workers are dying quickly; backing off before respawning"
-            );
         }
     }
 }

@@ -6,10 +6,14 @@
 //! unsafe way; callers hold descriptors as `OwnedFd` / `BorrowedFd`.
 
 pub mod daemon;
+mod shm;
+mod signals;
+
+pub use shm::SharedMap;
+pub use signals::{arm_self_kill, ignore_sigpipe, reset_signals};
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -152,124 +156,6 @@ pub fn somaxconn() -> i32 {
         .unwrap_or(4096)
 }
 
-/// A shared memory mapping (the scoreboard), `MAP_SHARED`, read-write.
-pub struct SharedMap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl SharedMap {
-    /// An anonymous shared mapping of `len` zeroed bytes, inherited by
-    /// forked children.
-    pub fn anonymous(len: usize) -> io::Result<SharedMap> {
-        let nz = std::num::NonZeroUsize::new(len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"))?;
-        use nix::sys::mman::{MapFlags, ProtFlags};
-        // SAFETY: a fresh anonymous mapping aliases no Rust object.
-        let ptr = unsafe {
-            nix::sys::mman::mmap_anonymous(
-                None,
-                nz,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )
-        }
-        .map_err(io::Error::from)?;
-        Ok(SharedMap {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    /// Maps `len` bytes of `file` shared; with `writable` false, read-only.
-    pub fn file(file: &std::fs::File, len: usize, writable: bool) -> io::Result<SharedMap> {
-        let nz = std::num::NonZeroUsize::new(len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"))?;
-        use nix::sys::mman::{MapFlags, ProtFlags};
-        let prot = if writable {
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
-        } else {
-            ProtFlags::PROT_READ
-        };
-        // SAFETY: the file is at least `len` bytes long (checked by the
-        // caller); the mapping aliases no Rust object, and all access to it
-        // goes through atomics.
-        let ptr = unsafe { nix::sys::mman::mmap(None, nz, prot, MapFlags::MAP_SHARED, file, 0) }
-            .map_err(io::Error::from)?;
-        Ok(SharedMap {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    /// A reference to a `T` at byte `offset`. Panics when the offset is out
-    /// of bounds or misaligned (a programming error).
-    pub fn get<T: Shared>(&self, offset: usize) -> &T {
-        assert!(
-            offset + std::mem::size_of::<T>() <= self.len,
-            "offset out of mapping"
-        );
-        assert_eq!(offset % std::mem::align_of::<T>(), 0, "misaligned offset");
-        // SAFETY: bounds and alignment are checked above; `T: Shared`
-        // promises any bit pattern is valid and all fields are atomics, so
-        // concurrent writes by other processes are sound; the mapping lives
-        // as long as `self`.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<T>() }
-    }
-}
-
-/// Types that may live in memory shared with other processes.
-///
-/// # Safety
-///
-/// The type must be `#[repr(C)]`, valid for any bit pattern (including all
-/// zeroes), and every field written after mapping must be an atomic.
-pub unsafe trait Shared {}
-
-// SAFETY: Header is #[repr(C)] and made only of atomics.
-unsafe impl Shared for crate::scoreboard::Header {}
-// SAFETY: Slot is #[repr(C)] and made only of atomics.
-unsafe impl Shared for crate::scoreboard::Slot {}
-
-impl Drop for SharedMap {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len describe a mapping we created and nobody uses after drop.
-        let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// In a freshly forked worker: default dispositions for every signal the
-/// supervisor handles, then exactly `mask` blocked (for the worker's own
-/// signalfd), so that no signal slips through between the two steps.
-pub fn reset_signals(mask: &nix::sys::signal::SigSet) -> io::Result<()> {
-    use nix::sys::signal::{SigHandler, SigmaskHow, sigprocmask};
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(mask), None).map_err(io::Error::from)?;
-    for sig in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-    ] {
-        // SAFETY: installing SIG_DFL runs no Rust code in signal context.
-        unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }.map_err(io::Error::from)?;
-    }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None).map_err(io::Error::from)
-}
-
-/// Ignores SIGPIPE (a write to a hung-up client must be an EPIPE error,
-/// not the death of a worker).
-pub fn ignore_sigpipe() -> io::Result<()> {
-    use nix::sys::signal::SigHandler;
-    // SAFETY: SIG_IGN runs no code in signal context.
-    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }
-        .map(|_| ())
-        .map_err(io::Error::from)
-}
-
 /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the
 /// machine, so that a worker's timestamps compare with the supervisor's.
 pub fn monotonic_ns() -> u64 {
@@ -330,65 +216,4 @@ pub fn poll(fds: &mut [Polled<'_>], timeout: Option<std::time::Duration>) -> io:
         f.revents = r.revents;
     }
     Ok(n as usize)
-}
-
-/// The slot whose `kill_req` the SIGUSR2 handler of a closure worker checks.
-static SELF_KILL_SLOT: std::sync::atomic::AtomicPtr<crate::scoreboard::Slot> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-
-extern "C" fn self_kill_handler(_: libc::c_int) {
-    let p = SELF_KILL_SLOT.load(std::sync::atomic::Ordering::Acquire);
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: the pointer was set by `arm_self_kill` to a slot of the
-    // scoreboard mapping, which stays mapped until the worker exits; only
-    // atomics are read, which is async-signal-safe.
-    let slot = unsafe { &*p };
-    if slot.closure_job_to_kill() {
-        // SAFETY: kill(getpid(), SIGKILL) is async-signal-safe.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-    }
-}
-
-/// Closure jobs run inside the worker and cannot be interrupted by the
-/// worker's own loop. While one runs, SIGUSR2 is unblocked with a handler
-/// that kills this worker if, and only if, the slot's `kill_req` names the
-/// job the slot runs at that instant: a signal that arrives after the job
-/// ended (or for another job) does nothing. Returns a guard that blocks
-/// SIGUSR2 again.
-pub fn arm_self_kill(slot: &crate::scoreboard::Slot) -> io::Result<SelfKillGuard> {
-    use nix::sys::signal::{
-        SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, sigaction, sigprocmask,
-    };
-    SELF_KILL_SLOT.store(
-        slot as *const crate::scoreboard::Slot as *mut crate::scoreboard::Slot,
-        std::sync::atomic::Ordering::Release,
-    );
-    let act = SigAction::new(
-        SigHandler::Handler(self_kill_handler),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only reads atomics and calls kill/getpid, which
-    // are async-signal-safe.
-    unsafe { sigaction(Signal::SIGUSR2, &act) }.map_err(io::Error::from)?;
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGUSR2);
-    sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).map_err(io::Error::from)?;
-    Ok(SelfKillGuard(()))
-}
-
-/// Blocks SIGUSR2 again (back to the worker's signalfd) when dropped.
-pub struct SelfKillGuard(());
-
-impl Drop for SelfKillGuard {
-    fn drop(&mut self) {
-        use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGUSR2);
-        let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
-    }
 }

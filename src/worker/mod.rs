@@ -3,7 +3,7 @@
 //! A worker is forked by the supervisor, dies with it (parent-death signal),
 //! and loops: mark its slot idle, wait for a client on the shared listener
 //! (epoll with `EPOLLEXCLUSIVE`, so one connection wakes one idle worker),
-//! accept, run the job through [`crate::job::Runner`], and again. It writes
+//! accept, run the job through [`job::Runner`], and again. It writes
 //! only its own slot and signals only its own job's process group.
 //!
 //! Signals (blocked and read from a signalfd):
@@ -15,16 +15,24 @@
 //! - `SIGHUP`, `SIGTTIN`, `SIGTTOU`: ignored (the supervisor's
 //!   business; blocked here so that handlers get default dispositions).
 
+pub(crate) mod job;
+pub(crate) mod signals;
+
 use std::net::TcpListener;
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use nix::unistd::Pid;
+
 use crate::config::Config;
-use crate::job::{AfterJob, Runner};
+use crate::hooks::Hooks;
 use crate::scoreboard::{Scoreboard, SlotState};
+use crate::sys;
+use job::{AfterJob, Runner};
 
 /// The signals a worker reads from its signalfd.
 pub(crate) fn worker_sigset() -> SigSet {
@@ -80,7 +88,7 @@ pub(crate) fn run(
         tracing::error!(slot, error = %e, "failed to register fds in worker epoll");
         return 1;
     }
-    let spawner = match crate::job::Spawner::new(&cfg.job) {
+    let spawner = match crate::spawn::Spawner::new(&cfg.job) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(slot, error = %e, "cannot prepare the handler command");
@@ -129,7 +137,7 @@ pub(crate) fn run(
                         match Signal::try_from(info.ssi_signo as i32) {
                             Ok(Signal::SIGTERM) => after.retire = true,
                             Ok(Signal::SIGINT) => after.exit_now = true,
-                            Ok(Signal::SIGUSR1) => reopen_logs(slot),
+                            Ok(Signal::SIGUSR1) => signals::reopen_logs(slot),
                             _ => {}
                         }
                     }
@@ -179,13 +187,6 @@ pub(crate) fn run(
     }
 }
 
-/// SIGUSR1: reopen the error and access logs in this process.
-pub(crate) fn reopen_logs(slot: usize) {
-    if let Err(e) = crate::logfiles::reopen() {
-        tracing::error!(slot, error = %e, "failed to reopen the logs");
-    }
-}
-
 /// A random number in `0..=max` (for `--max-requests-jitter`), from the
 /// kernel's random pool, falling back to the clock.
 fn jitter(max: u64) -> u64 {
@@ -200,4 +201,71 @@ fn jitter(max: u64) -> u64 {
         Err(_) => crate::sys::monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32),
     };
     v % (max + 1)
+}
+
+/// `--prefork 0`: one process accepts and runs jobs one at a time.
+pub(crate) fn run_inline(
+    cfg: &Config,
+    hooks: &Hooks,
+    sb: &Scoreboard,
+    listener: &TcpListener,
+) -> i32 {
+    let set = crate::worker::worker_sigset();
+    if let Err(e) = set.thread_block() {
+        tracing::error!(error = %e, "failed to block signals");
+        return 1;
+    }
+    let sigfd = match crate::worker::worker_signalfd() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to open a signalfd");
+            return 1;
+        }
+    };
+    let slot = sb.slot(0);
+    slot.claim(std::process::id() as i32, 1);
+    let code = crate::worker::run(cfg, sb, 0, listener, &sigfd, None);
+    if let Some(h) = &hooks.before_shutdown {
+        h();
+    }
+    slot.release();
+    tracing::info!("jobd stopped");
+    code
+}
+
+/// The body of a freshly forked worker; returns its exit code.
+pub(crate) fn worker_main(
+    cfg: &Config,
+    sb: &Scoreboard,
+    slot: usize,
+    listener: &TcpListener,
+    wake: Option<&nix::sys::eventfd::EventFd>,
+    supervisor: Pid,
+) -> i32 {
+    if let Err(e) = sys::reset_signals(&crate::worker::worker_sigset()) {
+        tracing::error!(slot, error = %e, "worker failed to set its signal mask");
+        return 1;
+    }
+    match sys::die_with_parent(nix::sys::signal::Signal::SIGINT, supervisor) {
+        Ok(true) => {}
+        Ok(false) => return 0, // the supervisor died before we could ask
+        Err(e) => {
+            tracing::error!(slot, error = %e, "worker failed to set its parent-death signal");
+            return 1;
+        }
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(false) {
+        tracing::warn!(slot, error = %e, "worker failed to clear the subreaper flag");
+    }
+    let sigfd = match crate::worker::worker_signalfd() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(slot, error = %e, "worker failed to open its signalfd");
+            return 1;
+        }
+    };
+    sb.slot(slot)
+        .pid
+        .store(std::process::id() as i32, Ordering::Relaxed);
+    crate::worker::run(cfg, sb, slot, listener, &sigfd, wake)
 }

@@ -6,16 +6,12 @@
 //! unreaped child of this process, so that the group id cannot have been
 //! recycled.
 
-use std::ffi::CString;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
-use nix::sys::signal::SigSet;
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
@@ -24,6 +20,7 @@ use nix::unistd::Pid;
 use crate::config::{Config, FinPolicy, JobSpec};
 use crate::hooks::JobContext;
 use crate::scoreboard::{JobView, Scoreboard, Slot, job_kind};
+use crate::spawn::Spawner;
 use crate::sys;
 
 /// How a job ended.
@@ -114,111 +111,6 @@ fn reap(child: Pid) -> nix::Result<WaitStatus> {
     }
 }
 
-/// This process's environment as `KEY=VALUE` strings for a child, without
-/// the keys in `except`.
-pub(crate) fn environ(except: &[&str]) -> Vec<CString> {
-    std::env::vars_os()
-        .filter(|(k, _)| !except.iter().any(|o| k == o))
-        .filter_map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect()
-}
-
-/// `posix_spawn` attributes for a child of a worker or the supervisor: a
-/// new process group, an empty signal mask (ours blocks the signals read
-/// from a signalfd) and SIGPIPE back to its default (Rust ignores it).
-pub(crate) fn spawn_attr() -> io::Result<PosixSpawnAttr> {
-    let mut attr = PosixSpawnAttr::init()?;
-    attr.set_flags(
-        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-    )?;
-    attr.set_pgroup(Pid::from_raw(0))?;
-    attr.set_sigmask(&SigSet::empty())?;
-    let mut dfl = SigSet::empty();
-    dfl.add(Signal::SIGPIPE);
-    attr.set_sigdefault(&dfl)?;
-    Ok(attr)
-}
-
-/// Spawns handlers with `posix_spawn` (glibc: `clone(CLONE_VM |
-/// CLONE_VFORK)`), far cheaper than forking the worker: a new process
-/// group, an empty signal mask (the worker blocks its signals for its
-/// signalfd), SIGPIPE back to default, and the connection on fds 0 and 1.
-/// Program, arguments and the inherited environment are converted once per
-/// worker.
-pub struct Spawner {
-    program: CString,
-    argv: Vec<CString>,
-    base_env: Vec<CString>,
-    attr: PosixSpawnAttr,
-}
-
-impl Spawner {
-    /// Prepares spawning the handler program (None for closure jobs).
-    pub fn new(job: &JobSpec) -> io::Result<Option<Spawner>> {
-        let JobSpec::Handler { program, args } = job else {
-            return Ok(None);
-        };
-        let c = |s: &std::ffi::OsStr| {
-            CString::new(s.as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in an argument"))
-        };
-        let prog = c(program.as_os_str())?;
-        let mut argv = vec![prog.clone()];
-        for a in args {
-            argv.push(c(a)?);
-        }
-        let ours = [
-            "PROTO",
-            "TCPLOCALIP",
-            "TCPLOCALPORT",
-            "TCPREMOTEIP",
-            "TCPREMOTEPORT",
-            "JOBD_JOB_ID",
-            "JOBD_SLOT",
-        ];
-        let base_env = environ(&ours);
-        let attr = spawn_attr()?;
-        Ok(Some(Spawner {
-            program: prog,
-            argv,
-            base_env,
-            attr,
-        }))
-    }
-
-    /// Spawns the handler with `conn` as stdin and stdout and `env`.
-    fn spawn(&self, conn: std::os::fd::BorrowedFd<'_>, env: &[CString]) -> io::Result<Pid> {
-        use std::os::fd::AsRawFd;
-        let mut fa = PosixSpawnFileActions::init()?;
-        fa.add_dup2(conn.as_raw_fd(), 0)?;
-        fa.add_dup2(conn.as_raw_fd(), 1)?;
-        Ok(nix::spawn::posix_spawn(
-            self.program.as_c_str(),
-            &fa,
-            &self.attr,
-            &self.argv,
-            env,
-        )?)
-    }
-}
-
-fn ip_str(a: &SocketAddr) -> String {
-    match a {
-        SocketAddr::V4(v) => v.ip().to_string(),
-        SocketAddr::V6(v) => match v.ip().to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v.ip().to_string(),
-        },
-    }
-}
-
 /// Whether the client is already gone (checked right after accept).
 fn client_gone(conn: &TcpStream, on_fin: FinPolicy) -> bool {
     let mut fds = [sys::Polled::new(conn.as_fd(), libc::POLLRDHUP)];
@@ -229,27 +121,6 @@ fn client_gone(conn: &TcpStream, on_fin: FinPolicy) -> bool {
     let hard = ev & (libc::POLLHUP | libc::POLLERR) != 0;
     let fin = ev & libc::POLLRDHUP != 0;
     hard || (fin && on_fin == FinPolicy::Cancel)
-}
-
-/// TCP keepalive and TCP_USER_TIMEOUT, set once on the listener: accepted
-/// sockets inherit them (Linux copies these options at accept), which saves
-/// five system calls per job.
-pub fn set_keepalive(conn: &impl AsFd, idle: Duration) -> io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    if idle.is_zero() {
-        return Ok(());
-    }
-    let secs = idle.as_secs().clamp(1, 32767) as u32;
-    let fd = conn.as_fd();
-    setsockopt(&fd, sockopt::KeepAlive, &true)?;
-    setsockopt(&fd, sockopt::TcpKeepIdle, &secs)?;
-    let intvl = (secs / 6).clamp(1, 10);
-    setsockopt(&fd, sockopt::TcpKeepInterval, &intvl)?;
-    setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
-    // Unacknowledged data for longer than idle + 3 probes: the peer is gone.
-    let uto_ms = (secs + 3 * intvl).saturating_mul(1000);
-    setsockopt(&fd, sockopt::TcpUserTimeout, &uto_ms)?;
-    Ok(())
 }
 
 impl Runner<'_> {
@@ -307,7 +178,11 @@ impl Runner<'_> {
         let started = Instant::now();
         let (outcome, status, reason, after) = match &self.cfg.job {
             JobSpec::Handler { program, .. } => {
-                match self.spawn_handler(&conn, job_id, peer, local) {
+                match self
+                    .spawner
+                    .ok_or_else(|| io::Error::other("no handler program"))
+                    .and_then(|sp| sp.spawn_job(conn.as_fd(), job_id, slot, peer, local))
+                {
                     Ok(child) => {
                         view.pgid = child.as_raw();
                         self.board()
@@ -408,32 +283,6 @@ impl Runner<'_> {
         after
     }
 
-    fn spawn_handler(
-        &self,
-        conn: &TcpStream,
-        job_id: u64,
-        peer: SocketAddr,
-        local: SocketAddr,
-    ) -> io::Result<Pid> {
-        let Some(sp) = self.spawner else {
-            return Err(io::Error::other("no handler program"));
-        };
-        let mut env = sp.base_env.clone();
-        let mut var = |k: &str, v: &str| {
-            if let Ok(c) = CString::new(format!("{k}={v}")) {
-                env.push(c);
-            }
-        };
-        var("PROTO", if peer.is_ipv4() { "TCP" } else { "TCP6" });
-        var("TCPLOCALIP", &ip_str(&local));
-        var("TCPLOCALPORT", &local.port().to_string());
-        var("TCPREMOTEIP", &ip_str(&peer));
-        var("TCPREMOTEPORT", &peer.port().to_string());
-        var("JOBD_JOB_ID", &job_id.to_string());
-        var("JOBD_SLOT", &self.slot.to_string());
-        sp.spawn(conn.as_fd(), &env)
-    }
-
     /// Waits for the handler, watching the client and the worker's signals.
     /// Returns (outcome, status, cancel reason, after).
     fn wait_handler(
@@ -528,7 +377,7 @@ impl Runner<'_> {
                             }
                         }
                         Ok(Signal::SIGTERM) => after.retire = true,
-                        Ok(Signal::SIGUSR1) => crate::worker::reopen_logs(self.slot),
+                        Ok(Signal::SIGUSR1) => super::signals::reopen_logs(self.slot),
                         Ok(Signal::SIGINT) => {
                             after.exit_now = true;
                             if cancel == 0 {
@@ -590,7 +439,7 @@ impl Runner<'_> {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGTERM) => after.retire = true,
                 Ok(Signal::SIGINT) => after.exit_now = true,
-                Ok(Signal::SIGUSR1) => crate::worker::reopen_logs(self.slot),
+                Ok(Signal::SIGUSR1) => super::signals::reopen_logs(self.slot),
                 _ => {}
             }
         }

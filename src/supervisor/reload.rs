@@ -1,0 +1,137 @@
+//! SUPERVISOR ONLY: reloading. SIGHUP, and `--reload-check-every` (the
+//! handler file and jobd's executable, or the library's
+//! `auto_reload_handler`), replace each worker once it is idle.
+//!
+//! Only asks workers to retire (SIGTERM through their pidfd); the pool
+//! forks their successors.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::{Phase, Supervisor};
+use crate::config::{Config, JobSpec};
+use crate::hooks::Hooks;
+
+/// What a file looked like, for `--reload-check-every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileSig {
+    mtime_ns: i128,
+    size: u64,
+    ino: u64,
+    dev: u64,
+}
+
+fn file_sig(path: &std::path::Path) -> Option<FileSig> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileSig {
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        size: m.size(),
+        ino: m.ino(),
+        dev: m.dev(),
+    })
+}
+
+/// `--reload-check-every`: the handler file and jobd's own executable.
+pub(super) struct ReloadWatch {
+    every: Duration,
+    pub(super) next: Instant,
+    files: Vec<(std::path::PathBuf, Option<FileSig>)>,
+}
+
+impl ReloadWatch {
+    /// The watch of `--reload-check-every`, if set.
+    pub(super) fn new(cfg: &Config, hooks: &Hooks) -> Option<ReloadWatch> {
+        cfg.reload_check_every.map(|every| {
+            let mut files = Vec::new();
+            if hooks.auto_reload.is_none() {
+                if let JobSpec::Handler { program, .. } = &cfg.job {
+                    files.push(program.clone());
+                }
+                if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+                    files.push(exe);
+                }
+            }
+            ReloadWatch {
+                every,
+                next: Instant::now() + every,
+                files: files
+                    .into_iter()
+                    .map(|f| {
+                        let sig = file_sig(&f);
+                        (f, sig)
+                    })
+                    .collect(),
+            }
+        })
+    }
+}
+
+impl Supervisor<'_> {
+    pub(super) fn reload(&mut self, why: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+
+        if let Err(e) = self.cfg.check_handler() {
+            tracing::error!(error = %e, "{why}: reload refused; keeping the current workers");
+            return;
+        }
+        self.generation += 1;
+        self.sb
+            .header()
+            .generation
+            .store(self.generation, Ordering::Relaxed);
+        tracing::info!(
+            generation = self.generation,
+            "{why}: reloading; workers are replaced once idle"
+        );
+        for s in &mut self.slots {
+            if let Some(w) = &mut s.worker
+                && w.generation < self.generation
+                && !w.retiring
+            {
+                w.retiring = true;
+                w.signal(Signal::SIGTERM);
+            }
+        }
+    }
+
+    /// `--reload-check-every`: a changed handler or executable (or the
+    /// library's `auto_reload_handler` saying so) reloads as SIGHUP does.
+    pub(super) fn check_reload(&mut self, now: Instant) {
+        let Some(rw) = &mut self.reload_watch else {
+            return;
+        };
+        if now < rw.next {
+            return;
+        }
+        rw.next = now + rw.every;
+        let changed = match &self.hooks.auto_reload {
+            Some(f) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                Ok(v) => v,
+                Err(_) => {
+                    tracing::error!("auto_reload_handler panicked; not reloading");
+                    false
+                }
+            },
+            None => {
+                let mut changed = false;
+                for (path, sig) in &mut rw.files {
+                    let now_sig = file_sig(path);
+                    if now_sig != *sig {
+                        tracing::info!(file = %path.display(), "file changed");
+                        *sig = now_sig;
+                        changed = true;
+                    }
+                }
+                changed
+            }
+        };
+        if changed {
+            self.reload("auto-reload");
+        }
+    }
+}
