@@ -223,6 +223,12 @@ pub enum ConfigError {
         /// Its directory.
         dir: String,
     },
+    /// `prefork = 0` with a closure job: the one process runs the closure
+    /// itself, so nothing could watch its client or cancel it.
+    #[error(
+        "prefork 0 runs a closure job in the calling process, where no disconnect watch can run while it works; use prefork 1 or more"
+    )]
+    InlineClosure,
     /// The disconnect hook program is unusable.
     #[error("--disconnect-hook {path}: {why}")]
     Hook {
@@ -296,6 +302,9 @@ impl Config {
             return Err(ConfigError::Prefork(self.prefork));
         }
         self.check_handler()?;
+        if self.prefork == 0 && matches!(self.job, JobSpec::Closure(_)) {
+            return Err(ConfigError::InlineClosure);
+        }
         if let Some(hook) = &self.disconnect_hook {
             check_program(hook).map_err(|e| ConfigError::Hook {
                 path: hook.display().to_string(),

@@ -5,7 +5,6 @@
 //! job closure). Nothing here forks or signals.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -31,7 +30,7 @@ impl JobContext<'_> {
     /// early; one that does not is killed with its worker after the kill
     /// grace.
     pub fn is_cancelled(&self) -> bool {
-        self.board_slot.cancel_req.load(Ordering::Acquire) == self.job_id
+        self.board_slot.cancel_requested(self.job_id).is_some()
     }
 }
 

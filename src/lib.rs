@@ -94,6 +94,7 @@ pub mod control;
 pub mod detect;
 mod error;
 pub mod hooks;
+mod job_end;
 pub mod logfiles;
 mod net;
 pub mod pidfile;

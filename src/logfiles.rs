@@ -49,8 +49,15 @@ pub struct AccessRecord<'a> {
     pub duration_ms: u64,
     /// done, failed, cancelled or timeout.
     pub outcome: &'a str,
-    /// Exit status or signal (`exit 0`, `signal SIGTERM`).
+    /// Why it was cancelled or failed (`client-closed`, `timeout`,
+    /// `worker-died`...); none for a job that ran to its end by itself.
+    pub reason: Option<&'a str>,
+    /// Exit status or signal, readable (`exit 0`, `signal SIGTERM`).
     pub status: &'a str,
+    /// The handler's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the handler, when one did.
+    pub signal: Option<&'a str>,
 }
 
 /// Errors of opening the logs.
@@ -212,7 +219,7 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             s
         }
         LogFormat::Text => format!(
-            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} status={}\n",
+            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={}\n",
             time,
             rec.job_id,
             rec.slot,
@@ -220,7 +227,11 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             text_value(rec.peer),
             rec.duration_ms,
             text_value(rec.outcome),
+            text_value(rec.reason.unwrap_or("-")),
             text_value(rec.status),
+            rec.exit_code
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+            text_value(rec.signal.unwrap_or("-")),
         ),
     }
 }
@@ -291,7 +302,10 @@ mod tests {
             peer: "127.0.0.1:5555",
             duration_ms: 12,
             outcome: "cancelled",
+            reason: Some("client-closed"),
             status: "signal SIGTERM",
+            exit_code: None,
+            signal: Some("SIGTERM"),
         }
     }
 
@@ -301,7 +315,8 @@ mod tests {
         assert_eq!(
             l,
             "time=2026-01-02T03:04:05.678Z job=7 slot=1 pid=4242 peer=127.0.0.1:5555 \
-             duration_ms=12 outcome=cancelled status=\"signal SIGTERM\"\n"
+             duration_ms=12 outcome=cancelled reason=client-closed status=\"signal SIGTERM\" \
+             exit_code=- signal=SIGTERM\n"
         );
         assert_eq!(text_value(""), "\"\"");
         assert_eq!(text_value("[::1]:80"), "[::1]:80");
@@ -320,6 +335,9 @@ mod tests {
         assert_eq!(v["duration_ms"], 12);
         assert_eq!(v["outcome"], "cancelled");
         assert_eq!(v["status"], "signal SIGTERM");
+        assert_eq!(v["reason"], "client-closed");
+        assert_eq!(v["exit_code"], serde_json::Value::Null);
+        assert_eq!(v["signal"], "SIGTERM");
     }
 
     /// The only test of this binary that touches the process-wide state.

@@ -10,6 +10,13 @@
 //! then its job id with `Release`; it clears the job id first when the job
 //! ends. A reader that sees the same non-zero job id before and after
 //! reading the fields has a consistent snapshot (job ids never repeat).
+//!
+//! The supervisor↔worker protocol is typed here and nowhere else: no
+//! caller touches a slot's atomics. The supervisor asks with
+//! [`Slot::request_cancel`] and [`Slot::request_kill`] and checks
+//! [`Slot::still_runs`] before any decision; the worker publishes with
+//! [`Slot::begin_job`], reports with [`Slot::report_hangup`], and reads its
+//! requests with [`Slot::cancel_requested`] and [`Slot::kill_requested`].
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -100,32 +107,123 @@ impl SlotState {
     }
 }
 
-/// Job kinds recorded in a slot (how the supervisor cancels it).
-pub mod job_kind {
-    /// A handler program in its own process group.
-    pub const HANDLER: u8 = 1;
-    /// A Rust closure running in the worker itself.
-    pub const CLOSURE: u8 = 2;
+/// What a slot's job is, which decides how it is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobKind {
+    /// A handler program in its own process group, killed by its worker.
+    Handler = 1,
+    /// A Rust closure running in the worker itself: it may stop when asked,
+    /// or its worker is killed.
+    Closure = 2,
 }
 
-/// Job phases: `ENDING` is set before the worker closes the client socket,
-/// so a scan that no longer sees the socket knows the job is ending.
-pub mod job_phase {
+impl JobKind {
+    fn from_u8(v: u8) -> JobKind {
+        if v == JobKind::Closure as u8 {
+            JobKind::Closure
+        } else {
+            JobKind::Handler
+        }
+    }
+}
+
+/// Where a slot's job is. `Ending` is set before the worker closes the
+/// client socket, so that a scan that no longer sees the socket knows the
+/// job is ending, not reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobPhase {
     /// No job.
-    pub const NONE: u8 = 0;
+    None = 0,
     /// The job runs.
-    pub const RUNNING: u8 = 1;
+    Running = 1,
     /// The job ended; its socket is being closed.
-    pub const ENDING: u8 = 2;
+    Ending = 2,
 }
 
-/// A socket address stored as atomics.
-#[repr(C)]
-pub struct AtomicAddr {
-    family: AtomicU32, // 4 or 6, 0 = none
-    port: AtomicU32,
-    ip: [AtomicU32; 4],
-    scope: AtomicU32,
+impl JobPhase {
+    fn from_u8(v: u8) -> JobPhase {
+        match v {
+            1 => JobPhase::Running,
+            2 => JobPhase::Ending,
+            _ => JobPhase::None,
+        }
+    }
+}
+
+/// Why a job was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelReason {
+    /// The client closed (FIN).
+    ClientClosed = 1,
+    /// The client reset the connection, or its socket vanished.
+    ClientReset = 2,
+    /// `--job-timeout`.
+    Timeout = 3,
+    /// SIGINT, or the grace period of SIGTERM ran out.
+    Shutdown = 4,
+}
+
+impl CancelReason {
+    fn from_u32(v: u32) -> Option<CancelReason> {
+        Some(match v {
+            1 => CancelReason::ClientClosed,
+            2 => CancelReason::ClientReset,
+            3 => CancelReason::Timeout,
+            4 => CancelReason::Shutdown,
+            _ => return None,
+        })
+    }
+
+    /// The name used in logs.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::ClientClosed => "client-closed",
+            CancelReason::ClientReset => "client-reset",
+            CancelReason::Timeout => "timeout",
+            CancelReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a worker saw its client do while it watched the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hangup {
+    /// POLLRDHUP: a FIN (close or half-close).
+    Fin = 1,
+    /// POLLHUP or POLLERR: a reset.
+    Reset = 2,
+}
+
+/// The pool-wide counters of the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    /// Jobs ended, whatever the outcome.
+    JobsServed,
+    /// Jobs whose handler could not be started, that failed, or that were
+    /// lost with their worker.
+    JobsFailed,
+    /// Jobs cancelled because the client went away.
+    CancelledDisconnect,
+    /// Jobs cancelled by `--job-timeout`.
+    CancelledTimeout,
+    /// Jobs cancelled by shutdown.
+    CancelledShutdown,
+    /// Clients that hung up before their job started.
+    GoneBeforeStart,
+    /// Workers forked since start.
+    WorkersSpawned,
+    /// Times the pool hit max children.
+    MaxChildrenReached,
+}
+crate::sys::shared_struct! {
+    /// A socket address stored as atomics.
+    pub(crate) struct AtomicAddr {
+        /// 4 or 6, 0 = none.
+        family: AtomicU32,
+        port: AtomicU32,
+        ip: [AtomicU32; 4],
+        scope: AtomicU32,
+    }
 }
 
 impl AtomicAddr {
@@ -176,208 +274,229 @@ impl AtomicAddr {
     }
 }
 
-/// The pool-wide header.
-#[repr(C)]
-pub struct Header {
-    magic: AtomicU64,
-    version: AtomicU32,
-    nslots: AtomicU32,
-    /// The supervisor's pid; 0 after a clean stop.
-    pub supervisor_pid: AtomicI32,
-    /// Configured prefork count.
-    pub prefork: AtomicU32,
-    /// Supervisor start, unix ms.
-    pub started_unix_ms: AtomicU64,
-    /// Source of job ids (never repeat within a run).
-    pub next_job_id: AtomicU64,
-    /// Jobs served (ended, whatever the outcome).
-    pub jobs_served: AtomicU64,
-    /// Jobs whose handler could not be started or that failed to run.
-    pub jobs_failed: AtomicU64,
-    /// Jobs cancelled because the client went away.
-    pub cancelled_disconnect: AtomicU64,
-    /// Jobs cancelled by timeout.
-    pub cancelled_timeout: AtomicU64,
-    /// Jobs cancelled by shutdown.
-    pub cancelled_shutdown: AtomicU64,
-    /// Clients that hung up before their job started.
-    pub gone_before_start: AtomicU64,
-    /// Workers forked since start.
-    pub workers_spawned: AtomicU64,
-    /// Current worker generation (bumped by reload).
-    pub generation: AtomicU32,
-    /// Times the pool hit max children.
-    pub max_children_reached: AtomicU64,
-    /// Configured max children.
-    pub max_children: AtomicU32,
-    /// Current minimum of workers (prefork, moved by SIGTTIN / SIGTTOU).
-    pub min_workers: AtomicU32,
-    /// Listen address.
-    pub listen: AtomicAddr,
+crate::sys::shared_struct! {
+    /// The pool-wide header.
+    pub(crate) struct Header {
+        magic: AtomicU64,
+        version: AtomicU32,
+        nslots: AtomicU32,
+        /// The supervisor's pid; 0 after a clean stop.
+        supervisor_pid: AtomicI32,
+        /// Configured prefork count.
+        prefork: AtomicU32,
+        /// Supervisor start, unix ms.
+        started_unix_ms: AtomicU64,
+        /// Source of job ids (never repeat within a run).
+        next_job_id: AtomicU64,
+        jobs_served: AtomicU64,
+        jobs_failed: AtomicU64,
+        cancelled_disconnect: AtomicU64,
+        cancelled_timeout: AtomicU64,
+        cancelled_shutdown: AtomicU64,
+        gone_before_start: AtomicU64,
+        workers_spawned: AtomicU64,
+        /// Current worker generation (bumped by reload).
+        generation: AtomicU32,
+        max_children_reached: AtomicU64,
+        /// Configured max children.
+        max_children: AtomicU32,
+        /// Current minimum of workers (prefork, moved by SIGTTIN / SIGTTOU).
+        min_workers: AtomicU32,
+        /// Listen address.
+        listen: AtomicAddr,
+    }
 }
 
-/// One worker slot.
-#[repr(C)]
-pub struct Slot {
-    /// [`SlotState`] as a byte.
-    state: AtomicU8,
-    /// [`job_kind`].
-    pub job_kind: AtomicU8,
-    /// [`job_phase`].
-    pub job_phase: AtomicU8,
-    /// 1 while the worker watches its client's socket itself (the worker
-    /// watch); the supervisor's full scan is then only a slower backstop.
-    pub watching: AtomicU8,
-    /// Worker pid (information only; never a signal target).
-    pub pid: AtomicI32,
-    /// Worker generation.
-    pub generation: AtomicU32,
-    /// The handler's process group (0 when none).
-    pub job_pgid: AtomicI32,
-    /// Current job id (0 when idle). Written last, cleared first.
-    pub job_id: AtomicU64,
-    /// Client socket cookie (`SO_COOKIE`).
-    pub cookie: AtomicU64,
-    /// Client socket inode.
-    pub inode: AtomicU64,
-    /// Job start, unix ms (for display).
-    pub job_start_unix_ms: AtomicU64,
-    /// Job start, `CLOCK_MONOTONIC` ns (for comparisons across processes).
-    pub job_start_mono_ns: AtomicU64,
-    /// When the worker saw its client hang up (monotonic ns; 0 = not seen).
-    pub hangup_mono_ns: AtomicU64,
-    /// The worker's watch verdict: 1 FIN, 2 reset/error.
-    pub hangup_kind: AtomicU32,
-    /// Cancel request: the job id the supervisor asks to cancel.
-    pub cancel_req: AtomicU64,
-    /// Cancel reason code for `cancel_req`.
-    pub cancel_reason: AtomicU32,
-    /// Kill request for a closure job that ignored its cancellation: the
-    /// worker kills itself only if this names the job it runs.
-    pub kill_req: AtomicU64,
-    _pad2: AtomicU32,
-    /// Jobs this worker served.
-    pub jobs_served: AtomicU64,
-    /// Worker start, unix ms.
-    pub worker_start_unix_ms: AtomicU64,
-    /// Since when the worker is idle (monotonic ns; 0 when busy).
-    pub idle_since_mono_ns: AtomicU64,
-    /// Client address.
-    pub peer: AtomicAddr,
-    /// Our address of the client connection.
-    pub local: AtomicAddr,
+crate::sys::shared_struct! {
+    /// One worker slot: written by its worker (and claimed and released by
+    /// the supervisor), read by the supervisor and `jobd status`.
+    pub(crate) struct Slot {
+        /// [`SlotState`] as a byte.
+        state: AtomicU8,
+        /// [`JobKind`] as a byte.
+        job_kind: AtomicU8,
+        /// [`JobPhase`] as a byte.
+        job_phase: AtomicU8,
+        /// 1 while the worker watches its client's socket itself (the worker
+        /// watch); the supervisor's full scan is then only a slower backstop.
+        watching: AtomicU8,
+        /// Worker pid (information only; never a signal target).
+        pid: AtomicI32,
+        /// Worker generation.
+        generation: AtomicU32,
+        /// The handler's process group (0 when none).
+        job_pgid: AtomicI32,
+        /// Current job id (0 when idle). Written last, cleared first.
+        job_id: AtomicU64,
+        /// Client socket cookie (`SO_COOKIE`).
+        cookie: AtomicU64,
+        /// Client socket inode.
+        inode: AtomicU64,
+        /// Job start, unix ms (for display).
+        job_start_unix_ms: AtomicU64,
+        /// Job start, `CLOCK_MONOTONIC` ns (for comparisons across processes).
+        job_start_mono_ns: AtomicU64,
+        /// When the worker saw its client hang up (monotonic ns; 0 = not seen).
+        hangup_mono_ns: AtomicU64,
+        /// The worker's watch verdict: a [`Hangup`] as a number.
+        hangup_kind: AtomicU32,
+        /// Cancel request: the job id the supervisor asks to cancel.
+        cancel_req: AtomicU64,
+        /// [`CancelReason`] of `cancel_req`.
+        cancel_reason: AtomicU32,
+        /// Kill request for a closure job that ignored its cancellation: the
+        /// worker kills itself only if this names the job it runs.
+        kill_req: AtomicU64,
+        _pad2: AtomicU32,
+        /// Jobs this worker served.
+        jobs_served: AtomicU64,
+        /// Worker start, unix ms.
+        worker_start_unix_ms: AtomicU64,
+        /// Since when the worker is idle (monotonic ns; 0 when busy).
+        idle_since_mono_ns: AtomicU64,
+        /// Client address.
+        peer: AtomicAddr,
+        /// Our address of the client connection.
+        local: AtomicAddr,
+    }
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
 const _: () = assert!(std::mem::size_of::<Slot>() <= SLOT_SIZE);
 
-/// A snapshot of one slot's job, read consistently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobView {
-    /// Job id.
-    pub job_id: u64,
-    /// [`job_kind`].
-    pub kind: u8,
-    /// Handler process group (0 for closures).
-    pub pgid: i32,
-    /// Socket cookie.
-    pub cookie: u64,
-    /// Socket inode.
-    pub inode: u64,
-    /// Client address.
-    pub peer: Option<SocketAddr>,
-    /// Local address.
-    pub local: Option<SocketAddr>,
-    /// Start, unix ms.
-    pub start_unix_ms: u64,
-    /// Start, monotonic ns.
-    pub start_mono_ns: u64,
+impl Header {
+    fn counter(&self, c: Counter) -> &AtomicU64 {
+        match c {
+            Counter::JobsServed => &self.jobs_served,
+            Counter::JobsFailed => &self.jobs_failed,
+            Counter::CancelledDisconnect => &self.cancelled_disconnect,
+            Counter::CancelledTimeout => &self.cancelled_timeout,
+            Counter::CancelledShutdown => &self.cancelled_shutdown,
+            Counter::GoneBeforeStart => &self.gone_before_start,
+            Counter::WorkersSpawned => &self.workers_spawned,
+            Counter::MaxChildrenReached => &self.max_children_reached,
+        }
+    }
+
+    /// Adds one to a counter.
+    pub(crate) fn count(&self, c: Counter) {
+        self.counter(c).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A counter's value.
+    pub(crate) fn get(&self, c: Counter) -> u64 {
+        self.counter(c).load(Ordering::Relaxed)
+    }
+
+    /// Records the running supervisor (or, with 0, a clean stop).
+    pub(crate) fn set_supervisor_pid(&self, pid: i32) {
+        self.supervisor_pid.store(pid, Ordering::Release);
+    }
+
+    /// The supervisor's pid; 0 after a clean stop.
+    pub(crate) fn supervisor_pid(&self) -> i32 {
+        self.supervisor_pid.load(Ordering::Acquire)
+    }
+
+    /// Records the configured prefork count.
+    pub(crate) fn set_prefork(&self, n: usize) {
+        self.prefork.store(n as u32, Ordering::Relaxed);
+    }
+
+    /// Records the current worker generation.
+    pub(crate) fn set_generation(&self, g: u32) {
+        self.generation.store(g, Ordering::Relaxed);
+    }
+
+    /// The current worker generation.
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Records `--max-children`.
+    pub(crate) fn set_max_children(&self, n: usize) {
+        self.max_children.store(n as u32, Ordering::Relaxed);
+    }
+
+    /// `--max-children` as recorded.
+    pub(crate) fn max_children(&self) -> u32 {
+        self.max_children.load(Ordering::Relaxed)
+    }
+
+    /// Records the current minimum of workers.
+    pub(crate) fn set_min_workers(&self, n: usize) {
+        self.min_workers.store(n as u32, Ordering::Relaxed);
+    }
+
+    /// The current minimum of workers.
+    pub(crate) fn min_workers(&self) -> u32 {
+        self.min_workers.load(Ordering::Relaxed)
+    }
 }
 
+/// A snapshot of one slot's job, read consistently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JobView {
+    /// Job id.
+    pub(crate) job_id: u64,
+    /// How the job is cancelled.
+    pub(crate) kind: JobKind,
+    /// Handler process group (0 for closures).
+    pub(crate) pgid: i32,
+    /// Socket cookie.
+    pub(crate) cookie: u64,
+    /// Socket inode.
+    pub(crate) inode: u64,
+    /// Client address.
+    pub(crate) peer: Option<SocketAddr>,
+    /// Local address.
+    pub(crate) local: Option<SocketAddr>,
+    /// Start, unix ms.
+    pub(crate) start_unix_ms: u64,
+    /// Start, monotonic ns.
+    pub(crate) start_mono_ns: u64,
+}
+
+/// Reading a slot: for everyone (the supervisor, its worker, `jobd status`).
 impl Slot {
     /// The slot's state.
-    pub fn state(&self) -> SlotState {
+    pub(crate) fn state(&self) -> SlotState {
         SlotState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Sets the slot's state.
-    pub fn set_state(&self, s: SlotState) {
-        if s == SlotState::Idle {
-            self.idle_since_mono_ns
-                .store(crate::sys::monotonic_ns(), Ordering::Relaxed);
-        } else {
-            self.idle_since_mono_ns.store(0, Ordering::Relaxed);
-        }
-        self.state.store(s as u8, Ordering::Release);
+    /// The worker's pid as it recorded it (information only: never a
+    /// signal target).
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Relaxed)
     }
 
-    /// Resets the slot for a freshly forked worker.
-    pub fn claim(&self, pid: i32, generation: u32) {
-        self.job_id.store(0, Ordering::Release);
-        self.job_phase.store(job_phase::NONE, Ordering::Relaxed);
-        self.job_pgid.store(0, Ordering::Relaxed);
-        self.cancel_req.store(0, Ordering::Relaxed);
-        self.jobs_served.store(0, Ordering::Relaxed);
-        self.pid.store(pid, Ordering::Relaxed);
-        self.generation.store(generation, Ordering::Relaxed);
-        self.worker_start_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
-        self.set_state(SlotState::Starting);
+    /// The worker's generation.
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
     }
 
-    /// Marks the slot empty (its worker was reaped).
-    pub fn release(&self) {
-        self.job_id.store(0, Ordering::Release);
-        self.job_phase.store(job_phase::NONE, Ordering::Relaxed);
-        self.pid.store(0, Ordering::Relaxed);
-        self.set_state(SlotState::Empty);
+    /// Jobs this worker served.
+    pub(crate) fn jobs_served(&self) -> u64 {
+        self.jobs_served.load(Ordering::Relaxed)
     }
 
-    /// Publishes a new job (worker side). `job_id` is stored last. The
-    /// worker sets `watching` before, so that no scan sees the job
-    /// unwatched for a moment.
-    pub fn begin_job(&self, job: &JobView) {
-        self.job_id.store(0, Ordering::Release);
-        self.job_kind.store(job.kind, Ordering::Relaxed);
-        self.job_pgid.store(job.pgid, Ordering::Relaxed);
-        self.cookie.store(job.cookie, Ordering::Relaxed);
-        self.inode.store(job.inode, Ordering::Relaxed);
-        self.peer.store(job.peer);
-        self.local.store(job.local);
-        self.job_start_unix_ms
-            .store(job.start_unix_ms, Ordering::Relaxed);
-        self.job_start_mono_ns
-            .store(job.start_mono_ns, Ordering::Relaxed);
-        self.hangup_mono_ns.store(0, Ordering::Relaxed);
-        self.hangup_kind.store(0, Ordering::Relaxed);
-        self.job_phase.store(job_phase::RUNNING, Ordering::Relaxed);
-        self.job_id.store(job.job_id, Ordering::Release);
-        self.set_state(SlotState::Busy);
+    /// Since when the worker is idle (monotonic ns), or None when it is not.
+    pub(crate) fn idle_since_mono_ns(&self) -> Option<u64> {
+        Some(self.idle_since_mono_ns.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
-    /// Whether `kill_req` names the job this slot runs now (async-signal-safe:
-    /// atomics only).
-    pub fn closure_job_to_kill(&self) -> bool {
-        let k = self.kill_req.load(Ordering::Acquire);
-        k != 0 && k == self.job_id.load(Ordering::Acquire)
+    /// Whether a job is recorded (running or ending).
+    pub(crate) fn busy(&self) -> bool {
+        self.job_id.load(Ordering::Relaxed) != 0
     }
 
-    /// Marks the job as ending (before its socket is closed).
-    pub fn job_ending(&self) {
-        self.job_phase.store(job_phase::ENDING, Ordering::SeqCst);
-    }
-
-    /// Clears the job (worker side) and counts it served.
-    pub fn end_job(&self) {
-        self.job_id.store(0, Ordering::Release);
-        self.watching.store(0, Ordering::Relaxed);
-        self.job_pgid.store(0, Ordering::Relaxed);
-        self.job_phase.store(job_phase::NONE, Ordering::Release);
-        self.jobs_served.fetch_add(1, Ordering::Relaxed);
+    /// Where the job is.
+    pub(crate) fn phase(&self) -> JobPhase {
+        JobPhase::from_u8(self.job_phase.load(Ordering::Acquire))
     }
 
     /// A consistent snapshot of the running job, or None when idle.
-    pub fn job(&self) -> Option<JobView> {
+    pub(crate) fn job(&self) -> Option<JobView> {
         for _ in 0..16 {
             let id = self.job_id.load(Ordering::Acquire);
             if id == 0 {
@@ -385,7 +504,7 @@ impl Slot {
             }
             let view = JobView {
                 job_id: id,
-                kind: self.job_kind.load(Ordering::Relaxed),
+                kind: JobKind::from_u8(self.job_kind.load(Ordering::Relaxed)),
                 pgid: self.job_pgid.load(Ordering::Relaxed),
                 cookie: self.cookie.load(Ordering::Relaxed),
                 inode: self.inode.load(Ordering::Relaxed),
@@ -401,10 +520,197 @@ impl Slot {
         }
         None
     }
+
+    /// Whether the slot still runs this very job (the same snapshot) and
+    /// it has not begun to end. Every decision of the supervisor about a
+    /// job checks this right before it acts.
+    pub(crate) fn still_runs(&self, job: &JobView) -> bool {
+        self.job().as_ref() == Some(job) && self.phase() == JobPhase::Running
+    }
+
+    /// The cancel request for `job_id`, if one was made.
+    pub(crate) fn cancel_requested(&self, job_id: u64) -> Option<CancelReason> {
+        if job_id == 0 || self.cancel_req.load(Ordering::Acquire) != job_id {
+            return None;
+        }
+        // A request names a reason; an unknown number reads as a shutdown.
+        Some(
+            CancelReason::from_u32(self.cancel_reason.load(Ordering::Relaxed))
+                .unwrap_or(CancelReason::Shutdown),
+        )
+    }
+
+    /// Whether the supervisor asked to kill the worker of closure job
+    /// `job_id` (it ignored its cancellation).
+    pub(crate) fn kill_requested(&self, job_id: u64) -> bool {
+        job_id != 0 && self.kill_req.load(Ordering::Acquire) == job_id
+    }
+
+    /// What the worker saw its client do, and when (monotonic ns).
+    pub(crate) fn hangup(&self) -> Option<(Hangup, u64)> {
+        let at = self.hangup_mono_ns.load(Ordering::Acquire);
+        if at == 0 {
+            return None;
+        }
+        let kind = match self.hangup_kind.load(Ordering::Relaxed) {
+            2 => Hangup::Reset,
+            _ => Hangup::Fin,
+        };
+        Some((kind, at))
+    }
+
+    /// Whether the worker watches its client's socket itself.
+    pub(crate) fn watched(&self) -> bool {
+        self.watching.load(Ordering::Acquire) != 0
+    }
 }
 
+/// The supervisor's side of the protocol.
+impl Slot {
+    /// Resets the slot for a worker about to be forked.
+    pub(crate) fn claim(&self, pid: i32, generation: u32) {
+        self.job_id.store(0, Ordering::Release);
+        self.job_phase
+            .store(JobPhase::None as u8, Ordering::Relaxed);
+        self.job_pgid.store(0, Ordering::Relaxed);
+        self.cancel_req.store(0, Ordering::Relaxed);
+        self.kill_req.store(0, Ordering::Relaxed);
+        self.jobs_served.store(0, Ordering::Relaxed);
+        self.pid.store(pid, Ordering::Relaxed);
+        self.generation.store(generation, Ordering::Relaxed);
+        self.worker_start_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
+        self.set_state(SlotState::Starting);
+    }
+
+    /// Records the worker's pid (by the supervisor after fork, and by the
+    /// worker itself).
+    pub(crate) fn set_pid(&self, pid: i32) {
+        self.pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Marks the slot empty (its worker was reaped).
+    pub(crate) fn release(&self) {
+        self.job_id.store(0, Ordering::Release);
+        self.job_phase
+            .store(JobPhase::None as u8, Ordering::Relaxed);
+        self.pid.store(0, Ordering::Relaxed);
+        self.set_state(SlotState::Empty);
+    }
+
+    /// Asks the worker to cancel `job` for `reason`, if the slot still runs
+    /// it; the caller then pokes the worker. Returns whether the request
+    /// was made.
+    pub(crate) fn request_cancel(&self, job: &JobView, reason: CancelReason) -> bool {
+        if !self.still_runs(job) {
+            return false;
+        }
+        self.cancel_reason.store(reason as u32, Ordering::Relaxed);
+        self.cancel_req.store(job.job_id, Ordering::Release);
+        true
+    }
+
+    /// Asks the worker of closure `job` to kill itself if, when the poke
+    /// lands, it still runs that job. Returns whether the slot still runs
+    /// it now.
+    pub(crate) fn request_kill(&self, job: &JobView) -> bool {
+        if !self.still_runs(job) {
+            return false;
+        }
+        self.kill_req.store(job.job_id, Ordering::Release);
+        true
+    }
+
+    /// Takes the recorded process group of the job of a dead worker.
+    pub(crate) fn take_job_pgid(&self) -> i32 {
+        self.job_pgid.swap(0, Ordering::AcqRel)
+    }
+
+    /// Forgets `pgid` as the slot's job group when it is the recorded one;
+    /// returns whether it was.
+    pub(crate) fn forget_job_pgid(&self, pgid: i32) -> bool {
+        self.job_pgid
+            .compare_exchange(pgid, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// The worker's side of the protocol (its own slot only).
+impl Slot {
+    /// Sets the slot's state.
+    pub(crate) fn set_state(&self, s: SlotState) {
+        if s == SlotState::Idle {
+            self.idle_since_mono_ns
+                .store(crate::sys::monotonic_ns(), Ordering::Relaxed);
+        } else {
+            self.idle_since_mono_ns.store(0, Ordering::Relaxed);
+        }
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Publishes a new job; its id is stored last. `watched`: the worker
+    /// watches the socket itself, set before the id so that no scan sees
+    /// the job unwatched for a moment.
+    pub(crate) fn begin_job(&self, job: &JobView, watched: bool) {
+        self.job_id.store(0, Ordering::Release);
+        self.watching.store(u8::from(watched), Ordering::Relaxed);
+        self.job_kind.store(job.kind as u8, Ordering::Relaxed);
+        self.job_pgid.store(job.pgid, Ordering::Relaxed);
+        self.cookie.store(job.cookie, Ordering::Relaxed);
+        self.inode.store(job.inode, Ordering::Relaxed);
+        self.peer.store(job.peer);
+        self.local.store(job.local);
+        self.job_start_unix_ms
+            .store(job.start_unix_ms, Ordering::Relaxed);
+        self.job_start_mono_ns
+            .store(job.start_mono_ns, Ordering::Relaxed);
+        self.hangup_mono_ns.store(0, Ordering::Relaxed);
+        self.hangup_kind.store(0, Ordering::Relaxed);
+        self.job_phase
+            .store(JobPhase::Running as u8, Ordering::Relaxed);
+        self.job_id.store(job.job_id, Ordering::Release);
+        self.set_state(SlotState::Busy);
+    }
+
+    /// Records what the worker saw its client do, now, and stops the
+    /// worker watch of this job.
+    pub(crate) fn report_hangup(&self, kind: Hangup) {
+        self.hangup_kind.store(kind as u32, Ordering::Relaxed);
+        self.hangup_mono_ns
+            .store(crate::sys::monotonic_ns(), Ordering::Release);
+        self.watching.store(0, Ordering::Release);
+    }
+
+    /// The handler was reaped: its group id is no longer held.
+    pub(crate) fn handler_reaped(&self) {
+        self.job_pgid.store(0, Ordering::Release);
+    }
+
+    /// Marks the job as ending (before its socket is closed).
+    pub(crate) fn job_ending(&self) {
+        self.job_phase
+            .store(JobPhase::Ending as u8, Ordering::SeqCst);
+    }
+
+    /// Clears the job and counts it served.
+    pub(crate) fn end_job(&self) {
+        self.job_id.store(0, Ordering::Release);
+        self.watching.store(0, Ordering::Relaxed);
+        self.job_pgid.store(0, Ordering::Relaxed);
+        self.job_phase
+            .store(JobPhase::None as u8, Ordering::Release);
+        self.jobs_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// While a closure job runs: a SIGUSR2 kills this worker if, and only
+    /// if, the slot's kill request names the job the slot runs at that
+    /// instant. The guard disarms it.
+    pub(crate) fn arm_kill_switch(&self) -> io::Result<crate::sys::SelfKillGuard<'_>> {
+        crate::sys::arm_self_kill(&self.kill_req, &self.job_id)
+    }
+}
 /// A mapped scoreboard.
-pub struct Scoreboard {
+pub(crate) struct Scoreboard {
     map: SharedMap,
     nslots: usize,
 }
@@ -417,7 +723,7 @@ fn unix_ms() -> u64 {
 }
 
 /// Current time, unix ms.
-pub fn now_unix_ms() -> u64 {
+pub(crate) fn now_unix_ms() -> u64 {
     unix_ms()
 }
 
@@ -427,7 +733,7 @@ fn size_for(nslots: usize) -> usize {
 
 impl Scoreboard {
     /// A new anonymous scoreboard of `nslots` slots (inherited by forks).
-    pub fn anonymous(nslots: usize) -> Result<Scoreboard, ScoreboardError> {
+    pub(crate) fn anonymous(nslots: usize) -> Result<Scoreboard, ScoreboardError> {
         let map = SharedMap::anonymous(size_for(nslots)).map_err(ScoreboardError::Anonymous)?;
         let sb = Scoreboard { map, nslots };
         sb.init();
@@ -436,7 +742,7 @@ impl Scoreboard {
 
     /// Creates (or truncates) a scoreboard file, mode 0640, without
     /// following a symlink at `path`.
-    pub fn create(path: &Path, nslots: usize) -> Result<Scoreboard, ScoreboardError> {
+    pub(crate) fn create(path: &Path, nslots: usize) -> Result<Scoreboard, ScoreboardError> {
         let err = |source| ScoreboardError::Create {
             path: path.display().to_string(),
             source,
@@ -462,7 +768,7 @@ impl Scoreboard {
     }
 
     /// Opens an existing scoreboard file read-only, checking that it is one.
-    pub fn open_read(path: &Path) -> Result<Scoreboard, ScoreboardError> {
+    pub(crate) fn open_read(path: &Path) -> Result<Scoreboard, ScoreboardError> {
         let p = path.display().to_string();
         let file = File::open(path).map_err(|source| ScoreboardError::Open {
             path: p.clone(),
@@ -516,43 +822,39 @@ impl Scoreboard {
     }
 
     /// Records the listen address.
-    pub fn set_listen(&self, addr: SocketAddr) {
+    pub(crate) fn set_listen(&self, addr: SocketAddr) {
         self.header().listen.store(Some(addr));
     }
 
     /// The listen address recorded by the supervisor.
-    pub fn listen(&self) -> Option<SocketAddr> {
+    pub(crate) fn listen(&self) -> Option<SocketAddr> {
         self.header().listen.load()
     }
 
     /// The header.
-    pub fn header(&self) -> &Header {
+    pub(crate) fn header(&self) -> &Header {
         self.map.get(0)
     }
 
     /// Number of slots.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.nslots
     }
 
-    /// Whether there are no slots (never for a valid scoreboard).
-    pub fn is_empty(&self) -> bool {
-        self.nslots == 0
-    }
-
     /// Slot `i`. Panics when out of range (a programming error).
-    pub fn slot(&self, i: usize) -> &Slot {
+    pub(crate) fn slot(&self, i: usize) -> &Slot {
         assert!(i < self.nslots, "slot {i} out of range");
         self.map.get(HEADER_SIZE + i * SLOT_SIZE)
     }
 
     /// Iterates over all slots with their index.
-    pub fn slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
         (0..self.nslots).map(|i| (i, self.slot(i)))
     }
 
     /// Takes a fresh job id.
-    pub fn next_job_id(&self) -> u64 {
+    pub(crate) fn next_job_id(&self) -> u64 {
         self.header().next_job_id.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -568,7 +870,7 @@ mod tests {
         assert_eq!(s.job(), None);
         let v = JobView {
             job_id: 7,
-            kind: job_kind::HANDLER,
+            kind: JobKind::Handler,
             pgid: 1234,
             cookie: 99,
             inode: 42,
@@ -577,7 +879,7 @@ mod tests {
             start_unix_ms: 1,
             start_mono_ns: 2,
         };
-        s.begin_job(&v);
+        s.begin_job(&v, true);
         assert_eq!(s.job(), Some(v));
         assert_eq!(s.state(), SlotState::Busy);
         s.end_job();

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec};
@@ -312,9 +311,10 @@ impl Server {
     /// returns [`Error::DaemonFailed`] with the daemon's message.
     pub fn run(&self) -> Result<(), Error> {
         self.cfg.validate()?;
-        let threads = sys::thread_count();
-        if threads > 1 {
-            return Err(Error::Threaded(threads));
+        match sys::thread_count() {
+            Ok(1) => {}
+            Ok(threads) => return Err(Error::Threaded(threads)),
+            Err(e) => return Err(Error::Setup(e)),
         }
         let owned;
         let cfg = if self.cfg.daemonize {
@@ -366,7 +366,7 @@ impl Server {
             // signal must not kill us with its default action: block the
             // signals that the supervisor (or the inline worker) reads from
             // its signalfd; pending ones are read there.
-            crate::supervisor::supervisor_sigset()
+            sys::handled_set()
                 .thread_block()
                 .map_err(|e| Error::Setup(e.into()))
         })();
@@ -377,10 +377,9 @@ impl Server {
             return Err(e);
         }
         let h = sb.header();
-        h.supervisor_pid
-            .store(std::process::id() as i32, Ordering::Relaxed);
-        h.prefork.store(cfg.prefork as u32, Ordering::Relaxed);
-        h.generation.store(1, Ordering::Relaxed);
+        h.set_supervisor_pid(std::process::id() as i32);
+        h.set_prefork(cfg.prefork);
+        h.set_generation(1);
         sb.set_listen(local);
         tracing::info!(
             prefork = cfg.prefork,
@@ -397,7 +396,7 @@ impl Server {
         }
         let result = if cfg.prefork == 0 {
             let code = run_inline(cfg, &self.hooks, &sb, &listener);
-            sb.header().supervisor_pid.store(0, Ordering::Release);
+            sb.header().set_supervisor_pid(0);
             if code == 0 {
                 Ok(())
             } else {

@@ -42,7 +42,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -486,7 +485,7 @@ fn force_stop(j: &Running, timeout: Duration) -> Result<usize, String> {
 fn wait_pidfd(fd: &PidFd, deadline: Instant) -> bool {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [crate::sys::Polled::new(fd.as_fd(), libc::POLLIN)];
+        let mut fds = [crate::sys::PollFd::new(fd, crate::sys::PollFlags::IN)];
         match crate::sys::poll(&mut fds, Some(left)) {
             Ok(n) if n > 0 => return true,
             Ok(_) => return false,

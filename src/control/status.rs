@@ -3,11 +3,11 @@
 //! Read-only: it maps the file without write access and signals nothing.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use crate::scoreboard::{Scoreboard, ScoreboardError, SlotState, now_unix_ms};
+use crate::scoreboard::{Counter, Scoreboard, now_unix_ms};
+pub use crate::scoreboard::{ScoreboardError, SlotState};
 
 /// One slot as shown by `jobd status`.
 #[derive(Debug, Serialize)]
@@ -86,13 +86,18 @@ pub struct Status {
 }
 
 /// Reads the scoreboard at `path`.
+///
+/// # Errors
+///
+/// [`ScoreboardError::Open`] when the file cannot be opened or mapped,
+/// [`ScoreboardError::NotAScoreboard`] when it is not a jobd scoreboard.
 pub fn read(path: &Path) -> Result<Status, ScoreboardError> {
     let sb = Scoreboard::open_read(path)?;
     Ok(snapshot(&sb))
 }
 
 /// A snapshot of a mapped scoreboard.
-pub fn snapshot(sb: &Scoreboard) -> Status {
+pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
     let h = sb.header();
     let now = now_unix_ms();
     let mut slots = Vec::new();
@@ -111,40 +116,40 @@ pub fn snapshot(sb: &Scoreboard) -> Status {
         }
         slots.push(SlotStatus {
             slot: i,
-            pid: s.pid.load(Ordering::Relaxed),
+            pid: s.pid(),
             state,
-            generation: s.generation.load(Ordering::Relaxed),
+            generation: s.generation(),
             job_id: job.map(|j| j.job_id),
             peer: job.and_then(|j| j.peer).map(|p| p.to_string()),
             job_age_ms: job.map(|j| now.saturating_sub(j.start_unix_ms)),
-            jobs_served: s.jobs_served.load(Ordering::Relaxed),
+            jobs_served: s.jobs_served(),
         });
     }
-    let pid = h.supervisor_pid.load(Ordering::Acquire);
+    let pid = h.supervisor_pid();
     let queue = sb.listen().filter(|_| pid > 0).and_then(listen_queue);
     let running = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     Status {
         supervisor_pid: pid,
         running,
         listen: sb.listen().map(|a| a.to_string()),
-        generation: h.generation.load(Ordering::Relaxed),
+        generation: h.generation(),
         totals: Totals {
             workers: slots.len(),
             idle,
             busy,
             starting,
-            jobs_served: h.jobs_served.load(Ordering::Relaxed),
-            jobs_failed: h.jobs_failed.load(Ordering::Relaxed),
-            cancelled_disconnect: h.cancelled_disconnect.load(Ordering::Relaxed),
-            cancelled_shutdown: h.cancelled_shutdown.load(Ordering::Relaxed),
-            timeouts: h.cancelled_timeout.load(Ordering::Relaxed),
-            max_children_reached: h.max_children_reached.load(Ordering::Relaxed),
-            max_children: h.max_children.load(Ordering::Relaxed),
-            min_workers: h.min_workers.load(Ordering::Relaxed),
+            jobs_served: h.get(Counter::JobsServed),
+            jobs_failed: h.get(Counter::JobsFailed),
+            cancelled_disconnect: h.get(Counter::CancelledDisconnect),
+            cancelled_shutdown: h.get(Counter::CancelledShutdown),
+            timeouts: h.get(Counter::CancelledTimeout),
+            max_children_reached: h.get(Counter::MaxChildrenReached),
+            max_children: h.max_children(),
+            min_workers: h.min_workers(),
             listen_queue: queue.map(|q| q.0),
             listen_backlog: queue.map(|q| q.1),
-            gone_before_start: h.gone_before_start.load(Ordering::Relaxed),
-            workers_spawned: h.workers_spawned.load(Ordering::Relaxed),
+            gone_before_start: h.get(Counter::GoneBeforeStart),
+            workers_spawned: h.get(Counter::WorkersSpawned),
         },
         slots,
     }

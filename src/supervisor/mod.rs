@@ -18,39 +18,51 @@ mod reload;
 
 use std::net::TcpListener;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::hooks::Hooks;
-use crate::scoreboard::{Scoreboard, SlotState};
-use crate::sys::{self, PidFd};
+use crate::scoreboard::{Counter, Scoreboard, SlotState};
+use crate::sys;
+use crate::watch::{Watch, Workers, proc_fd_holds};
 
 use children::Worker;
 use reload::ReloadWatch;
 
-/// The signals the supervisor reads from its signalfd.
-pub(crate) fn supervisor_sigset() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-    ] {
-        set.add(s);
+/// The pool's workers as the watch sees them: pids and pidfds from the
+/// supervisor's own records.
+struct PoolWorkers<'a>(&'a [SlotRec]);
+
+impl Workers for PoolWorkers<'_> {
+    fn pid(&self, slot: usize) -> Option<Pid> {
+        self.0
+            .get(slot)?
+            .worker
+            .as_ref()
+            .filter(|w| w.pidfd.is_some())
+            .map(|w| w.pid)
     }
-    set
+
+    fn poke(&self, slot: usize) -> std::io::Result<()> {
+        let fd = self
+            .0
+            .get(slot)
+            .and_then(|s| s.worker.as_ref())
+            .and_then(|w| w.pidfd.as_ref())
+            .ok_or_else(|| std::io::Error::other("no pidfd for this worker"))?;
+        fd.signal(Signal::SIGUSR2)
+    }
+
+    fn holds(&self, slot: usize, inode: u64) -> bool {
+        self.pid(slot).is_some_and(|pid| proc_fd_holds(pid, inode))
+    }
 }
 
 #[derive(Default)]
@@ -82,7 +94,7 @@ pub(crate) struct Supervisor<'a> {
     generation: u32,
     phase: Phase,
     me: Pid,
-    watch: Option<crate::watch::Watch>,
+    watch: Watch,
     /// Minimum of workers: `--prefork`, moved by SIGTTIN / SIGTTOU.
     min_workers: usize,
     /// Workers to fork at the next growth tick.
@@ -106,20 +118,17 @@ impl<'a> Supervisor<'a> {
         sb: &'a Scoreboard,
         listener: &'a TcpListener,
     ) -> std::io::Result<Supervisor<'a>> {
-        let set = supervisor_sigset();
-        set.thread_block().map_err(std::io::Error::from)?;
-        let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let sigfd = sys::handled_signalfd()?;
         let wake = EventFd::from_value_and_flags(
             0,
             nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
         )?;
         nix::sys::prctl::set_child_subreaper(true)?;
-        let watch = crate::watch::Watch::new(cfg, sb)?;
+        let watch = Watch::new(cfg, sb)?;
         let reload_watch = reload::ReloadWatch::new(cfg, hooks);
         let h = sb.header();
-        h.max_children
-            .store(cfg.max_children as u32, Ordering::Relaxed);
-        h.min_workers.store(cfg.prefork as u32, Ordering::Relaxed);
+        h.set_max_children(cfg.max_children);
+        h.set_min_workers(cfg.prefork);
 
         Ok(Supervisor {
             cfg,
@@ -146,10 +155,7 @@ impl<'a> Supervisor<'a> {
 
     /// Runs the pool until it stops. Returns the exit code.
     pub(crate) fn run(mut self) -> i32 {
-        self.sb
-            .header()
-            .generation
-            .store(self.generation, Ordering::Relaxed);
+        self.sb.header().set_generation(self.generation);
         for i in 0..self.cfg.prefork {
             self.spawn(i);
         }
@@ -161,15 +167,13 @@ impl<'a> Supervisor<'a> {
                 earliest(t);
             }
             if let Some(r) = &self.reload_watch {
-                earliest(r.next);
+                earliest(r.next_due());
             }
             match self.phase {
                 Phase::Running => earliest(self.next_pool_tick),
                 Phase::Draining { deadline } | Phase::Killing { deadline } => earliest(deadline),
             }
-            if let Some(w) = &self.watch {
-                earliest(w.next_due());
-            }
+            earliest(self.watch.next_due());
             let timeout = match next {
                 Some(t) => PollTimeout::try_from(
                     t.saturating_duration_since(now) + Duration::from_micros(500),
@@ -195,20 +199,10 @@ impl<'a> Supervisor<'a> {
                 self.handle_signals();
             }
             let woken = wake_ready && self.wake.read().is_ok();
-            if let Some(w) = &mut self.watch {
-                let now = Instant::now();
-                if woken || now >= w.next_due() {
-                    let pidfds: Vec<Option<(Pid, &PidFd)>> = self
-                        .slots
-                        .iter()
-                        .map(|s| {
-                            s.worker
-                                .as_ref()
-                                .and_then(|w| w.pidfd.as_ref().map(|fd| (w.pid, fd)))
-                        })
-                        .collect();
-                    w.tick(self.cfg, self.hooks, self.sb, &pidfds, woken);
-                }
+            if woken || Instant::now() >= self.watch.next_due() {
+                let workers = PoolWorkers(&self.slots);
+                self.watch
+                    .tick(self.cfg, self.hooks, self.sb, &workers, woken);
             }
             if std::mem::take(&mut self.child_exited) {
                 self.reap();
@@ -221,11 +215,9 @@ impl<'a> Supervisor<'a> {
         // Orphaned job processes left by workers are reaped (they were
         // killed with their group when their worker was reaped), and hook
         // programs still running are killed.
-        if let Some(w) = &mut self.watch {
-            w.kill_hooks();
-        }
+        self.watch.kill_hooks();
         self.reap();
-        self.sb.header().supervisor_pid.store(0, Ordering::Release);
+        self.sb.header().set_supervisor_pid(0);
         tracing::info!("jobd stopped");
         0
     }
@@ -315,10 +307,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn busy_count(&self) -> usize {
-        self.sb
-            .slots()
-            .filter(|(_, s)| s.job_id.load(Ordering::Relaxed) != 0)
-            .count()
+        self.sb.slots().filter(|(_, s)| s.busy()).count()
     }
 
     /// SIGTTIN: one more worker, for good (gunicorn).
@@ -335,10 +324,7 @@ impl<'a> Supervisor<'a> {
             return;
         }
         self.min_workers += 1;
-        self.sb
-            .header()
-            .min_workers
-            .store(self.min_workers as u32, Ordering::Relaxed);
+        self.sb.header().set_min_workers(self.min_workers);
         tracing::info!(min_workers = self.min_workers, "SIGTTIN: one more worker");
     }
 
@@ -353,10 +339,7 @@ impl<'a> Supervisor<'a> {
             return;
         }
         self.min_workers -= 1;
-        self.sb
-            .header()
-            .min_workers
-            .store(self.min_workers as u32, Ordering::Relaxed);
+        self.sb.header().set_min_workers(self.min_workers);
         let pick = self.pick_idle(Duration::ZERO).or_else(|| {
             (0..self.slots.len())
                 .rev()
@@ -374,11 +357,10 @@ impl<'a> Supervisor<'a> {
         let need = min_idle.as_nanos() as u64;
         (0..self.slots.len()).rev().find(|&i| {
             let b = self.sb.slot(i);
-            let since = b.idle_since_mono_ns.load(Ordering::Relaxed);
             self.slots[i].worker.as_ref().is_some_and(|w| !w.retiring)
                 && b.state() == SlotState::Idle
-                && since != 0
-                && now.saturating_sub(since) >= need
+                && b.idle_since_mono_ns()
+                    .is_some_and(|since| now.saturating_sub(since) >= need)
         })
     }
 
@@ -394,7 +376,13 @@ impl<'a> Supervisor<'a> {
         let now = Instant::now();
         match self.phase {
             Phase::Running => {
-                self.check_reload(now);
+                if self
+                    .reload_watch
+                    .as_mut()
+                    .is_some_and(|r| r.check(now, self.hooks))
+                {
+                    self.reload("auto-reload");
+                }
                 self.manage_pool(now);
             }
             Phase::Draining { deadline } if now >= deadline => {
@@ -470,10 +458,7 @@ impl<'a> Supervisor<'a> {
         if p.at_cap {
             if !self.cap_episode {
                 self.cap_episode = true;
-                self.sb
-                    .header()
-                    .max_children_reached
-                    .fetch_add(1, Ordering::Relaxed);
+                self.sb.header().count(Counter::MaxChildrenReached);
                 tracing::warn!(
                     max_children = self.cfg.max_children,
                     "max children reached: every worker is busy; clients wait in the listen queue"
@@ -491,6 +476,180 @@ impl<'a> Supervisor<'a> {
         {
             tracing::debug!(slot = i, "retiring an idle worker");
             self.retire(i);
+        }
+    }
+
+    fn reload(&mut self, why: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+
+        if let Err(e) = self.cfg.check_handler() {
+            tracing::error!(error = %e, "{why}: reload refused; keeping the current workers");
+            return;
+        }
+        self.generation += 1;
+        self.sb.header().set_generation(self.generation);
+        tracing::info!(
+            generation = self.generation,
+            "{why}: reloading; workers are replaced once idle"
+        );
+        for s in &mut self.slots {
+            if let Some(w) = &mut s.worker
+                && w.generation < self.generation
+                && !w.retiring
+            {
+                w.retiring = true;
+                w.signal(Signal::SIGTERM);
+            }
+        }
+    }
+
+    /// Forks `n` workers into the lowest free slots.
+    fn spawn_n(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(i) = self.slots.iter().position(|s| s.worker.is_none()) else {
+                return;
+            };
+            self.spawn(i);
+            if self.hold_until.is_some() {
+                return; // fork failed: back off
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let board = self.sb.slot(i);
+        board.claim(0, self.generation);
+        let (cfg, sb, listener, wake, me) = (self.cfg, self.sb, self.listener, &self.wake, self.me);
+        match children::fork_worker(i, || {
+            crate::worker::worker_main(cfg, sb, i, listener, wake, me)
+        }) {
+            Ok((pid, pidfd)) => {
+                board.set_pid(pid.as_raw());
+                self.sb.header().count(Counter::WorkersSpawned);
+                tracing::debug!(
+                    slot = i,
+                    pid = pid.as_raw(),
+                    generation = self.generation,
+                    "worker started"
+                );
+                self.slots[i].worker = Some(Worker {
+                    pid,
+                    pidfd,
+                    generation: self.generation,
+                    started: Instant::now(),
+                    retiring: false,
+                });
+            }
+            Err(e) => {
+                board.release();
+                let r = pool::on_exit(false, false, Duration::ZERO, self.quick_deaths);
+                self.quick_deaths = r.quick_deaths;
+                self.hold_until = r.after.map(|d| Instant::now() + d);
+                tracing::error!(slot = i, error = %e, "fork failed; retrying later");
+            }
+        }
+    }
+
+    fn slot_of(&self, pid: Pid) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
+    }
+
+    /// Reaps every exited child: hook programs (their status goes to the
+    /// watch), workers (refilling their slots) and job processes orphaned
+    /// by a dead worker (we are their subreaper).
+    fn reap(&mut self) {
+        while let Some(pid) = children::next_exited() {
+            if self.watch.owns(pid) {
+                if let Ok(st) = children::reap(pid) {
+                    self.watch.hook_exited(pid, st);
+                }
+                continue;
+            }
+            if let Some(i) = self.slot_of(pid) {
+                let status = children::reap(pid);
+                self.worker_exited(i, status);
+            } else {
+                // An orphaned job process. If it leads the process group of a
+                // job whose worker died, kill the rest of that group while
+                // this zombie still holds the group id.
+                for (i, s) in self.sb.slots() {
+                    if s.forget_job_pgid(pid.as_raw()) {
+                        let _ = sys::kill_group(pid, Signal::SIGKILL);
+                        tracing::debug!(
+                            slot = i,
+                            pgid = pid.as_raw(),
+                            "killed the job group of a dead worker"
+                        );
+                    }
+                }
+                let _ = children::reap(pid);
+            }
+        }
+    }
+
+    fn worker_exited(&mut self, i: usize, status: nix::Result<WaitStatus>) {
+        let Some(w) = self.slots[i].worker.take() else {
+            return;
+        };
+        let board = self.sb.slot(i);
+        // A worker that died in the middle of a job: its handler was
+        // reparented to us and killed by its parent-death signal, but not
+        // reaped yet, so its group id is still its own.
+        let pgid = board.take_job_pgid();
+        if pgid != 0 {
+            let _ = sys::kill_group(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        let job = board.job();
+        let reading = children::read_exit(
+            &children::Reaped {
+                slot: i,
+                worker: &w,
+                status: &status,
+                job,
+                cancel: job.and_then(|j| board.cancel_requested(j.job_id)),
+                kill_requested: job.is_some_and(|j| board.kill_requested(j.job_id)),
+            },
+            sys::monotonic_ns(),
+        );
+        if let Some(end) = &reading.job_end {
+            end.record(self.sb.header());
+        }
+        board.release();
+        self.watch.forget_slot(i);
+        let (desc, planned) = (reading.status, reading.planned);
+        let stopping = self.phase != Phase::Running;
+        if planned {
+            tracing::debug!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker exited");
+        } else {
+            tracing::warn!(slot = i, pid = w.pid.as_raw(), status = %desc, "worker died; replacing it");
+        }
+        if let Some(h) = &self.hooks.on_worker_exit {
+            let ev = crate::hooks::WorkerExit {
+                slot: i,
+                pid: w.pid.as_raw(),
+                status: desc.clone(),
+                planned,
+            };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(&ev))).is_err() {
+                tracing::error!(slot = i, "on_worker_exit hook panicked");
+            }
+        }
+        let r = pool::on_exit(planned, stopping, w.started.elapsed(), self.quick_deaths);
+        self.quick_deaths = r.quick_deaths;
+        if let Some(d) = r.after
+            && !d.is_zero()
+        {
+            self.hold_until = Some(Instant::now() + d);
+            tracing::warn!(
+                slot = i,
+                delay_ms = d.as_millis() as u64,
+                quick_deaths = r.quick_deaths,
+                "workers are dying quickly; backing off before respawning"
+            );
         }
     }
 }

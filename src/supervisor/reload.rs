@@ -2,15 +2,11 @@
 //! handler file and jobd's executable, or the library's
 //! `auto_reload_handler`), replace each worker once it is idle.
 //!
-//! Only asks workers to retire (SIGTERM through their pidfd); the pool
-//! forks their successors.
+//! This file only decides that a reload is due; the supervisor asks the
+//! workers to retire and the pool forks their successors.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
-use super::{Phase, Supervisor};
 use crate::config::{Config, JobSpec};
 use crate::hooks::Hooks;
 
@@ -37,7 +33,7 @@ fn file_sig(path: &std::path::Path) -> Option<FileSig> {
 /// `--reload-check-every`: the handler file and jobd's own executable.
 pub(super) struct ReloadWatch {
     every: Duration,
-    pub(super) next: Instant,
+    next: Instant,
     files: Vec<(std::path::PathBuf, Option<FileSig>)>,
 }
 
@@ -69,47 +65,20 @@ impl ReloadWatch {
     }
 }
 
-impl Supervisor<'_> {
-    pub(super) fn reload(&mut self, why: &str) {
-        if self.phase != Phase::Running {
-            return;
-        }
-
-        if let Err(e) = self.cfg.check_handler() {
-            tracing::error!(error = %e, "{why}: reload refused; keeping the current workers");
-            return;
-        }
-        self.generation += 1;
-        self.sb
-            .header()
-            .generation
-            .store(self.generation, Ordering::Relaxed);
-        tracing::info!(
-            generation = self.generation,
-            "{why}: reloading; workers are replaced once idle"
-        );
-        for s in &mut self.slots {
-            if let Some(w) = &mut s.worker
-                && w.generation < self.generation
-                && !w.retiring
-            {
-                w.retiring = true;
-                w.signal(Signal::SIGTERM);
-            }
-        }
+impl ReloadWatch {
+    /// When the next check is due.
+    pub(super) fn next_due(&self) -> Instant {
+        self.next
     }
 
-    /// `--reload-check-every`: a changed handler or executable (or the
-    /// library's `auto_reload_handler` saying so) reloads as SIGHUP does.
-    pub(super) fn check_reload(&mut self, now: Instant) {
-        let Some(rw) = &mut self.reload_watch else {
-            return;
-        };
-        if now < rw.next {
-            return;
+    /// At most once per `every`: whether a reload is wanted (the library's
+    /// `auto_reload_handler` says so, or a watched file changed).
+    pub(super) fn check(&mut self, now: Instant, hooks: &Hooks) -> bool {
+        if now < self.next {
+            return false;
         }
-        rw.next = now + rw.every;
-        let changed = match &self.hooks.auto_reload {
+        self.next = now + self.every;
+        match &hooks.auto_reload {
             Some(f) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
                 Ok(v) => v,
                 Err(_) => {
@@ -119,7 +88,7 @@ impl Supervisor<'_> {
             },
             None => {
                 let mut changed = false;
-                for (path, sig) in &mut rw.files {
+                for (path, sig) in &mut self.files {
                     let now_sig = file_sig(path);
                     if now_sig != *sig {
                         tracing::info!(file = %path.display(), "file changed");
@@ -129,9 +98,6 @@ impl Supervisor<'_> {
                 }
                 changed
             }
-        };
-        if changed {
-            self.reload("auto-reload");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! nothing: what to lock, log or report is the caller's business.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -23,19 +23,13 @@ use super::{Forked, fork};
 /// and it is released only when the last descriptor of it is closed. Nothing
 /// here ever unlocks explicitly (nix's `Flock` unlocks on drop, which would
 /// release the lock for every process sharing it).
-fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<bool> {
+fn flock(fd: BorrowedFd<'_>, op: rustix::fs::FlockOperation) -> io::Result<bool> {
     loop {
-        // SAFETY: flock takes a descriptor, which `fd` keeps open for the
-        // call, and an operation; no memory is passed.
-        let r = unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) };
-        if r == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            Some(libc::EINTR) => continue,
-            _ => return Err(e),
+        match rustix::fs::flock(fd, op) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -43,7 +37,7 @@ fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<bool> {
 /// Takes an exclusive lock without waiting; `Ok(false)` when someone else
 /// holds a lock on the same file.
 pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    flock(fd, libc::LOCK_EX)
+    flock(fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
 }
 
 /// Whether some other open file description holds an exclusive lock on the
@@ -51,7 +45,7 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// caller's own (freshly opened, not shared with any other process), and
 /// lets it go when the caller closes `fd`.
 pub fn is_locked_by_other(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    flock(fd, libc::LOCK_SH).map(|got| !got)
+    flock(fd, rustix::fs::FlockOperation::NonBlockingLockShared).map(|got| !got)
 }
 
 /// What the daemon tells the foreground process through the ready pipe.

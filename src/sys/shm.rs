@@ -37,17 +37,29 @@ impl SharedMap {
     }
 
     /// Maps `len` bytes of `file` shared; with `writable` false, read-only.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `len` is zero, when the file is shorter than `len` (a
+    /// mapping past the end of a file faults on access), or when mmap fails.
     pub fn file(file: &std::fs::File, len: usize, writable: bool) -> io::Result<SharedMap> {
         let nz = std::num::NonZeroUsize::new(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"))?;
+        let size = file.metadata()?.len();
+        if size < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file of {size} bytes is shorter than the mapping of {len}"),
+            ));
+        }
         use nix::sys::mman::{MapFlags, ProtFlags};
         let prot = if writable {
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
         } else {
             ProtFlags::PROT_READ
         };
-        // SAFETY: the file is at least `len` bytes long (checked by the
-        // caller); the mapping aliases no Rust object, and all access to it
+        // SAFETY: the file is at least `len` bytes long (checked above); the
+        // mapping aliases no Rust object, and all access to it
         // goes through atomics.
         let ptr = unsafe { nix::sys::mman::mmap(None, nz, prot, MapFlags::MAP_SHARED, file, 0) }
             .map_err(io::Error::from)?;
@@ -77,14 +89,54 @@ impl SharedMap {
 ///
 /// # Safety
 ///
-/// The type must be `#[repr(C)]`, valid for any bit pattern (including all
-/// zeroes), and every field written after mapping must be an atomic.
+/// The type must be `#[repr(C)]` (or a primitive), valid for any bit
+/// pattern (including all zeroes), and every byte of it that is written
+/// after mapping must be written through an atomic. Implement it for a
+/// struct only with [`shared_struct!`], which checks this.
 pub unsafe trait Shared {}
 
-// SAFETY: Header is #[repr(C)] and made only of atomics.
-unsafe impl Shared for crate::scoreboard::Header {}
-// SAFETY: Slot is #[repr(C)] and made only of atomics.
-unsafe impl Shared for crate::scoreboard::Slot {}
+// SAFETY: atomics of integers are valid for any bit pattern and are written
+// only atomically.
+unsafe impl Shared for std::sync::atomic::AtomicU8 {}
+// SAFETY: as above.
+unsafe impl Shared for std::sync::atomic::AtomicU32 {}
+// SAFETY: as above.
+unsafe impl Shared for std::sync::atomic::AtomicI32 {}
+// SAFETY: as above.
+unsafe impl Shared for std::sync::atomic::AtomicU64 {}
+// SAFETY: an array of Shared elements has no bytes of its own.
+unsafe impl<T: Shared, const N: usize> Shared for [T; N] {}
+
+/// Declares a struct that may live in shared memory: it is made
+/// `#[repr(C)]`, each field's type is checked at compile time to be
+/// [`Shared`] (an atomic, an array of them, or another such struct), and
+/// only then is [`Shared`] implemented for it. This is the one way to meet
+/// the trait's contract, so that the argument is made once, here.
+macro_rules! shared_struct {
+    (
+        $(#[$m:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fm:meta])* $f:ident : $t:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$m])*
+        #[repr(C)]
+        $vis struct $name {
+            $( $(#[$fm])* $f: $t ),*
+        }
+
+        // SAFETY: the struct is #[repr(C)] and every field's type is Shared
+        // (asserted just below), so it is valid for any bit pattern and all
+        // of its bytes are written through atomics.
+        unsafe impl $crate::sys::shm::Shared for $name {}
+
+        const _: () = {
+            const fn assert_shared<T: $crate::sys::shm::Shared>() {}
+            $( assert_shared::<$t>(); )*
+        };
+    };
+}
+pub(crate) use shared_struct;
 
 impl Drop for SharedMap {
     fn drop(&mut self) {

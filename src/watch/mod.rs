@@ -1,28 +1,30 @@
-//! SUPERVISOR ONLY: the disconnect watch.
+//! The disconnect watch: detection, verdict and cancellation of jobs whose
+//! client went away, and the job timeout. It runs in the supervisor, and
+//! in the one process of `--prefork 0`, through the same code.
 //!
 //! Every `--check-interval`, and at once when a worker reports that its
 //! client hung up, the watch lists the listener's TCP sockets (sock_diag or
 //! procfs), diffs them against the jobs in the scoreboard
 //! ([`crate::detect::diff`]), confirms each candidate (an exact lookup or a
 //! second read, the slot's job id and phase, and the worker's
-//! `/proc/<pid>/fd`), asks the hooks, and cancels. A job is judged once:
-//! a verdict is never asked for again on the next tick.
+//! `/proc/<pid>/fd`), asks for a verdict ([`verdict`]), and cancels
+//! ([`cancel`]). A job is judged once: a verdict is never asked for again
+//! on the next tick.
 //!
-//! Cancelling never signals a pid read from the scoreboard: the watch writes
-//! the job id to cancel into the slot and pokes the worker through its pidfd;
-//! the worker, which is the handler's parent, kills the job's group only if
-//! the id is still its current job. A closure job cannot be interrupted
-//! inside its worker, so after `--kill-grace` the watch names the job in
-//! the slot's `kill_req` and pokes the worker, whose signal handler kills
-//! the worker only if it still runs that very job.
+//! The processes behind the slots are reached only through [`Workers`],
+//! which the caller answers from its own records: nothing read from the
+//! scoreboard is ever a signal target.
 
 mod cancel;
 mod verdict;
+mod workers;
+
+pub(crate) use workers::{Workers, proc_fd_holds};
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::config::{Config, DetectorKind, FinPolicy};
@@ -32,11 +34,13 @@ use crate::detect::{
     DetectError, Gone, JOB_SOCKET_STATES, RunningJob, SockEntry, SocketSource, diff, tcp_state,
 };
 use crate::hooks::{DisconnectEvent, DisconnectReason, Hooks};
-use crate::scoreboard::{JobView, Scoreboard, job_phase, now_unix_ms};
-use crate::sys::{self, PidFd};
+use crate::scoreboard::{
+    CancelReason, Counter, Hangup, JobPhase, JobView, Scoreboard, now_unix_ms,
+};
+use crate::sys;
 
-use cancel::PendingKill;
-use verdict::PendingHook;
+use cancel::Canceller;
+use verdict::{FirstStep, Judged, PendingHooks};
 
 enum Backend {
     Diag(SockDiag),
@@ -55,17 +59,6 @@ impl Backend {
 /// How many ticks apart the full scan covers jobs whose worker watches them.
 const BACKSTOP_TICKS: u32 = 10;
 
-/// A disconnect judged, waiting for its verdict.
-struct Judged {
-    slot: usize,
-    pid: Pid,
-    job: JobView,
-    reason: DisconnectReason,
-    seen_after_ms: f64,
-    seen_by: &'static str,
-    ran_ms: u64,
-}
-
 pub(crate) struct Watch {
     backend: Backend,
     port: u16,
@@ -77,23 +70,10 @@ pub(crate) struct Watch {
     next_backstop: Instant,
     seen: Vec<SockEntry>,
     judged: HashSet<u64>,
-    pending_kills: Vec<PendingKill>,
+    canceller: Canceller,
     /// `--disconnect-hook` programs running, one per judged job.
-    pending_hooks: Vec<PendingHook>,
+    hooks: PendingHooks,
     last_error_log: Option<Instant>,
-}
-
-/// Whether `/proc/<pid>/fd` holds `socket:[inode]`. An unreadable
-/// directory (EACCES) does not count against the candidate.
-fn worker_holds(pid: Pid, inode: u64) -> bool {
-    let dir = format!("/proc/{}/fd", pid.as_raw());
-    let want = format!("socket:[{inode}]");
-    match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .flatten()
-            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str())),
-        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
-    }
 }
 
 fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> DisconnectEvent {
@@ -115,7 +95,7 @@ fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> Disc
 }
 
 impl Watch {
-    pub(crate) fn new(cfg: &Config, sb: &Scoreboard) -> std::io::Result<Option<Watch>> {
+    pub(crate) fn new(cfg: &Config, sb: &Scoreboard) -> std::io::Result<Watch> {
         let listen = sb.listen().unwrap_or(cfg.listen);
         let port = listen.port();
         // Accepted sockets have the listener's family: scan only that one.
@@ -151,7 +131,7 @@ impl Watch {
             "disconnect detection on"
         );
         let now = Instant::now();
-        Ok(Some(Watch {
+        Ok(Watch {
             backend,
             port,
             interval: cfg.check_interval,
@@ -160,29 +140,45 @@ impl Watch {
             next_backstop: now,
             seen: Vec::with_capacity(256),
             judged: HashSet::new(),
-            pending_kills: Vec::new(),
-            pending_hooks: Vec::new(),
+            canceller: Canceller::default(),
+            hooks: PendingHooks::default(),
             last_error_log: None,
-        }))
+        })
     }
 
+    /// When the watch needs its next tick.
     pub(crate) fn next_due(&self) -> Instant {
-        let hooks = self.pending_hooks.iter().map(|h| {
-            if h.status.is_some() {
-                Instant::now()
-            } else {
-                h.deadline
-            }
-        });
-        self.pending_kills
-            .iter()
-            .map(|k| k.at)
-            .chain(hooks)
+        [self.canceller.next_due(), self.hooks.next_due()]
+            .into_iter()
+            .flatten()
             .fold(self.next, Instant::min)
     }
 
+    /// The worker of `slot` is gone.
     pub(crate) fn forget_slot(&mut self, slot: usize) {
-        self.pending_kills.retain(|k| k.slot != slot);
+        self.canceller.forget_slot(slot);
+    }
+
+    /// Whether `pid` is a hook program of ours (its reaper hands its status
+    /// over with [`Watch::hook_exited`]).
+    pub(crate) fn owns(&self, pid: Pid) -> bool {
+        self.hooks.owns(pid)
+    }
+
+    /// A hook program was reaped.
+    pub(crate) fn hook_exited(&mut self, pid: Pid, status: WaitStatus) {
+        self.hooks.exited(pid, status);
+    }
+
+    /// Reaps the hook programs that exited, for a process without a reaping
+    /// loop of its own (`--prefork 0`).
+    pub(crate) fn reap_hooks(&mut self) {
+        self.hooks.reap();
+    }
+
+    /// Kills the hook programs still running (the watch's owner stops).
+    pub(crate) fn kill_hooks(&mut self) {
+        self.hooks.kill_all();
     }
 
     fn log_error(&mut self, e: &DetectError) {
@@ -242,26 +238,19 @@ impl Watch {
     /// full read costs milliseconds, so the worker's own poll result (the
     /// kernel's state of its socket) is taken. The periodic scan stays the
     /// authority for everything else.
-    fn reported(
-        &mut self,
-        sb: &Scoreboard,
-        workers: &[Option<(Pid, &PidFd)>],
-        fin_counts: bool,
-    ) -> Vec<Gone> {
+    fn reported(&mut self, sb: &Scoreboard, workers: &dyn Workers, fin_counts: bool) -> Vec<Gone> {
         let mut out = Vec::new();
         for (i, s) in sb.slots() {
-            if workers.get(i).and_then(|w| w.as_ref()).is_none()
-                || s.hangup_mono_ns.load(Ordering::Acquire) == 0
-            {
+            if workers.pid(i).is_none() {
                 continue;
             }
+            let Some((kind, _)) = s.hangup() else {
+                continue;
+            };
             let Some(job) = s.job() else { continue };
-            if self.judged.contains(&job.job_id)
-                || s.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
-            {
+            if self.judged.contains(&job.job_id) || s.phase() != JobPhase::Running {
                 continue;
             }
-            let kind = s.hangup_kind.load(Ordering::Relaxed);
             let reason = match &mut self.backend {
                 Backend::Diag(d) => match (job.local, job.peer) {
                     (Some(l), Some(p)) => match d.lookup(job.cookie, l, p) {
@@ -282,9 +271,9 @@ impl Watch {
                     _ => None,
                 },
                 Backend::Proc(_) => match kind {
-                    2 => Some(DisconnectReason::ClientReset),
-                    1 if fin_counts => Some(DisconnectReason::ClientClosed),
-                    _ => None,
+                    Hangup::Reset => Some(DisconnectReason::ClientReset),
+                    Hangup::Fin if fin_counts => Some(DisconnectReason::ClientClosed),
+                    Hangup::Fin => None,
                 },
             };
             if let Some(reason) = reason {
@@ -298,17 +287,25 @@ impl Watch {
         out
     }
 
+    /// One round: closure kills and hook verdicts that are due, the jobs
+    /// whose worker reported a hang-up (`woken`), and, when its time has
+    /// come, the job timeouts and the scan.
     pub(crate) fn tick(
         &mut self,
         cfg: &Config,
         hooks: &Hooks,
         sb: &Scoreboard,
-        workers: &[Option<(Pid, &PidFd)>],
+        workers: &dyn Workers,
         woken: bool,
     ) {
         let now = Instant::now();
-        self.kill_overdue_closures(sb, workers, now);
-        self.resolve_hooks(cfg, sb, workers, now);
+        self.canceller.kill_overdue_closures(sb, workers, now);
+        for (j, verdict, by) in self.hooks.resolve(cfg, now) {
+            if sb.slot(j.slot).still_runs(&j.job) {
+                self.canceller
+                    .carry_out(sb, workers, cfg.kill_grace, &j, verdict, by);
+            }
+        }
         let fin_counts = cfg.on_fin == FinPolicy::Cancel;
         if woken {
             let prev = self.last_scan;
@@ -324,11 +321,11 @@ impl Watch {
         let mut jobs = Vec::new();
         let mut overdue = Vec::new();
         for (i, s) in sb.slots() {
-            if workers.get(i).and_then(|w| w.as_ref()).is_none() {
+            if workers.pid(i).is_none() {
                 continue;
             }
             if let Some(v) = s.job()
-                && s.job_phase.load(Ordering::Acquire) == job_phase::RUNNING
+                && s.phase() == JobPhase::Running
                 && !self.judged.contains(&v.job_id)
             {
                 if cfg.job_timeout.is_some_and(|t| {
@@ -351,7 +348,7 @@ impl Watch {
         }
         self.judged.retain(|id| {
             sb.slots()
-                .any(|(_, s)| s.job_id.load(Ordering::Relaxed) == *id)
+                .any(|(_, s)| s.job().is_some_and(|j| j.job_id == *id))
         });
         if jobs.is_empty() {
             return;
@@ -360,9 +357,7 @@ impl Watch {
         // its job needs the full scan only as a backstop, every
         // BACKSTOP_TICKS ticks. A job nobody watches (a closure, or
         // --worker-watch off) is scanned every tick.
-        let unwatched = jobs
-            .iter()
-            .any(|j| sb.slot(j.slot).watching.load(Ordering::Acquire) == 0);
+        let unwatched = jobs.iter().any(|j| !sb.slot(j.slot).watched());
         if !unwatched && now < self.next_backstop {
             return;
         }
@@ -387,44 +382,67 @@ impl Watch {
         }
     }
 
-    /// Confirms one candidate, asks the hooks, and cancels or keeps.
+    /// Cancels a job that ran past `--job-timeout` (no hooks are asked).
+    fn time_out(
+        &mut self,
+        cfg: &Config,
+        sb: &Scoreboard,
+        workers: &dyn Workers,
+        slot: usize,
+        job: JobView,
+    ) {
+        let Some(pid) = workers.pid(slot) else {
+            return;
+        };
+        self.judged.insert(job.job_id);
+        if self.canceller.cancel(
+            sb,
+            workers,
+            slot,
+            &job,
+            CancelReason::Timeout,
+            cfg.kill_grace,
+        ) {
+            sb.header().count(Counter::CancelledTimeout);
+            let ran_ms = sys::monotonic_ns().saturating_sub(job.start_mono_ns) / 1_000_000;
+            let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
+            tracing::info!(slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = %"timeout", ran_ms, "job cancelled");
+        }
+    }
+
+    /// Confirms one candidate, asks for the verdict, and cancels or keeps.
     fn judge(
         &mut self,
         cfg: &Config,
         hooks: &Hooks,
         sb: &Scoreboard,
-        workers: &[Option<(Pid, &PidFd)>],
+        workers: &dyn Workers,
         g: Gone,
         prev_scan: Instant,
     ) {
-        let Some((pid, pidfd)) = workers.get(g.slot).and_then(|w| *w) else {
+        let Some(pid) = workers.pid(g.slot) else {
             return;
         };
         let board = sb.slot(g.slot);
         let Some(job) = board.job().filter(|v| v.job_id == g.job_id) else {
             return;
         };
-        if self.judged.contains(&job.job_id)
-            || board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
-        {
+        if self.judged.contains(&job.job_id) || !board.still_runs(&job) {
             return; // judged already, or ending and closing its socket itself
         }
-        if !worker_holds(pid, job.inode) {
+        if !workers.holds(g.slot, job.inode) {
             return; // the record is not this worker's socket any more
         }
         // Re-check after the confirmations: still the same job, running.
-        if board.job() != Some(job) || board.job_phase.load(Ordering::Acquire) != job_phase::RUNNING
-        {
+        if !board.still_runs(&job) {
             return;
         }
         self.judged.insert(job.job_id);
         let ev = event(g.slot, pid, &job, g.reason);
         let detected = sys::monotonic_ns();
-        let hangup = board.hangup_mono_ns.load(Ordering::Acquire);
-        let (seen_after_ms, seen_by) = if hangup != 0 && hangup <= detected {
-            ((detected - hangup) as f64 / 1e6, "worker-watch")
-        } else {
-            (prev_scan.elapsed().as_secs_f64() * 1e3, "scan")
+        let (seen_after_ms, seen_by) = match board.hangup() {
+            Some((_, at)) if at <= detected => ((detected - at) as f64 / 1e6, "worker-watch"),
+            _ => (prev_scan.elapsed().as_secs_f64() * 1e3, "scan"),
         };
         let ran_ms = detected.saturating_sub(job.start_mono_ns) / 1_000_000;
         let judged = Judged {
@@ -436,6 +454,22 @@ impl Watch {
             seen_by,
             ran_ms,
         };
-        self.decide(cfg, hooks, sb, pidfd, judged, &ev);
+        let (verdict, by) = match verdict::first_step(cfg, hooks, &ev) {
+            FirstStep::Decided(v, by) => (v, by),
+            FirstStep::AskProgram(prog) => {
+                match self
+                    .hooks
+                    .start(prog, cfg.hook_timeout, &ev, judged.clone())
+                {
+                    Ok(()) => return, // the hook's exit gives the verdict
+                    Err(e) => {
+                        tracing::warn!(job = job.job_id, hook = %prog.display(), error = %e, "disconnect hook failed to start; applying --on-disconnect");
+                        (verdict::policy(cfg), "policy")
+                    }
+                }
+            }
+        };
+        self.canceller
+            .carry_out(sb, workers, cfg.kill_grace, &judged, verdict, by);
     }
 }

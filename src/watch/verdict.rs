@@ -1,33 +1,60 @@
-//! The verdict on a disconnect: the Rust callbacks (in order, the first
-//! `Keep` wins, a panic counts as cancel), then a `--disconnect-hook`
-//! program (asynchronous: its exit, reaped by its owner, or its deadline
-//! resolves it), then `--on-disconnect`. Carries the verdict out through
-//! [`super::cancel`].
+//! The verdict on a confirmed disconnect: the Rust callbacks (in order,
+//! the first `Keep` wins, a panic counts as cancel), then a
+//! `--disconnect-hook` program, then `--on-disconnect`. A hook program is
+//! asynchronous: the watch never waits for it; its exit (reaped by whoever
+//! reaps this process's children) or its deadline resolves it.
 //!
-//! Signals only its own hook programs, unreaped, by pid.
+//! Signals only its own hook programs, by pid, while they are unreaped.
+//! Knows nothing of scans or of cancelling.
 
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{Judged, Watch};
 use crate::config::{Config, DisconnectPolicy};
 use crate::hooks::{DisconnectEvent, DisconnectReason, Hooks, Verdict};
-use crate::scoreboard::Scoreboard;
-use crate::sys::PidFd;
-use crate::worker::job::reason;
+use crate::scoreboard::JobView;
 
-/// A `--disconnect-hook` program at work: the supervisor never waits for
-/// it; its exit (reaped by the supervisor) or its deadline resolves it.
-pub(super) struct PendingHook {
-    pub(super) pid: Pid,
-    pub(super) deadline: Instant,
-    pub(super) killed: bool,
-    pub(super) status: Option<WaitStatus>,
-    pub(super) judged: Judged,
+/// A disconnect confirmed on a running job, waiting for its verdict.
+#[derive(Debug, Clone)]
+pub(crate) struct Judged {
+    pub(crate) slot: usize,
+    /// The worker, from the caller's own records.
+    pub(crate) pid: Pid,
+    pub(crate) job: JobView,
+    pub(crate) reason: DisconnectReason,
+    pub(crate) seen_after_ms: f64,
+    pub(crate) seen_by: &'static str,
+    pub(crate) ran_ms: u64,
+}
+
+/// Who gave a verdict (logged as `verdict_by`).
+pub(crate) type By = &'static str;
+
+/// The first step of a verdict.
+pub(crate) enum FirstStep<'a> {
+    /// Decided at once, by the callbacks or by the policy.
+    Decided(Verdict, By),
+    /// The hook program at this path must be asked.
+    AskProgram(&'a std::path::Path),
+}
+
+/// The verdict, at once, of the callbacks or (without a hook program) of
+/// the policy; else the hook program to ask.
+pub(crate) fn first_step<'a>(
+    cfg: &'a Config,
+    hooks: &Hooks,
+    ev: &DisconnectEvent,
+) -> FirstStep<'a> {
+    if let Some(v) = callbacks_verdict(hooks, ev) {
+        return FirstStep::Decided(v, "callback");
+    }
+    match &cfg.disconnect_hook {
+        Some(prog) => FirstStep::AskProgram(prog),
+        None => FirstStep::Decided(policy(cfg), "policy"),
+    }
 }
 
 /// The verdict of the Rust callbacks (in order; the first `Keep` wins; a
@@ -53,7 +80,7 @@ fn callbacks_verdict(hooks: &Hooks, ev: &DisconnectEvent) -> Option<Verdict> {
 }
 
 /// `--on-disconnect`: what happens when no hook decides.
-fn policy(cfg: &Config) -> Verdict {
+pub(crate) fn policy(cfg: &Config) -> Verdict {
     match cfg.on_disconnect {
         DisconnectPolicy::Cancel => Verdict::Cancel,
         DisconnectPolicy::Log => Verdict::Keep,
@@ -71,61 +98,84 @@ fn hook_verdict(status: Option<&WaitStatus>) -> Option<Verdict> {
     }
 }
 
-impl Watch {
-    /// Asks for the verdict on a confirmed disconnect: the callbacks, else
-    /// the hook program (pending until it exits), else the policy.
-    pub(super) fn decide(
+/// A `--disconnect-hook` program at work.
+struct PendingHook {
+    pid: Pid,
+    deadline: Instant,
+    killed: bool,
+    status: Option<WaitStatus>,
+    judged: Judged,
+}
+
+/// The hook programs at work, one per judged job.
+#[derive(Default)]
+pub(crate) struct PendingHooks {
+    hooks: Vec<PendingHook>,
+}
+
+impl PendingHooks {
+    /// Starts `prog` for `judged` with the event as one JSON line on its
+    /// stdin. On failure, the caller applies the policy.
+    pub(crate) fn start(
         &mut self,
-        cfg: &Config,
-        hooks: &Hooks,
-        sb: &Scoreboard,
-        pidfd: &PidFd,
-        judged: Judged,
+        prog: &std::path::Path,
+        timeout: Duration,
         ev: &DisconnectEvent,
-    ) {
-        if let Some(v) = callbacks_verdict(hooks, ev) {
-            self.act(cfg, sb, pidfd, &judged, v, "callback");
-            return;
-        }
-        if let Some(prog) = &cfg.disconnect_hook {
-            let line = serde_json::to_string(ev)
-                .map_err(std::io::Error::other)
-                .map(|j| j + "\n");
-            match line.and_then(|l| crate::spawn::spawn_hook(prog, &l)) {
-                Ok(hook) => {
-                    self.pending_hooks.push(PendingHook {
-                        pid: hook,
-                        deadline: Instant::now() + cfg.hook_timeout,
-                        killed: false,
-                        status: None,
-                        judged,
-                    });
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(job = judged.job.job_id, hook = %prog.display(), error = %e, "disconnect hook failed to start; applying --on-disconnect");
-                }
-            }
-        }
-        self.act(cfg, sb, pidfd, &judged, policy(cfg), "policy");
+        judged: Judged,
+    ) -> std::io::Result<()> {
+        let line = serde_json::to_string(ev).map_err(std::io::Error::other)? + "\n";
+        let pid = crate::spawn::spawn_hook(prog, &line)?;
+        self.hooks.push(PendingHook {
+            pid,
+            deadline: Instant::now() + timeout,
+            killed: false,
+            status: None,
+            judged,
+        });
+        Ok(())
     }
 
-    /// Whether `pid` is a hook program of ours (the supervisor reaps it and
-    /// hands its status over with [`Watch::hook_exited`]).
+    /// When the next hook needs attention (now, for one that exited).
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.hooks
+            .iter()
+            .map(|h| {
+                if h.status.is_some() {
+                    Instant::now()
+                } else {
+                    h.deadline
+                }
+            })
+            .min()
+    }
+
+    /// Whether `pid` is a hook program of ours.
     pub(crate) fn owns(&self, pid: Pid) -> bool {
-        self.pending_hooks.iter().any(|h| h.pid == pid)
+        self.hooks.iter().any(|h| h.pid == pid)
     }
 
-    /// A hook program was reaped.
-    pub(crate) fn hook_exited(&mut self, pid: Pid, status: WaitStatus) {
-        if let Some(h) = self.pending_hooks.iter_mut().find(|h| h.pid == pid) {
+    /// A hook program was reaped by the caller.
+    pub(crate) fn exited(&mut self, pid: Pid, status: WaitStatus) {
+        if let Some(h) = self.hooks.iter_mut().find(|h| h.pid == pid) {
             h.status = Some(status);
         }
     }
 
-    /// Kills the hook programs still running (the supervisor is stopping).
-    pub(crate) fn kill_hooks(&mut self) {
-        for h in &self.pending_hooks {
+    /// Reaps the hook programs that exited (for a process that has no
+    /// reaping loop of its own: `--prefork 0`). Only our own unreaped
+    /// children are waited for, by pid.
+    pub(crate) fn reap(&mut self) {
+        for h in self.hooks.iter_mut().filter(|h| h.status.is_none()) {
+            match nix::sys::wait::waitpid(h.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => {}
+                Ok(st) => h.status = Some(st),
+            }
+        }
+    }
+
+    /// Kills the hook programs still running (their owner is stopping).
+    pub(crate) fn kill_all(&mut self) {
+        for h in &self.hooks {
             if h.status.is_none() {
                 // Our own child, not reaped yet: its pid is still its own.
                 let _ = nix::sys::signal::kill(h.pid, Signal::SIGKILL);
@@ -133,20 +183,12 @@ impl Watch {
         }
     }
 
-    /// Applies the verdicts of hook programs that exited; kills those past
-    /// their deadline (their exit then leaves the verdict to the policy).
-    pub(super) fn resolve_hooks(
-        &mut self,
-        cfg: &Config,
-        sb: &Scoreboard,
-        workers: &[Option<(Pid, &PidFd)>],
-        now: Instant,
-    ) {
-        let mut done = Vec::new();
-        for (i, h) in self.pending_hooks.iter_mut().enumerate() {
-            if h.status.is_some() {
-                done.push(i);
-            } else if now >= h.deadline && !h.killed {
+    /// Kills the hooks past their deadline (their exit then leaves the
+    /// verdict to the policy) and returns the verdicts of those that
+    /// exited.
+    pub(crate) fn resolve(&mut self, cfg: &Config, now: Instant) -> Vec<(Judged, Verdict, By)> {
+        for h in self.hooks.iter_mut() {
+            if h.status.is_none() && now >= h.deadline && !h.killed {
                 tracing::warn!(
                     job = h.judged.job.job_id,
                     timeout_ms = cfg.hook_timeout.as_millis() as u64,
@@ -157,75 +199,28 @@ impl Watch {
                 h.killed = true;
             }
         }
-        for i in done.into_iter().rev() {
-            let h = self.pending_hooks.swap_remove(i);
-            let verdict = match hook_verdict(h.status.as_ref()) {
-                Some(v) => (v, "hook-program"),
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.hooks)
+            .into_iter()
+            .partition(|h| h.status.is_some());
+        self.hooks = running;
+        done.into_iter()
+            .map(|h| match hook_verdict(h.status.as_ref()) {
+                Some(v) => (h.judged, v, "hook-program"),
                 None => {
                     if !h.killed {
                         tracing::warn!(job = h.judged.job.job_id, status = ?h.status, "disconnect hook gave no verdict; applying --on-disconnect");
                     }
-                    (policy(cfg), "policy")
+                    (h.judged, policy(cfg), "policy")
                 }
-            };
-            // The same worker must still run the same job.
-            let Some((pid, pidfd)) = workers.get(h.judged.slot).and_then(|w| *w) else {
-                continue;
-            };
-            if pid != h.judged.pid || sb.slot(h.judged.slot).job() != Some(h.judged.job) {
-                continue;
-            }
-            self.act(cfg, sb, pidfd, &h.judged, verdict.0, verdict.1);
-        }
-    }
-
-    /// Carries out a verdict: cancels (and logs `job cancelled`) or logs
-    /// that the job is kept.
-    pub(super) fn act(
-        &mut self,
-        cfg: &Config,
-        sb: &Scoreboard,
-        pidfd: &PidFd,
-        j: &Judged,
-        verdict: Verdict,
-        by: &'static str,
-    ) {
-        let peer = j.job.peer.map(|p| p.to_string()).unwrap_or_default();
-        match verdict {
-            Verdict::Keep => {
-                tracing::info!(slot = j.slot, pid = j.pid.as_raw(), job = j.job.job_id, peer = %peer, reason = %j.reason.as_str(), verdict_by = by, "client disconnected; job kept");
-            }
-            Verdict::Cancel => {
-                let code = match j.reason {
-                    DisconnectReason::ClientClosed => reason::CLIENT_CLOSED,
-                    DisconnectReason::ClientReset => reason::CLIENT_RESET,
-                };
-                if self.cancel(sb, j.slot, &j.job, code, pidfd, cfg.kill_grace) {
-                    sb.header()
-                        .cancelled_disconnect
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        slot = j.slot,
-                        pid = j.pid.as_raw(),
-                        job = j.job.job_id,
-                        peer = %peer,
-                        reason = %j.reason.as_str(),
-                        ran_ms = j.ran_ms,
-                        seen_after_ms = format_args!("{:.1}", j.seen_after_ms),
-                        seen_by = j.seen_by,
-                        verdict_by = by,
-                        "job cancelled"
-                    );
-                }
-            }
-        }
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::JobSpec;
+    use crate::config::{Config, JobSpec};
 
     fn ev() -> DisconnectEvent {
         DisconnectEvent {

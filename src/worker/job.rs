@@ -1,104 +1,91 @@
-//! Running one job: the handler program (exec, environment, fds, process
-//! group) or the Rust closure, and watching its client while it runs.
+//! WORKER ONLY: one job, from accept to its [`JobEnd`]: the checks that the
+//! client is still there, the handler program (spawned in its own process
+//! group, then waited for while the client socket and the worker's signals
+//! are watched) or the Rust closure, and the one end record.
 //!
 //! Runs in a worker (or in the single process with `--prefork 0`). It kills
 //! only its own job's process group, and only while the handler is an
 //! unreaped child of this process, so that the group id cannot have been
 //! recycled.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use nix::sys::eventfd::EventFd;
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::inline::InlineWatch;
+use super::signals::{self, AfterJob};
 use crate::config::{Config, FinPolicy, JobSpec};
 use crate::hooks::JobContext;
-use crate::scoreboard::{JobView, Scoreboard, Slot, job_kind};
+use crate::job_end::{EndReason, Finish, JobEnd, Outcome};
+use crate::scoreboard::{CancelReason, Counter, Hangup, JobKind, JobView, Scoreboard, Slot};
 use crate::spawn::Spawner;
-use crate::sys;
+use crate::sys::{self, PollFd, PollFlags};
 
-/// How a job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Ran to its end with success.
-    Done,
-    /// Could not start, exited non-zero, or died of a signal it was not sent.
-    Failed,
-    /// Cancelled (client gone, timeout or shutdown).
-    Cancelled,
+/// Who judges this worker's jobs.
+pub(crate) enum Overseer<'a, 'w> {
+    /// The supervisor: woken through its eventfd when the worker sees its
+    /// client hang up; it pokes back with SIGUSR2.
+    Supervisor(&'a EventFd),
+    /// `--prefork 0`: this process runs the watch itself, between polls.
+    Inline(&'a RefCell<InlineWatch<'w>>),
 }
 
-impl Outcome {
-    /// Log name.
-    pub fn as_str(self) -> &'static str {
+impl Overseer<'_, '_> {
+    /// The worker saw its client hang up.
+    fn wake(&self) {
         match self {
-            Outcome::Done => "done",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
+            Overseer::Supervisor(w) => {
+                let _ = w.write(1);
+            }
+            Overseer::Inline(i) => i.borrow_mut().tick(true),
         }
     }
-}
 
-/// Cancel reasons as stored in a slot's `cancel_reason`.
-pub mod reason {
-    /// Client closed (FIN).
-    pub const CLIENT_CLOSED: u32 = 1;
-    /// Client reset or socket vanished.
-    pub const CLIENT_RESET: u32 = 2;
-    /// Job timeout.
-    pub const TIMEOUT: u32 = 3;
-    /// Shutdown (SIGINT or grace expired).
-    pub const SHUTDOWN: u32 = 4;
-
-    /// Log name of a reason code.
-    pub fn name(code: u32) -> &'static str {
-        match code {
-            CLIENT_CLOSED => "client-closed",
-            CLIENT_RESET => "client-reset",
-            TIMEOUT => "timeout",
-            SHUTDOWN => "shutdown",
-            _ => "unknown",
+    /// Gives the inline watch its turn (nothing for a supervisor's worker).
+    fn turn(&self) {
+        if let Overseer::Inline(i) = self {
+            i.borrow_mut().tick(false);
         }
     }
-}
 
-/// What the worker should do after a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AfterJob {
-    /// SIGTERM arrived: exit once idle.
-    pub retire: bool,
-    /// SIGINT arrived: exit now.
-    pub exit_now: bool,
+    /// When the inline watch wants its next turn.
+    fn next_due(&self) -> Option<Instant> {
+        match self {
+            Overseer::Supervisor(_) => None,
+            Overseer::Inline(i) => Some(i.borrow().next_due()),
+        }
+    }
 }
 
 /// The environment of one worker, shared by its jobs.
-pub struct Runner<'a> {
-    /// Configuration.
-    pub cfg: &'a Config,
-    /// Scoreboard.
-    pub sb: &'a Scoreboard,
+pub(crate) struct Runner<'a, 'w> {
+    pub(crate) cfg: &'a Config,
+    pub(crate) sb: &'a Scoreboard,
     /// Our slot index.
-    pub slot: usize,
-    /// The worker's signalfd (SIGTERM, SIGINT, SIGUSR2, SIGCHLD).
-    pub sigfd: &'a SignalFd,
-    /// Wakes the supervisor (the worker watch); None in `--prefork 0`.
-    pub wake: Option<&'a nix::sys::eventfd::EventFd>,
+    pub(crate) slot: usize,
+    /// The worker's signalfd ([`crate::sys::HANDLED`]).
+    pub(crate) sigfd: &'a SignalFd,
+    pub(crate) overseer: Overseer<'a, 'w>,
     /// Prepared handler spawning (None for closure jobs).
-    pub spawner: Option<&'a Spawner>,
+    pub(crate) spawner: Option<&'a Spawner>,
 }
 
-fn describe(status: &WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, c) => format!("exit {c}"),
-        WaitStatus::Signaled(_, sig, _) => format!("signal {}", sig.as_str()),
-        other => format!("{other:?}"),
-    }
+/// How the job's own work finished: the process (or closure) result, the
+/// cancellation it was asked for, and what the worker must do next.
+struct Ran {
+    finish: Finish,
+    /// It ran to its end with success (exit 0, or the closure's `Ok`).
+    success: bool,
+    cancel: Option<CancelReason>,
+    after: AfterJob,
 }
 
 /// Reaps the handler (blocking: it has exited, as `waitid` said).
@@ -111,19 +98,32 @@ fn reap(child: Pid) -> nix::Result<WaitStatus> {
     }
 }
 
+/// What the poll of the client socket says: a reset (POLLHUP, POLLERR), a
+/// FIN (POLLRDHUP), or nothing.
+fn hangup_of(revents: PollFlags) -> Option<Hangup> {
+    if revents.intersects(PollFlags::HUP | PollFlags::ERR) {
+        Some(Hangup::Reset)
+    } else if revents.contains(PollFlags::RDHUP) {
+        Some(Hangup::Fin)
+    } else {
+        None
+    }
+}
+
 /// Whether the client is already gone (checked right after accept).
 fn client_gone(conn: &TcpStream, on_fin: FinPolicy) -> bool {
-    let mut fds = [sys::Polled::new(conn.as_fd(), libc::POLLRDHUP)];
+    let mut fds = [PollFd::new(conn, PollFlags::RDHUP)];
     if sys::poll(&mut fds, Some(Duration::ZERO)).is_err() {
         return false;
     }
-    let ev = fds[0].revents;
-    let hard = ev & (libc::POLLHUP | libc::POLLERR) != 0;
-    let fin = ev & libc::POLLRDHUP != 0;
-    hard || (fin && on_fin == FinPolicy::Cancel)
+    match hangup_of(fds[0].revents()) {
+        Some(Hangup::Reset) => true,
+        Some(Hangup::Fin) => on_fin == FinPolicy::Cancel,
+        None => false,
+    }
 }
 
-impl Runner<'_> {
+impl Runner<'_, '_> {
     fn board(&self) -> &Slot {
         self.sb.slot(self.slot)
     }
@@ -131,186 +131,149 @@ impl Runner<'_> {
     /// Serves one accepted client (`peer` as accept returned it; `local`
     /// the listener's address when it is not a wildcard). Returns what the
     /// worker must do next.
-    pub fn serve(&self, conn: TcpStream, peer: SocketAddr, local: Option<SocketAddr>) -> AfterJob {
-        let pid = std::process::id();
-        let slot = self.slot;
-        let local = match local {
-            Some(l) => Ok(l),
-            None => conn.local_addr(),
+    pub(crate) fn serve(
+        &self,
+        conn: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> AfterJob {
+        let Some(job) = self.open_job(&conn, peer, local) else {
+            return AfterJob::default();
         };
-        let (peer, local) = match local {
-            Ok(l) => (peer, l),
-            _ => {
+        let started = Instant::now();
+        let ran = match &self.cfg.job {
+            JobSpec::Handler { .. } => self.run_handler(&conn, job),
+            JobSpec::Closure(f) => self.run_closure(&conn, job, f.as_ref()),
+        };
+        let (outcome, reason) = match (ran.cancel, ran.success) {
+            (Some(c), _) => (Outcome::Cancelled, Some(EndReason::Cancel(c))),
+            (None, true) => (Outcome::Done, None),
+            (None, false) => (Outcome::Failed, None),
+        };
+        let end = JobEnd {
+            job_id: job.job_id,
+            slot: self.slot,
+            pid: std::process::id() as i32,
+            peer: Some(peer),
+            duration_ms: started.elapsed().as_millis() as u64,
+            outcome,
+            reason,
+            finish: ran.finish,
+        };
+        let board = self.board();
+        board.job_ending();
+        drop(conn);
+        board.end_job();
+        end.record(self.sb.header());
+        ran.after
+    }
+
+    /// The job's record, unless the client is already gone.
+    fn open_job(
+        &self,
+        conn: &TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Option<JobView> {
+        let (slot, pid) = (self.slot, std::process::id());
+        let local = match local.map_or_else(|| conn.local_addr(), Ok) {
+            Ok(l) if !client_gone(conn, self.cfg.on_fin) => l,
+            Ok(_) => {
+                self.sb.header().count(Counter::GoneBeforeStart);
+                tracing::info!(slot, pid, peer = %peer, "client gone before job start");
+                return None;
+            }
+            Err(_) => {
                 // ENOTCONN: reset before we could ask.
-                self.sb
-                    .header()
-                    .gone_before_start
-                    .fetch_add(1, Ordering::Relaxed);
+                self.sb.header().count(Counter::GoneBeforeStart);
                 tracing::info!(slot, pid, "client gone before job start");
-                return AfterJob::default();
+                return None;
             }
         };
-
-        if client_gone(&conn, self.cfg.on_fin) {
-            self.sb
-                .header()
-                .gone_before_start
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(slot, pid, peer = %peer, "client gone before job start");
-            return AfterJob::default();
-        }
-        let cookie = sys::socket_cookie(conn.as_fd()).unwrap_or(0);
-        let inode = nix::sys::stat::fstat(conn.as_fd())
-            .map(|s| s.st_ino)
-            .unwrap_or(0);
-        let job_id = self.sb.next_job_id();
-        let mut view = JobView {
-            job_id,
-            kind: job_kind::HANDLER,
+        Some(JobView {
+            job_id: self.sb.next_job_id(),
+            kind: match self.cfg.job {
+                JobSpec::Handler { .. } => JobKind::Handler,
+                JobSpec::Closure(_) => JobKind::Closure,
+            },
             pgid: 0,
-            cookie,
-            inode,
+            cookie: sys::socket_cookie(conn.as_fd()).unwrap_or(0),
+            inode: nix::sys::stat::fstat(conn.as_fd())
+                .map(|s| s.st_ino)
+                .unwrap_or(0),
             peer: Some(peer),
             local: Some(local),
             start_unix_ms: crate::scoreboard::now_unix_ms(),
             start_mono_ns: sys::monotonic_ns(),
-        };
-        let started = Instant::now();
-        let (outcome, status, reason, after) = match &self.cfg.job {
-            JobSpec::Handler { program, .. } => {
-                match self
-                    .spawner
-                    .ok_or_else(|| io::Error::other("no handler program"))
-                    .and_then(|sp| sp.spawn_job(conn.as_fd(), job_id, slot, peer, local))
-                {
-                    Ok(child) => {
-                        view.pgid = child.as_raw();
-                        self.board()
-                            .watching
-                            .store(u8::from(self.cfg.worker_watch), Ordering::Relaxed);
-                        self.board().begin_job(&view);
-                        tracing::info!(slot, pid, job = job_id, peer = %peer, handler_pid = child.as_raw(), "job started");
-                        self.wait_handler(child, &conn, job_id, peer, started)
-                    }
-                    Err(e) => {
-                        tracing::error!(slot, pid, job = job_id, peer = %peer, program = %program.display(), error = %e, "failed to start handler");
-                        (
-                            Outcome::Failed,
-                            format!("exec error: {e}"),
-                            0,
-                            AfterJob::default(),
-                        )
-                    }
-                }
-            }
-            JobSpec::Closure(f) => {
-                view.kind = job_kind::CLOSURE;
-                self.board().begin_job(&view);
-                tracing::info!(slot, pid, job = job_id, peer = %peer, "job started");
-                let ctx = JobContext {
-                    job_id,
-                    slot,
-                    peer,
-                    local,
-                    board_slot: self.board(),
-                };
-                let stream = match conn.try_clone() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.board().job_ending();
-                        self.board().end_job();
-                        tracing::error!(slot, pid, job = job_id, error = %e, "failed to duplicate the client socket");
-                        return AfterJob::default();
-                    }
-                };
-                let guard = match sys::arm_self_kill(self.board()) {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        tracing::warn!(slot, error = %e, "failed to arm the closure kill switch");
-                        None
-                    }
-                };
-                // A panicking job fails; its worker goes on serving (the
-                // panic message is on stderr, from the panic hook).
-                let res =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(stream, &ctx)));
-                drop(guard);
-                let req = self.board().cancel_req.load(Ordering::Acquire) == job_id;
-                let (outcome, status) = match (&res, req) {
-                    (_, true) => (Outcome::Cancelled, "returned".to_string()),
-                    (Ok(Ok(())), _) => (Outcome::Done, "ok".to_string()),
-                    (Ok(Err(e)), _) => (Outcome::Failed, format!("error: {e}")),
-                    (Err(_), _) => (Outcome::Failed, "panicked".to_string()),
-                };
-                let r = if req {
-                    self.board().cancel_reason.load(Ordering::Relaxed)
-                } else {
-                    0
-                };
-                (outcome, status, r, self.drain_signals_after_closure())
-            }
-        };
-        self.board().job_ending();
-        drop(conn);
-        self.board().end_job();
-        let h = self.sb.header();
-        h.jobs_served.fetch_add(1, Ordering::Relaxed);
-        if outcome == Outcome::Failed {
-            h.jobs_failed.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome == Outcome::Cancelled && reason == reason::SHUTDOWN {
-            h.cancelled_shutdown.fetch_add(1, Ordering::Relaxed);
-        }
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let outcome_name = match (outcome, reason) {
-            (Outcome::Cancelled, reason::TIMEOUT) => "timeout",
-            (o, _) => o.as_str(),
-        };
-        crate::logfiles::access(&crate::logfiles::AccessRecord {
-            job_id,
-            slot,
-            pid,
-            peer: &peer.to_string(),
-            duration_ms,
-            outcome: outcome_name,
-            status: &status,
-        });
-        if outcome == Outcome::Cancelled {
-            tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome_name, reason = %reason::name(reason), "job ended");
-        } else {
-            tracing::info!(slot, pid, job = job_id, peer = %peer, duration_ms, status = ?status, outcome = %outcome.as_str(), "job ended");
-        }
-        after
+        })
     }
 
-    /// Waits for the handler, watching the client and the worker's signals.
-    /// Returns (outcome, status, cancel reason, after).
-    fn wait_handler(
-        &self,
-        child: Pid,
-        conn: &TcpStream,
-        job_id: u64,
-        peer: SocketAddr,
-        started: Instant,
-    ) -> (Outcome, String, u32, AfterJob) {
-        let pgid = child;
-        let mut after = AfterJob::default();
-        let mut watch = self.cfg.worker_watch;
-        let mut watch_events: i16 = if self.cfg.on_fin == FinPolicy::Cancel {
-            libc::POLLRDHUP
-        } else {
-            0
+    /// Spawns the handler, publishes the job, and waits for the handler.
+    fn run_handler(&self, conn: &TcpStream, mut job: JobView) -> Ran {
+        let (slot, pid) = (self.slot, std::process::id());
+        let peer = job.peer.expect("a job has a peer");
+        let spawned = self
+            .spawner
+            .ok_or_else(|| io::Error::other("no handler program"))
+            .and_then(|sp| {
+                sp.spawn_job(
+                    conn.as_fd(),
+                    job.job_id,
+                    slot,
+                    peer,
+                    job.local.expect("a job has a local address"),
+                )
+            });
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let program = match &self.cfg.job {
+                    JobSpec::Handler { program, .. } => program.display().to_string(),
+                    JobSpec::Closure(_) => String::new(),
+                };
+                tracing::error!(slot, pid, job = job.job_id, peer = %peer, program = %program, error = %e, "failed to start handler");
+                return Ran {
+                    finish: Finish::Other(format!("exec error: {e}")),
+                    success: false,
+                    cancel: None,
+                    after: AfterJob::default(),
+                };
+            }
         };
-        let mut cancel: u32 = 0;
+        job.pgid = child.as_raw();
+        self.board().begin_job(&job, self.cfg.worker_watch);
+        tracing::info!(slot, pid, job = job.job_id, peer = %peer, handler_pid = child.as_raw(), "job started");
+        self.wait_handler(child, conn, job.job_id)
+    }
+
+    /// Waits for the handler, watching the client and the worker's
+    /// signals, and carrying out a cancel request for this job.
+    fn wait_handler(&self, child: Pid, conn: &TcpStream, job_id: u64) -> Ran {
+        let pgid = child;
+        let board = self.board();
+        let mut after = AfterJob::default();
+        let mut watching = self.cfg.worker_watch;
+        // Under --on-fin keep only a reset counts: POLLHUP and POLLERR are
+        // always reported, POLLRDHUP only when asked for.
+        let mut watch_events = if self.cfg.on_fin == FinPolicy::Cancel {
+            PollFlags::RDHUP
+        } else {
+            PollFlags::empty()
+        };
+        let mut cancel: Option<CancelReason> = None;
         let mut kill_at: Option<Instant> = None;
         loop {
-            let timeout = kill_at.map(|t| t.saturating_duration_since(Instant::now()));
+            let next = [kill_at, self.overseer.next_due()]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             let (sig_ready, conn_ev) = {
                 let mut fds = [
-                    sys::Polled::new(self.sigfd.as_fd(), libc::POLLIN),
-                    sys::Polled::new(conn.as_fd(), watch_events),
+                    PollFd::new(self.sigfd, PollFlags::IN),
+                    PollFd::new(conn, watch_events),
                 ];
-                let n = if watch { 2 } else { 1 };
+                let n = if watching { 2 } else { 1 };
                 match sys::poll(&mut fds[..n], timeout) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -318,76 +281,43 @@ impl Runner<'_> {
                         tracing::error!(slot = self.slot, error = %e, "poll failed in worker")
                     }
                 }
-                (fds[0].revents != 0, if watch { fds[1].revents } else { 0 })
+                let conn_ev = if watching {
+                    fds[1].revents()
+                } else {
+                    PollFlags::empty()
+                };
+                (!fds[0].revents().is_empty(), conn_ev)
             };
-            if conn_ev != 0 {
-                let hard = conn_ev & (libc::POLLHUP | libc::POLLERR) != 0;
-                if hard || (conn_ev & libc::POLLRDHUP != 0 && self.cfg.on_fin == FinPolicy::Cancel)
-                {
-                    let b = self.board();
-                    b.hangup_kind
-                        .store(if hard { 2 } else { 1 }, Ordering::Relaxed);
-                    b.hangup_mono_ns
-                        .store(sys::monotonic_ns(), Ordering::Release);
-                    match self.wake {
-                        Some(w) => {
-                            let _ = w.write(1);
-                        }
-                        None if cancel == 0 => {
-                            // `--prefork 0`: no supervisor; the one process
-                            // cancels its own job on what it saw.
-                            cancel = if hard {
-                                reason::CLIENT_RESET
-                            } else {
-                                reason::CLIENT_CLOSED
-                            };
-                            self.sb
-                                .header()
-                                .cancelled_disconnect
-                                .fetch_add(1, Ordering::Relaxed);
-                            let ran_ms = started.elapsed().as_millis() as u64;
-                            tracing::info!(slot = self.slot, pid = std::process::id(), job = job_id, peer = %peer, reason = %reason::name(cancel), ran_ms, seen_after_ms = 0, seen_by = "worker-watch", "job cancelled");
-                            let _ = sys::kill_group(pgid, Signal::SIGTERM);
-                            kill_at = Some(Instant::now() + self.cfg.kill_grace);
-                        }
-                        None => {}
-                    }
+            match hangup_of(conn_ev) {
+                Some(Hangup::Fin) if self.cfg.on_fin == FinPolicy::Keep => {
+                    // A FIN under --on-fin keep: from now on only a reset counts.
+                    watch_events = PollFlags::empty();
+                }
+                Some(kind) => {
                     tracing::debug!(
                         slot = self.slot,
                         job = job_id,
-                        hard,
+                        ?kind,
                         "worker saw its client hang up"
                     );
-                    watch = false;
-                    b.watching.store(0, Ordering::Release);
-                } else {
-                    // A FIN under --on-fin keep: from now on only a reset counts.
-                    watch_events = 0;
+                    board.report_hangup(kind);
+                    watching = false;
+                    self.overseer.wake();
                 }
+                None => {}
             }
-            if sig_ready {
-                while let Ok(Some(info)) = self.sigfd.read_signal() {
-                    match Signal::try_from(info.ssi_signo as i32) {
-                        Ok(Signal::SIGUSR2) => {
-                            let b = self.board();
-                            if b.cancel_req.load(Ordering::Acquire) == job_id && cancel == 0 {
-                                cancel = b.cancel_reason.load(Ordering::Relaxed).max(1);
-                                let _ = sys::kill_group(pgid, Signal::SIGTERM);
-                                kill_at = Some(Instant::now() + self.cfg.kill_grace);
-                            }
-                        }
-                        Ok(Signal::SIGTERM) => after.retire = true,
-                        Ok(Signal::SIGUSR1) => super::signals::reopen_logs(self.slot),
-                        Ok(Signal::SIGINT) => {
-                            after.exit_now = true;
-                            if cancel == 0 {
-                                cancel = reason::SHUTDOWN;
-                            }
-                            let _ = sys::kill_group(pgid, Signal::SIGKILL);
-                        }
-                        _ => {}
-                    }
-                }
+            if sig_ready && signals::drain(self.sigfd, self.slot, &mut after) {
+                // SIGINT: the job dies now.
+                cancel.get_or_insert(CancelReason::Shutdown);
+                let _ = sys::kill_group(pgid, Signal::SIGKILL);
+            }
+            self.overseer.turn();
+            if cancel.is_none()
+                && let Some(r) = board.cancel_requested(job_id)
+            {
+                cancel = Some(r);
+                let _ = sys::kill_group(pgid, Signal::SIGTERM);
+                kill_at = Some(Instant::now() + self.cfg.kill_grace);
             }
             if let Some(t) = kill_at
                 && Instant::now() >= t
@@ -402,47 +332,81 @@ impl Runner<'_> {
                 WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
             ) {
                 Ok(WaitStatus::StillAlive) => continue,
-                Ok(_) => {
+                Err(nix::errno::Errno::EINTR) => continue,
+                peeked => {
+                    if let Err(e) = &peeked {
+                        tracing::error!(slot = self.slot, error = %e, "waitid on handler failed");
+                    }
                     // The job is over: whatever it left in its group goes too.
                     let _ = sys::kill_group(pgid, Signal::SIGKILL);
-                    self.board().job_pgid.store(0, Ordering::Release);
+                    board.handler_reaped();
                     let status = reap(child);
-                    let desc = match &status {
-                        Ok(st) => describe(st),
-                        Err(e) => format!("wait error: {e}"),
+                    let finish = match peeked {
+                        Ok(_) => Finish::from_wait(&status),
+                        Err(e) => Finish::Other(format!("wait error: {e}")),
                     };
-                    let outcome = if cancel != 0 {
-                        Outcome::Cancelled
-                    } else if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
-                        Outcome::Done
-                    } else {
-                        Outcome::Failed
+                    return Ran {
+                        success: finish == Finish::Exited(0),
+                        finish,
+                        cancel,
+                        after,
                     };
-                    return (outcome, desc, cancel, after);
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(slot = self.slot, error = %e, "waitid on handler failed");
-                    let _ = sys::kill_group(pgid, Signal::SIGKILL);
-                    self.board().job_pgid.store(0, Ordering::Release);
-                    let _ = reap(child);
-                    return (Outcome::Failed, format!("wait error: {e}"), cancel, after);
                 }
             }
         }
     }
 
-    /// After a closure job: read signals that arrived while it ran.
-    fn drain_signals_after_closure(&self) -> AfterJob {
-        let mut after = AfterJob::default();
-        while let Ok(Some(info)) = self.sigfd.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGTERM) => after.retire = true,
-                Ok(Signal::SIGINT) => after.exit_now = true,
-                Ok(Signal::SIGUSR1) => super::signals::reopen_logs(self.slot),
-                _ => {}
+    /// Runs a closure job in this process, with the kill switch armed.
+    fn run_closure(&self, conn: &TcpStream, job: JobView, f: &crate::config::JobFn) -> Ran {
+        let (slot, pid) = (self.slot, std::process::id());
+        let peer = job.peer.expect("a job has a peer");
+        let board = self.board();
+        board.begin_job(&job, false);
+        tracing::info!(slot, pid, job = job.job_id, peer = %peer, "job started");
+        let stream = match conn.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(slot, pid, job = job.job_id, error = %e, "failed to duplicate the client socket");
+                return Ran {
+                    finish: Finish::Other(format!("error: {e}")),
+                    success: false,
+                    cancel: None,
+                    after: AfterJob::default(),
+                };
             }
+        };
+        let ctx = JobContext {
+            job_id: job.job_id,
+            slot,
+            peer,
+            local: job.local.expect("a job has a local address"),
+            board_slot: board,
+        };
+        let guard = match board.arm_kill_switch() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "failed to arm the closure kill switch");
+                None
+            }
+        };
+        // A panicking job fails; its worker goes on serving (the panic
+        // message is on stderr, from the panic hook).
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(stream, &ctx)));
+        drop(guard);
+        let cancel = board.cancel_requested(job.job_id);
+        let finish = Finish::Other(match (&res, cancel) {
+            (_, Some(_)) => "returned".to_string(),
+            (Ok(Ok(())), _) => "ok".to_string(),
+            (Ok(Err(e)), _) => format!("error: {e}"),
+            (Err(_), _) => "panicked".to_string(),
+        });
+        let mut after = AfterJob::default();
+        signals::drain(self.sigfd, slot, &mut after);
+        Ran {
+            finish,
+            success: matches!(res, Ok(Ok(()))),
+            cancel,
+            after,
         }
-        after
     }
 }

@@ -1,75 +1,116 @@
-//! WORKER ONLY: the life of one worker process in its scoreboard slot.
+//! WORKER ONLY: the life of one worker process in its scoreboard slot, top
+//! to bottom: [`worker_main`] (a freshly forked worker), [`run_inline`]
+//! (the one process of `--prefork 0`), and the accept loop they share.
 //!
 //! A worker is forked by the supervisor, dies with it (parent-death signal),
 //! and loops: mark its slot idle, wait for a client on the shared listener
 //! (epoll with `EPOLLEXCLUSIVE`, so one connection wakes one idle worker),
-//! accept, run the job through [`job::Runner`], and again. It writes
-//! only its own slot and signals only its own job's process group.
-//!
-//! Signals (blocked and read from a signalfd):
-//! - `SIGTERM`: retire: finish the current job, then exit 0.
-//! - `SIGINT`:  kill the current job's process group now and exit.
-//! - `SIGUSR2`: the supervisor asks to cancel the job named in the slot's
-//!   `cancel_req` (ignored when it names another job).
-//! - `SIGUSR1`: reopen the error and access logs.
-//! - `SIGHUP`, `SIGTTIN`, `SIGTTOU`: ignored (the supervisor's
-//!   business; blocked here so that handlers get default dispositions).
+//! accept, run the job ([`job::Runner`]), and again. It writes only its own
+//! slot and signals only its own job's process group. Its signals are
+//! described in [`signals`].
 
+pub(crate) mod inline;
 pub(crate) mod job;
 pub(crate) mod signals;
 
+use std::cell::RefCell;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-
+use nix::sys::eventfd::EventFd;
+use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::scoreboard::{Scoreboard, SlotState};
 use crate::sys;
-use job::{AfterJob, Runner};
+use inline::InlineWatch;
+use job::{Overseer, Runner};
+use signals::AfterJob;
 
-/// The signals a worker reads from its signalfd.
-pub(crate) fn worker_sigset() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGCHLD,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-    ] {
-        set.add(s);
+/// The body of a freshly forked worker; returns its exit code.
+pub(crate) fn worker_main(
+    cfg: &Config,
+    sb: &Scoreboard,
+    slot: usize,
+    listener: &TcpListener,
+    wake: &EventFd,
+    supervisor: Pid,
+) -> i32 {
+    if let Err(e) = sys::reset_signals() {
+        tracing::error!(slot, error = %e, "worker failed to set its signal mask");
+        return 1;
     }
-    set
+    match sys::die_with_parent(nix::sys::signal::Signal::SIGINT, supervisor) {
+        Ok(true) => {}
+        Ok(false) => return 0, // the supervisor died before we could ask
+        Err(e) => {
+            tracing::error!(slot, error = %e, "worker failed to set its parent-death signal");
+            return 1;
+        }
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(false) {
+        tracing::warn!(slot, error = %e, "worker failed to clear the subreaper flag");
+    }
+    let sigfd = match sys::handled_signalfd() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(slot, error = %e, "worker failed to open its signalfd");
+            return 1;
+        }
+    };
+    sb.slot(slot).set_pid(std::process::id() as i32);
+    run(cfg, sb, slot, listener, &sigfd, Overseer::Supervisor(wake))
 }
 
-/// Opens the signalfd for the worker signals (already blocked).
-pub(crate) fn worker_signalfd() -> std::io::Result<SignalFd> {
-    let set = worker_sigset();
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(std::io::Error::from)
+/// `--prefork 0`: one process accepts and runs jobs one at a time, and
+/// runs the disconnect watch itself ([`inline`]).
+pub(crate) fn run_inline(
+    cfg: &Config,
+    hooks: &Hooks,
+    sb: &Scoreboard,
+    listener: &TcpListener,
+) -> i32 {
+    let sigfd = match sys::handled_signalfd() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to open a signalfd");
+            return 1;
+        }
+    };
+    let watch = match InlineWatch::new(cfg, hooks, sb) {
+        Ok(w) => RefCell::new(w),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to start the disconnect watch");
+            return 1;
+        }
+    };
+    let slot = sb.slot(0);
+    slot.claim(std::process::id() as i32, 1);
+    let code = run(cfg, sb, 0, listener, &sigfd, Overseer::Inline(&watch));
+    if let Some(h) = &hooks.before_shutdown {
+        h();
+    }
+    watch.borrow_mut().stop();
+    slot.release();
+    tracing::info!("jobd stopped");
+    code
 }
 
 const LISTENER: u64 = 1;
 const SIGNALS: u64 = 2;
 
 /// Runs the accept loop until the worker must exit; returns the exit code.
-pub(crate) fn run(
+fn run(
     cfg: &Config,
     sb: &Scoreboard,
     slot: usize,
     listener: &TcpListener,
     sigfd: &SignalFd,
-    wake: Option<&nix::sys::eventfd::EventFd>,
+    overseer: Overseer<'_, '_>,
 ) -> i32 {
     let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(e) => e,
@@ -95,12 +136,16 @@ pub(crate) fn run(
             return 1;
         }
     };
+    let inline = match overseer {
+        Overseer::Inline(w) => Some(w),
+        Overseer::Supervisor(_) => None,
+    };
     let runner = Runner {
         cfg,
         sb,
         slot,
         sigfd,
-        wake,
+        overseer,
         spawner: spawner.as_ref(),
     };
     let board = sb.slot(slot);
@@ -121,7 +166,18 @@ pub(crate) fn run(
             return 0;
         }
         board.set_state(SlotState::Idle);
-        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        // Between jobs, the inline watch still has hook programs to reap.
+        let timeout = match inline {
+            Some(w) => {
+                let left = w
+                    .borrow()
+                    .next_due()
+                    .saturating_duration_since(Instant::now());
+                EpollTimeout::try_from(left).unwrap_or(EpollTimeout::NONE)
+            }
+            None => EpollTimeout::NONE,
+        };
+        let n = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
@@ -129,18 +185,14 @@ pub(crate) fn run(
                 return 1;
             }
         };
+        if let Some(w) = inline {
+            w.borrow_mut().tick(false);
+        }
         let mut readable = false;
         for ev in &events[..n] {
             match ev.data() {
                 SIGNALS => {
-                    while let Ok(Some(info)) = sigfd.read_signal() {
-                        match Signal::try_from(info.ssi_signo as i32) {
-                            Ok(Signal::SIGTERM) => after.retire = true,
-                            Ok(Signal::SIGINT) => after.exit_now = true,
-                            Ok(Signal::SIGUSR1) => signals::reopen_logs(slot),
-                            _ => {}
-                        }
-                    }
+                    signals::drain(sigfd, slot, &mut after);
                 }
                 LISTENER => readable = true,
                 _ => {}
@@ -151,9 +203,7 @@ pub(crate) fn run(
         }
         match listener.accept() {
             Ok((conn, peer)) => {
-                let a = runner.serve(conn, peer, fixed_local);
-                after.retire |= a.retire;
-                after.exit_now |= a.exit_now;
+                after.merge(runner.serve(conn, peer, fixed_local));
                 served += 1;
                 if max_requests.is_some_and(|m| served >= m) && !after.exit_now {
                     tracing::info!(
@@ -201,71 +251,4 @@ fn jitter(max: u64) -> u64 {
         Err(_) => crate::sys::monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32),
     };
     v % (max + 1)
-}
-
-/// `--prefork 0`: one process accepts and runs jobs one at a time.
-pub(crate) fn run_inline(
-    cfg: &Config,
-    hooks: &Hooks,
-    sb: &Scoreboard,
-    listener: &TcpListener,
-) -> i32 {
-    let set = crate::worker::worker_sigset();
-    if let Err(e) = set.thread_block() {
-        tracing::error!(error = %e, "failed to block signals");
-        return 1;
-    }
-    let sigfd = match crate::worker::worker_signalfd() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "failed to open a signalfd");
-            return 1;
-        }
-    };
-    let slot = sb.slot(0);
-    slot.claim(std::process::id() as i32, 1);
-    let code = crate::worker::run(cfg, sb, 0, listener, &sigfd, None);
-    if let Some(h) = &hooks.before_shutdown {
-        h();
-    }
-    slot.release();
-    tracing::info!("jobd stopped");
-    code
-}
-
-/// The body of a freshly forked worker; returns its exit code.
-pub(crate) fn worker_main(
-    cfg: &Config,
-    sb: &Scoreboard,
-    slot: usize,
-    listener: &TcpListener,
-    wake: Option<&nix::sys::eventfd::EventFd>,
-    supervisor: Pid,
-) -> i32 {
-    if let Err(e) = sys::reset_signals(&crate::worker::worker_sigset()) {
-        tracing::error!(slot, error = %e, "worker failed to set its signal mask");
-        return 1;
-    }
-    match sys::die_with_parent(nix::sys::signal::Signal::SIGINT, supervisor) {
-        Ok(true) => {}
-        Ok(false) => return 0, // the supervisor died before we could ask
-        Err(e) => {
-            tracing::error!(slot, error = %e, "worker failed to set its parent-death signal");
-            return 1;
-        }
-    }
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(false) {
-        tracing::warn!(slot, error = %e, "worker failed to clear the subreaper flag");
-    }
-    let sigfd = match crate::worker::worker_signalfd() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(slot, error = %e, "worker failed to open its signalfd");
-            return 1;
-        }
-    };
-    sb.slot(slot)
-        .pid
-        .store(std::process::id() as i32, Ordering::Relaxed);
-    crate::worker::run(cfg, sb, slot, listener, &sigfd, wake)
 }

@@ -1,11 +1,56 @@
-//! WORKER ONLY: what a worker does with the signals it reads from its
-//! signalfd, decoded once for the accept loop, the handler wait and the
-//! closure job.
+//! WORKER ONLY: what a worker's signals mean, decoded once for the accept
+//! loop, the handler wait and the end of a closure job.
+//!
+//! - `SIGTERM`: retire: finish the current job, then exit 0.
+//! - `SIGINT`:  kill the current job now and exit.
+//! - `SIGUSR2`: a poke: read the slot's requests (cancel, kill).
+//! - `SIGUSR1`: reopen the error and access logs.
+//! - `SIGCHLD`: a child exited (the handler, or a hook program with
+//!   `--prefork 0`).
+//! - `SIGHUP`, `SIGTTIN`, `SIGTTOU`: the supervisor's business; ignored.
 //!
 //! Touches only this process: it reopens the logs; it never signals.
 
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+
+/// What the worker must do once its current job (if any) is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct AfterJob {
+    /// SIGTERM arrived: exit once idle.
+    pub(crate) retire: bool,
+    /// SIGINT arrived: exit now.
+    pub(crate) exit_now: bool,
+}
+
+impl AfterJob {
+    /// Adds what `other` asks for.
+    pub(crate) fn merge(&mut self, other: AfterJob) {
+        self.retire |= other.retire;
+        self.exit_now |= other.exit_now;
+    }
+}
+
+/// Reads every pending signal, notes SIGTERM and SIGINT in `after`, and
+/// reopens the logs on SIGUSR1. Returns whether a SIGINT was among them.
+pub(crate) fn drain(sigfd: &SignalFd, slot: usize, after: &mut AfterJob) -> bool {
+    let mut interrupted = false;
+    while let Ok(Some(info)) = sigfd.read_signal() {
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGTERM) => after.retire = true,
+            Ok(Signal::SIGINT) => {
+                after.exit_now = true;
+                interrupted = true;
+            }
+            Ok(Signal::SIGUSR1) => reopen_logs(slot),
+            _ => {}
+        }
+    }
+    interrupted
+}
+
 /// SIGUSR1: reopen the error and access logs in this process.
-pub(crate) fn reopen_logs(slot: usize) {
+fn reopen_logs(slot: usize) {
     if let Err(e) = crate::logfiles::reopen() {
         tracing::error!(slot, error = %e, "failed to reopen the logs");
     }

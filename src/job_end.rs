@@ -1,0 +1,210 @@
+//! [`JobEnd`]: the one record of a job that ended, built where the job
+//! ended (its worker, or the supervisor for a job lost with its worker),
+//! from which the `job ended` log line, the access-log line and the
+//! scoreboard's totals are all written.
+//!
+//! Plain data and its writing; nothing here signals or waits.
+
+use std::net::SocketAddr;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+
+use crate::logfiles::{self, AccessRecord};
+use crate::scoreboard::{CancelReason, Counter, Header};
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Ran to its end with success.
+    Done,
+    /// Could not start, exited non-zero, died of a signal it was not sent,
+    /// or was lost with its worker.
+    Failed,
+    /// Cancelled (client gone, timeout or shutdown).
+    Cancelled,
+}
+
+/// Why a job did not simply run to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    /// It was asked to stop.
+    Cancel(CancelReason),
+    /// Its worker died in the middle of it.
+    WorkerDied,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Cancel(r) => r.as_str(),
+            EndReason::WorkerDied => "worker-died",
+        }
+    }
+}
+
+/// How the job's process (or closure) finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// The handler exited with this code.
+    Exited(i32),
+    /// The handler died of this signal.
+    Signaled(Signal),
+    /// Anything else, as text: a closure's result, an exec or wait error,
+    /// a worker that died.
+    Other(String),
+}
+
+impl Finish {
+    /// From a reaped handler's status.
+    pub(crate) fn from_wait(st: &nix::Result<WaitStatus>) -> Finish {
+        match st {
+            Ok(WaitStatus::Exited(_, c)) => Finish::Exited(*c),
+            Ok(WaitStatus::Signaled(_, s, _)) => Finish::Signaled(*s),
+            Ok(other) => Finish::Other(format!("{other:?}")),
+            Err(e) => Finish::Other(format!("wait error: {e}")),
+        }
+    }
+
+    /// The readable status: `exit 0`, `signal SIGTERM`, or the text.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Finish::Exited(c) => format!("exit {c}"),
+            Finish::Signaled(s) => format!("signal {}", s.as_str()),
+            Finish::Other(t) => t.clone(),
+        }
+    }
+}
+
+/// A job that ended.
+#[derive(Debug, Clone)]
+pub(crate) struct JobEnd {
+    /// Job id.
+    pub(crate) job_id: u64,
+    /// Worker slot.
+    pub(crate) slot: usize,
+    /// Worker pid.
+    pub(crate) pid: i32,
+    /// The client.
+    pub(crate) peer: Option<SocketAddr>,
+    /// How long it ran.
+    pub(crate) duration_ms: u64,
+    /// How it ended.
+    pub(crate) outcome: Outcome,
+    /// Why, when it did not run to its end by itself.
+    pub(crate) reason: Option<EndReason>,
+    /// How its process finished.
+    pub(crate) finish: Finish,
+}
+
+impl JobEnd {
+    /// The outcome's name in logs: `timeout` for a job cancelled by
+    /// `--job-timeout`.
+    fn outcome_name(&self) -> &'static str {
+        match (self.outcome, self.reason) {
+            (Outcome::Cancelled, Some(EndReason::Cancel(CancelReason::Timeout))) => "timeout",
+            (Outcome::Cancelled, _) => "cancelled",
+            (Outcome::Done, _) => "done",
+            (Outcome::Failed, _) => "failed",
+        }
+    }
+
+    /// The access-log record of this job.
+    fn access_record<'a>(&'a self, peer: &'a str, status: &'a str) -> AccessRecord<'a> {
+        AccessRecord {
+            job_id: self.job_id,
+            slot: self.slot,
+            pid: self.pid as u32,
+            peer,
+            duration_ms: self.duration_ms,
+            outcome: self.outcome_name(),
+            reason: self.reason.map(EndReason::as_str),
+            status,
+            exit_code: match self.finish {
+                Finish::Exited(c) => Some(c),
+                _ => None,
+            },
+            signal: match self.finish {
+                Finish::Signaled(s) => Some(s.as_str()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Counts the job in the scoreboard's totals, writes the access-log
+    /// line and logs `job ended`.
+    pub(crate) fn record(&self, header: &Header) {
+        header.count(Counter::JobsServed);
+        match (self.outcome, self.reason) {
+            (Outcome::Failed, _) => header.count(Counter::JobsFailed),
+            (Outcome::Cancelled, Some(EndReason::Cancel(CancelReason::Shutdown))) => {
+                header.count(Counter::CancelledShutdown)
+            }
+            _ => {}
+        }
+        let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
+        let status = self.finish.describe();
+        logfiles::access(&self.access_record(&peer, &status));
+        let (slot, pid, job, duration_ms) = (self.slot, self.pid, self.job_id, self.duration_ms);
+        let outcome = self.outcome_name();
+        match self.reason {
+            Some(EndReason::WorkerDied) => {
+                tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = "worker-died", "job ended");
+            }
+            Some(r) => {
+                tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %r.as_str(), "job ended");
+            }
+            None => {
+                tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, "job ended");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(outcome: Outcome, reason: Option<EndReason>, finish: Finish) -> JobEnd {
+        JobEnd {
+            job_id: 7,
+            slot: 1,
+            pid: 42,
+            peer: Some("127.0.0.1:5000".parse().unwrap()),
+            duration_ms: 12,
+            outcome,
+            reason,
+            finish,
+        }
+    }
+
+    #[test]
+    fn timeout_is_named_and_exit_fields_split() {
+        let e = end(
+            Outcome::Cancelled,
+            Some(EndReason::Cancel(CancelReason::Timeout)),
+            Finish::Signaled(Signal::SIGTERM),
+        );
+        let r = e.access_record("p", "signal SIGTERM");
+        assert_eq!(r.outcome, "timeout");
+        assert_eq!(r.reason, Some("timeout"));
+        assert_eq!(r.signal, Some("SIGTERM"));
+        assert_eq!(r.exit_code, None);
+        let d = end(Outcome::Failed, None, Finish::Exited(3));
+        let r = d.access_record("p", "exit 3");
+        assert_eq!((r.exit_code, r.signal, r.reason), (Some(3), None, None));
+        assert_eq!(r.outcome, "failed");
+    }
+
+    #[test]
+    fn a_job_lost_with_its_worker_is_a_failure() {
+        let e = end(
+            Outcome::Failed,
+            Some(EndReason::WorkerDied),
+            Finish::Other("worker signal SIGKILL".into()),
+        );
+        let r = e.access_record("p", "x");
+        assert_eq!((r.outcome, r.reason), ("failed", Some("worker-died")));
+        assert_eq!((r.exit_code, r.signal), (None, None));
+    }
+}
