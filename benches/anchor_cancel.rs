@@ -20,11 +20,11 @@ mod common;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rustix::process::Signal;
 
 const HANDLER: &str = "#!/bin/sh\nsleep 30 &\necho \"$$ $!\"\nwait\n";
 const HANG_UP_AFTER: Duration = Duration::from_millis(500);
@@ -67,14 +67,7 @@ fn main() {
         "--script".into(),
         handler.clone().into(),
     ];
-    match spawn_jobd_like(
-        "jobd",
-        Path::new(env!("CARGO_BIN_EXE_jobd")),
-        &jobd_args,
-        &[],
-        dir.path(),
-        Duration::from_secs(15),
-    ) {
+    match spawn_jobd("jobd", &jobd_args, dir.path(), Duration::from_secs(15)) {
         Ok(s) => servers.push(s),
         Err(e) => println!("anchor_cancel: SKIPPED jobd: {e}"),
     }
@@ -145,7 +138,7 @@ fn main() {
         };
         // Job processes still alive (beyond the cap): kill them by pidfd.
         for fd in &leftovers {
-            if !pidfd_exited(fd) && pidfd_signal(fd, libc::SIGKILL).is_ok() {
+            if !pidfd_exited(fd) && pidfd_signal(fd, Signal::KILL).is_ok() {
                 o.killed_after += 1;
             }
         }
@@ -253,16 +246,9 @@ fn client(name: &str, addr: SocketAddr, cap: Duration) -> (Outcome, Vec<OwnedFd>
         Err(e) => return fail(o, format!("connect: {e}")),
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let line = match read_line(&s) {
-        Ok(l) => l,
-        Err(e) => return fail(o, format!("reading the pid line: {e}")),
-    };
-    let pids: Vec<i32> = line
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let [hp, cp] = pids[..] else {
-        return fail(o, format!("pid line {line:?}"));
+    let (hp, cp) = match read_pid_pair(&s) {
+        Ok(p) => p,
+        Err(e) => return fail(o, e),
     };
     let fds: Vec<OwnedFd> = match (pidfd_open(hp), pidfd_open(cp)) {
         (Ok(a), Ok(b)) => vec![a, b],

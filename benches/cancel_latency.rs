@@ -24,11 +24,6 @@
 //! targets (p99 ≤ 25 ms with the worker watch; ≤ check interval + 25 ms by
 //! the periodic scan alone). The targets are information, not assertions.
 //!
-//! If the binary rejects the flags with a usage error (as an older
-//! `--worker-watch` did), the variant is reported as such and run once more
-//! with the same configuration through `jobd::Server` (this program
-//! re-executed as the server); it is then marked `[library fallback]`.
-//!
 //! Cleanup: jobd is stopped with SIGTERM (by the PID of the child this bench
 //! started) and waited for; job processes still alive are killed through the
 //! pidfds the clients opened, and any process that carries this run's marker
@@ -41,9 +36,8 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -51,11 +45,12 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    MARKER_ENV, env_usize, kill_marked, parse_listening, percentile, pidfd_exited, pidfd_open,
-    pidfd_signal, poll_exited, read_line,
+    env_usize, jobd_bin, kill_marked, marked_command, new_marker, parse_listening, percentile,
+    pidfd_exited, pidfd_open, pidfd_signal, poll_exited, read_pid_pair, reset_on_close,
+    rusage_cpu_s, stop_child, thread_cpu_s, write_script,
 };
-use nix::sys::resource::{UsageWho, getrusage};
-use nix::sys::socket::{setsockopt, sockopt::Linger};
+use nix::sys::resource::UsageWho;
+use rustix::process::Signal;
 
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const WATCH_TARGET_MS: f64 = 25.0;
@@ -65,8 +60,6 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DELAY_MS: u64 = 50;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Set when this program is re-executed as the server (library fallback).
-const SERVER_ENV: &str = "JOBD_CANCEL_LATENCY_SERVER";
 
 const HANDLER: &str = "#!/bin/sh\nsleep 300 &\necho \"$$ $!\"\nwait\n";
 
@@ -128,9 +121,6 @@ impl Variant {
 }
 
 fn main() -> std::process::ExitCode {
-    if std::env::var_os(SERVER_ENV).is_some() {
-        return server_main();
-    }
     let n = env_usize("CANCEL_N", 200).max(1);
     let conc = env_usize("CANCEL_CONCURRENCY", 32).clamp(1, 1000);
     let deadline = Duration::from_secs(env_usize("CANCEL_DEADLINE_S", 60) as u64);
@@ -138,10 +128,7 @@ fn main() -> std::process::ExitCode {
         .ok()
         .map(|s| s.split(',').map(|v| v.trim().to_string()).collect());
     let dir = tempfile::tempdir().expect("temp dir");
-    let handler = dir.path().join("handler.sh");
-    std::fs::write(&handler, HANDLER).expect("write handler");
-    std::fs::set_permissions(&handler, std::fs::Permissions::from_mode(0o755))
-        .expect("chmod handler");
+    let handler = write_script(dir.path(), "handler.sh", HANDLER).expect("write handler");
 
     let started = Instant::now();
     println!(
@@ -212,8 +199,6 @@ struct Report {
     log_seen_after_ms: Vec<f64>,
     leftovers_killed: usize,
     jobd_exit: String,
-    server: ServerMode,
-    cli_error: Option<String>,
     wall_s: f64,
     /// CPU seconds (user + system) of this bench, of its client threads,
     /// and of jobd's reaped tree.
@@ -261,8 +246,6 @@ impl Report {
             "leftovers_killed": self.leftovers_killed,
             "timed_out": self.timed_out,
             "jobd_exit": self.jobd_exit,
-            "server": self.server.name(),
-            "cli_error": self.cli_error,
             "target_p99_ms": self.variant.target_ms(),
             "result": self.verdict(),
             "wall_s": (self.wall_s * 100.0).round() / 100.0,
@@ -276,15 +259,7 @@ impl Report {
 fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Duration) -> Report {
     let t_start = Instant::now();
     let hard_deadline = t_start + deadline;
-    let marker = format!(
-        "{}-{}-{}",
-        std::process::id(),
-        v.name,
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
+    let marker = new_marker(v.name);
     let mut report = Report {
         variant: *v,
         requested: n,
@@ -302,38 +277,23 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
         log_seen_after_ms: Vec::new(),
         leftovers_killed: 0,
         jobd_exit: String::new(),
-        server: ServerMode::Binary,
-        cli_error: None,
         wall_s: 0.0,
-        bench_cpu_s: -cpu_s(UsageWho::RUSAGE_SELF),
+        bench_cpu_s: -rusage_cpu_s(UsageWho::RUSAGE_SELF),
         client_cpu_s: 0.0,
-        jobd_cpu_s: -cpu_s(UsageWho::RUSAGE_CHILDREN),
+        jobd_cpu_s: -rusage_cpu_s(UsageWho::RUSAGE_CHILDREN),
     };
     eprintln!("--- variant {} ---", v.name);
     let args = jobd_args(v, handler, conc);
-    let mut server = match start_server(ServerMode::Binary, &args, &marker) {
+    let mut server = match start_server(&args, &marker) {
         Ok(s) => s,
-        Err(StartError { msg, log, usage }) => {
+        Err(StartError { msg, log }) => {
             for l in &log {
                 eprintln!("    jobd: {l}");
             }
             report.errors.push(format!("binary: {msg}"));
-            if !usage {
-                return finish(report, t_start);
-            }
-            // The documented flags were rejected: run the same configuration
-            // through the library (this bench re-executed as the server).
-            report.cli_error = log.iter().find(|l| l.starts_with("error:")).cloned();
-            match start_server(ServerMode::Library, &args, &marker) {
-                Ok(s) => s,
-                Err(e) => {
-                    report.errors.push(format!("library: {}", e.msg));
-                    return finish(report, t_start);
-                }
-            }
+            return finish(report, t_start);
         }
     };
-    report.server = server.mode;
     let addr = server.addr;
     let shared = Arc::new(Mutex::new(Shared::default()));
     {
@@ -355,14 +315,14 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
 
     // Stop jobd: SIGTERM to the child we started (not yet reaped, so its pid
     // is still ours), then wait; SIGKILL if it does not exit.
-    report.jobd_exit = stop_jobd(&mut server.child);
+    report.jobd_exit = stop_child(&mut server.child, Signal::TERM, STOP_TIMEOUT);
 
     // Anything still alive among the job processes we know of.
     let mut shared = std::mem::take(&mut *shared.lock().unwrap());
     report.client_cpu_s = shared.client_cpu_s;
     for fd in shared.leftovers.drain(..) {
         if !pidfd_exited(&fd) {
-            let _ = pidfd_signal(&fd, libc::SIGKILL);
+            let _ = pidfd_signal(&fd, Signal::KILL);
             report.leftovers_killed += 1;
         }
     }
@@ -434,21 +394,6 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
     finish(report, t_start)
 }
 
-/// User + system CPU seconds of `who` so far.
-fn cpu_s(who: UsageWho) -> f64 {
-    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    getrusage(who).map_or(0.0, |u| tv(u.user_time()) + tv(u.system_time()))
-}
-
-/// This thread's CPU time from `/proc/thread-self/schedstat` (exact, where
-/// getrusage is tick-sampled and overcharges threads woken by timers).
-fn thread_runtime_s() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9)
-}
-
 /// The value of `name` (which includes the `=`) in a text log line.
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let rest = &line[line.find(name)? + name.len()..];
@@ -457,8 +402,8 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 
 fn finish(mut report: Report, t_start: Instant) -> Report {
     report.wall_s = t_start.elapsed().as_secs_f64();
-    report.bench_cpu_s += cpu_s(UsageWho::RUSAGE_SELF);
-    report.jobd_cpu_s += cpu_s(UsageWho::RUSAGE_CHILDREN);
+    report.bench_cpu_s += rusage_cpu_s(UsageWho::RUSAGE_SELF);
+    report.jobd_cpu_s += rusage_cpu_s(UsageWho::RUSAGE_CHILDREN);
     eprintln!(
         "    {} samples in {:.1} s (CPU: bench {:.2} s of which clients {:.2} s, jobd tree {:.2} s); jobd: {}",
         report.latencies_ms.len(),
@@ -471,26 +416,8 @@ fn finish(mut report: Report, t_start: Instant) -> Report {
     report
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ServerMode {
-    /// The `jobd` binary.
-    Binary,
-    /// This bench re-executed, running `jobd::Server` with the same
-    /// arguments, when the binary rejects them.
-    Library,
-}
-
-impl ServerMode {
-    fn name(self) -> &'static str {
-        match self {
-            ServerMode::Binary => "binary",
-            ServerMode::Library => "library-fallback",
-        }
-    }
-}
-
+/// The `jobd` binary, started by this bench; its stderr is read here.
 struct Server {
-    mode: ServerMode,
     child: Child,
     addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
@@ -501,8 +428,6 @@ struct Server {
 struct StartError {
     msg: String,
     log: Vec<String>,
-    /// jobd exited 2 with a clap usage error.
-    usage: bool,
 }
 
 fn jobd_args(v: &Variant, handler: &Path, conc: usize) -> Vec<OsString> {
@@ -528,32 +453,14 @@ fn jobd_args(v: &Variant, handler: &Path, conc: usize) -> Vec<OsString> {
     a
 }
 
-fn start_server(mode: ServerMode, args: &[OsString], marker: &str) -> Result<Server, StartError> {
-    let mut cmd = match mode {
-        ServerMode::Binary => Command::new(env!("CARGO_BIN_EXE_jobd")),
-        ServerMode::Library => {
-            let exe = std::env::current_exe().map_err(|e| StartError {
-                msg: format!("current_exe: {e}"),
-                log: Vec::new(),
-                usage: false,
-            })?;
-            let mut c = Command::new(exe);
-            c.env(SERVER_ENV, "1");
-            c
-        }
-    };
-    let mut child = cmd
-        .args(args)
-        .env(MARKER_ENV, marker)
-        .env_remove("JOBD_LOG")
-        .stdin(Stdio::null())
+fn start_server(args: &[OsString], marker: &str) -> Result<Server, StartError> {
+    let mut child = marked_command(jobd_bin(), args, marker)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| StartError {
             msg: format!("spawn: {e}"),
             log: Vec::new(),
-            usage: false,
         })?;
     // stderr: keep every line; the first "listening on" gives the port.
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -579,7 +486,6 @@ fn start_server(mode: ServerMode, args: &[OsString], marker: &str) -> Result<Ser
     };
     match port_rx.recv_timeout(STARTUP_TIMEOUT) {
         Ok(addr) => Ok(Server {
-            mode,
             child,
             addr,
             lines,
@@ -587,67 +493,13 @@ fn start_server(mode: ServerMode, args: &[OsString], marker: &str) -> Result<Ser
             reader,
         }),
         Err(_) => {
-            let exit = stop_jobd(&mut child);
+            let exit = stop_child(&mut child, Signal::TERM, STOP_TIMEOUT);
             let _ = eof_rx.recv_timeout(Duration::from_secs(2));
             let log = lines.lock().unwrap().clone();
-            let usage = exit.contains("exit status: 2")
-                && log.iter().any(|l| l.starts_with("error: unexpected"));
             Err(StartError {
                 msg: format!("no `listening on` line; jobd {exit}"),
                 log,
-                usage,
             })
-        }
-    }
-}
-
-/// Server mode of the library fallback: the jobd command line, except that
-/// `--worker-watch on|off` is applied to the configuration here.
-fn server_main() -> std::process::ExitCode {
-    use clap::Parser;
-    let mut watch = None;
-    let mut argv: Vec<OsString> = vec!["jobd".into()];
-    let mut it = std::env::args_os().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--worker-watch" {
-            watch = it.next().map(|v| v == "on");
-        } else {
-            argv.push(a);
-        }
-    }
-    let cli = match jobd::cli::Cli::try_parse_from(argv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let mut cfg = match cli.run.to_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("jobd: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    if let Some(w) = watch {
-        cfg.worker_watch = w;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    match jobd::Server::builder().config(cfg).build() {
-        Ok(s) => match s.run() {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e}");
-                std::process::ExitCode::from(1)
-            }
-        },
-        Err(e) => {
-            eprintln!("jobd: {e}");
-            std::process::ExitCode::from(2)
         }
     }
 }
@@ -693,7 +545,7 @@ fn client_loop(
         s.results.push(res);
         s.leftovers.extend(leftover);
     }
-    shared.lock().unwrap().client_cpu_s += thread_runtime_s();
+    shared.lock().unwrap().client_cpu_s += thread_cpu_s();
 }
 
 /// One client: returns its result and the pidfds of processes that outlived
@@ -711,14 +563,8 @@ fn one_job(
         Ok(s) => s,
         Err(e) => return err("connect", &e),
     };
-    if reset {
-        let l = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        if let Err(e) = setsockopt(&stream, Linger, &l) {
-            return err("SO_LINGER", &e);
-        }
+    if reset && let Err(e) = reset_on_close(&stream) {
+        return err("SO_LINGER", &e);
     }
     // Wait for the pid line no longer than the deadline (plus a little, as
     // a job may wait for a free worker).
@@ -729,16 +575,9 @@ fn one_job(
     if let Err(e) = stream.set_read_timeout(Some(read_limit)) {
         return err("set_read_timeout", &e);
     }
-    let line = match read_line(&stream) {
-        Ok(l) => l,
-        Err(e) => return err("reading the pid line", &e),
-    };
-    let pids: Vec<i32> = line
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let [handler, sleeper] = pids[..] else {
-        return err("pid line", &format!("{line:?}"));
+    let (handler, sleeper) = match read_pid_pair(&stream) {
+        Ok(p) => p,
+        Err(e) => return (ClientResult::Error(e), Vec::new()),
     };
     let mut fds = Vec::with_capacity(2);
     for pid in [handler, sleeper] {
@@ -815,29 +654,6 @@ fn one_job(
     }
 }
 
-/// SIGTERM to jobd, wait; SIGKILL after `STOP_TIMEOUT`. Returns how it ended.
-fn stop_jobd(child: &mut Child) -> String {
-    if let Ok(Some(st)) = child.try_wait() {
-        return format!("had already exited: {st}");
-    }
-    // SAFETY: kill(2) with the pid of our own unreaped child (its pid cannot
-    // have been reused) touches no memory.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let until = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < until {
-        match child.try_wait() {
-            Ok(Some(st)) => return format!("{st} after SIGTERM"),
-            Ok(None) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => return format!("wait error: {e}"),
-        }
-    }
-    let _ = child.kill();
-    match child.wait() {
-        Ok(st) => format!("did not stop on SIGTERM within {STOP_TIMEOUT:?}; SIGKILLed ({st})"),
-        Err(e) => format!("wait error after SIGKILL: {e}"),
-    }
-}
-
 fn print_problems(r: &Report) {
     let show = |what: &str, v: &[String]| {
         if !v.is_empty() {
@@ -875,7 +691,7 @@ fn print_table(reports: &[Report]) {
     );
     for r in reports {
         println!(
-            "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>5} {:>8}  {}{}{}",
+            "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>5} {:>8}  {}{}",
             r.variant.name,
             r.latencies_ms.len(),
             fmt_ms(r.pct(0.50)),
@@ -889,17 +705,11 @@ fn print_table(reports: &[Report]) {
             format!("≤{:.0}", r.variant.target_ms()),
             r.verdict(),
             if r.timed_out { " (deadline hit)" } else { "" },
-            if r.server == ServerMode::Library {
-                " [library fallback]"
-            } else {
-                ""
-            }
         );
     }
     println!(
         "columns: log canc = `job cancelled` lines in jobd's log; watch/scan = their seen_by; \
          SIGKILL = cancelled jobs that ended by SIGKILL (after --kill-grace); \
-         bad = died early + not gone + client errors; [library fallback] = the jobd \
-         binary rejected the flags, the same configuration ran through jobd::Server"
+         bad = died early + not gone + client errors"
     );
 }

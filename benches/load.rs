@@ -42,8 +42,7 @@ mod common;
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,10 +50,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
-    sockopt,
-};
+use nix::sys::resource::UsageWho;
+use nix::sys::socket::Backlog;
 
 /// Set when this program is re-executed as the library closure server.
 const SERVER_ENV: &str = "JOBD_LOAD_BENCH_SERVER";
@@ -159,17 +156,8 @@ struct Bare {
 
 impl Bare {
     fn start(threads: usize) -> io::Result<Bare> {
-        let fd: OwnedFd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-        let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-        bind(fd.as_raw_fd(), &SockaddrStorage::from(any))?;
-        listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
-        let l = Arc::new(TcpListener::from(fd));
+        let backlog = Backlog::new(1024).unwrap_or(Backlog::MAXCONN);
+        let l = Arc::new(loopback_listener(backlog, true)?);
         let addr = l.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
@@ -262,7 +250,7 @@ fn load_run(addr: SocketAddr, probe: CpuProbe, conc: usize, dur: Duration, cap: 
         CpuProbe::Tree(pid) => tree_cpu_s(pid),
         CpuProbe::InProcess => None,
     };
-    let cpu0 = self_cpu_s();
+    let cpu0 = rusage_cpu_s(UsageWho::RUSAGE_SELF);
     let m0 = machine_jiffies();
     let t0 = Instant::now();
     let deadline = t0 + dur;
@@ -290,7 +278,7 @@ fn load_run(addr: SocketAddr, probe: CpuProbe, conc: usize, dur: Duration, cap: 
     }
     let wall = t0.elapsed().as_secs_f64();
     let m1 = machine_jiffies();
-    let cpu = self_cpu_s() - cpu0;
+    let cpu = rusage_cpu_s(UsageWho::RUSAGE_SELF) - cpu0;
     lat.sort_unstable();
     s.jobs = lat.len();
     s.jobs_per_s = lat.len() as f64 / dur.as_secs_f64();
@@ -408,14 +396,7 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
             args.extend(extra_jobd_args());
             args.push("--script".into());
             args.push(h(hd)?.into());
-            spawn_jobd_like(
-                &name,
-                Path::new(env!("CARGO_BIN_EXE_jobd")),
-                &args,
-                &[],
-                dir,
-                START_TIMEOUT,
-            )?
+            spawn_jobd(&name, &args, dir, START_TIMEOUT)?
         }
         Kind::Closure => {
             let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;

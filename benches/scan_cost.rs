@@ -12,34 +12,26 @@
 //! torn down with resets (SO_LINGER 0), so no TIME_WAIT socket is left to
 //! weigh on the next size.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use common::{
+    ScanTimes, dump_of, loopback_listener, namespace_sockets, raise_nofile, reset_on_close,
+    socket_cookie, tcp4_socket, time_scans,
+};
 use jobd::detect::procfs::ProcNet;
 use jobd::detect::sockdiag::SockDiag;
 use jobd::detect::{JOB_SOCKET_STATES, SockEntry, SocketSource, state_mask, tcp_state};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, poll};
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
-use nix::sys::socket::sockopt::{IpBindAddressNoPort, Linger};
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, connect, getsockopt, listen,
-    setsockopt, socket,
-};
-use nix::{getsockopt_impl, sockopt_impl};
-
-sockopt_impl!(
-    /// `SO_COOKIE`, which nix does not name; nix's macro makes the call.
-    SoCookie,
-    GetOnly,
-    libc::SOL_SOCKET,
-    libc::SO_COOKIE,
-    u64
-);
+use nix::sys::socket::sockopt::IpBindAddressNoPort;
+use nix::sys::socket::{Backlog, SockaddrStorage, bind, connect, setsockopt};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 const CLIENT_ENV: &str = "SCAN_COST_CLIENT";
 const DEFAULT_SIZES: &[usize] = &[100, 1000, 10_000];
@@ -148,25 +140,11 @@ fn print_table(rows: &[Row]) {
     println!();
 }
 
-/// Raises the soft RLIMIT_NOFILE to `need`, or says why it cannot.
-fn ensure_nofile(need: u64) -> Result<(), String> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit: {e}"))?;
-    if soft >= need {
-        return Ok(());
-    }
-    if hard < need {
-        return Err(format!(
-            "needs {need} file descriptors per process, RLIMIT_NOFILE hard limit is {hard}"
-        ));
-    }
-    setrlimit(Resource::RLIMIT_NOFILE, need, hard).map_err(|e| format!("setrlimit: {e}"))
-}
-
 fn run_size(n: usize) -> Result<Vec<Row>, String> {
     if n < LOOKUPS + CLOSE_WAIT_COUNT {
         return Err(format!("N must be at least {}", LOOKUPS + CLOSE_WAIT_COUNT));
     }
-    ensure_nofile(n as u64 + FD_SLACK)?;
+    raise_nofile(n as u64 + FD_SLACK)?;
     let listener = bench_listener().map_err(|e| format!("listener: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let setup = Instant::now();
@@ -180,12 +158,8 @@ fn run_size(n: usize) -> Result<Vec<Row>, String> {
     };
     let result = measure(n, addr.port(), &servers, &mut clients, setup);
     // Resets, not FINs: neither side is left in TIME_WAIT.
-    let abort = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
     for s in &servers {
-        let _ = setsockopt(s, Linger, &abort);
+        let _ = reset_on_close(s);
     }
     drop(servers);
     clients.stop(result.is_ok());
@@ -221,7 +195,7 @@ fn measure(
     println!(
         "N={n}: {n} connections ready in {:.2} s ({} TCP sockets in the namespace)",
         setup.elapsed().as_secs_f64(),
-        namespace_sockets()
+        namespace_sockets().0
     );
 
     // The first servers belong to the clients that closed; look up others.
@@ -229,113 +203,43 @@ fn measure(
         .iter()
         .take(LOOKUPS)
         .map(|s| {
-            let cookie = getsockopt(s, SoCookie).expect("SO_COOKIE");
+            let cookie = socket_cookie(s).expect("SO_COOKIE");
             (cookie, s.local_addr().unwrap(), s.peer_addr().unwrap())
         })
         .collect();
 
     let iters = if n <= 1000 { 200 } else { 50 };
     let mut pn = ProcNet::for_family(false);
-    let mut rows = Vec::new();
-    rows.push(time_scan(
-        n,
-        "sock_diag sport+job states",
-        iters,
-        &mut out,
-        |o| {
-            sd.dump(port, JOB_SOCKET_STATES, o)
-                .map_err(|e| e.to_string())
-        },
-    )?);
-    rows.push(time_scan(
-        n,
-        "sock_diag sport+CLOSE_WAIT",
-        iters,
-        &mut out,
-        |o| sd.dump(port, close_wait, o).map_err(|e| e.to_string()),
-    )?);
-    rows.push(time_scan(
-        n,
-        "sock_diag lookup x32 (cookie)",
-        iters,
-        &mut out,
-        |o| {
-            for &(cookie, local, remote) in &targets {
-                let e = sd
-                    .lookup(cookie, local, remote)
-                    .map_err(|e| e.to_string())?;
-                o.extend(e);
-            }
-            Ok(())
-        },
-    )?);
-    rows.push(time_scan(
-        n,
-        "procfs tcp (one family), job states",
-        iters,
-        &mut out,
-        |o| {
-            pn.dump(port, JOB_SOCKET_STATES, o)
-                .map_err(|e| e.to_string())
-        },
-    )?);
-    Ok(rows)
-}
-
-fn namespace_sockets() -> usize {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .map(|s| s.lines().count().saturating_sub(1))
-                .unwrap_or(0)
-        })
-        .sum()
-}
-
-fn time_scan(
-    n: usize,
-    scan: &'static str,
-    iters: usize,
-    out: &mut Vec<SockEntry>,
-    mut f: impl FnMut(&mut Vec<SockEntry>) -> Result<(), String>,
-) -> Result<Row, String> {
-    for _ in 0..3 {
-        out.clear();
-        f(out)?;
-    }
-    let mut times = Vec::with_capacity(iters);
-    let mut entries = (usize::MAX, 0);
-    for _ in 0..iters {
-        out.clear();
-        let t = Instant::now();
-        f(out)?;
-        times.push(t.elapsed());
-        entries = (entries.0.min(out.len()), entries.1.max(out.len()));
-    }
-    times.sort_unstable();
-    let p99 = times[(iters * 99).div_ceil(100) - 1];
-    Ok(Row {
+    let row = |scan: &'static str, t: ScanTimes| Row {
         n,
         scan,
-        entries,
+        entries: t.entries,
         iters,
-        median: times[iters / 2],
-        p99,
-    })
+        median: t.median(),
+        p99: t.p99(),
+    };
+    let job_states = time_scans(iters, &mut out, dump_of(&mut sd, port, JOB_SOCKET_STATES))?;
+    let only_close_wait = time_scans(iters, &mut out, dump_of(&mut sd, port, close_wait))?;
+    let lookups = time_scans(iters, &mut out, |o| {
+        for &(cookie, local, remote) in &targets {
+            let e = sd
+                .lookup(cookie, local, remote)
+                .map_err(|e| e.to_string())?;
+            o.extend(e);
+        }
+        Ok(())
+    })?;
+    let procfs = time_scans(iters, &mut out, dump_of(&mut pn, port, JOB_SOCKET_STATES))?;
+    Ok(vec![
+        row("sock_diag sport+job states", job_states),
+        row("sock_diag sport+CLOSE_WAIT", only_close_wait),
+        row("sock_diag lookup x32 (cookie)", lookups),
+        row("procfs tcp (one family), job states", procfs),
+    ])
 }
 
 fn bench_listener() -> nix::Result<TcpListener> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    listen(&fd, Backlog::MAXALLOWABLE)?;
-    let l = TcpListener::from(fd);
+    let l = loopback_listener(Backlog::MAXALLOWABLE, false)?;
     l.set_nonblocking(true).map_err(|_| Errno::EINVAL)?;
     Ok(l)
 }
@@ -369,8 +273,9 @@ fn accept_all(l: &TcpListener, n: usize, clients: &mut Clients) -> Result<Vec<Tc
                 servers.len()
             ));
         }
-        let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
-        poll(&mut fds, 50u16).map_err(|e| format!("poll: {e}"))?;
+        let mut fds = [PollFd::from_borrowed_fd(l.as_fd(), PollFlags::IN)];
+        let wait = Timespec::try_from(Duration::from_millis(50)).expect("50 ms");
+        poll(&mut fds, Some(&wait)).map_err(|e| format!("poll: {e}"))?;
     }
     clients.expect_line("ready", SETUP_DEADLINE)?;
     Ok(servers)
@@ -451,7 +356,7 @@ fn client_main(spec: &str) {
         let _ = writeln!(o, "{line}");
         let _ = o.flush();
     };
-    if let Err(e) = ensure_nofile(n as u64 + FD_SLACK) {
+    if let Err(e) = raise_nofile(n as u64 + FD_SLACK) {
         say(&format!("error: {e}"));
         return;
     }
@@ -485,12 +390,7 @@ fn client_main(spec: &str) {
 /// at connect time (IP_BIND_ADDRESS_NO_PORT) so 4-tuples, not ports, must
 /// be unique.
 fn client_connect(server: SocketAddr, i: usize) -> nix::Result<TcpStream> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = tcp4_socket()?;
     setsockopt(&fd, IpBindAddressNoPort, &true)?;
     let host = u8::try_from(2 + i / PER_SOURCE_IP).map_err(|_| Errno::EADDRNOTAVAIL)?;
     let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), 0);

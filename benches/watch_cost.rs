@@ -34,6 +34,7 @@ use common::*;
 use jobd::detect::procfs::ProcNet;
 use jobd::detect::sockdiag::SockDiag;
 use jobd::detect::{JOB_SOCKET_STATES, SockEntry, SocketSource};
+use rustix::process::Signal;
 
 const HANDLER: &str = "#!/bin/sh\necho \"$$ started\"\nexec sleep 600\n";
 const CHECK_INTERVAL_MS: f64 = 100.0;
@@ -155,11 +156,9 @@ fn run(
     }
     args.push("--script".into());
     args.push(handler.into());
-    let server = match spawn_jobd_like(
+    let server = match spawn_jobd(
         &format!("jobd-{detector}"),
-        Path::new(env!("CARGO_BIN_EXE_jobd")),
         &args,
-        &[],
         dir,
         Duration::from_secs(30),
     ) {
@@ -224,7 +223,7 @@ fn run(
         Ok(mut sd) => {
             // As the supervisor does: only the listener's address family.
             sd.only_family(addr.is_ipv6());
-            match time_scans(&mut sd, port, scans) {
+            match time_job_scans(&mut sd, port, scans) {
                 Ok(row) => r.scans.push(row),
                 Err(e) => r.errors.push(format!("sock_diag: {e}")),
             }
@@ -232,7 +231,7 @@ fn run(
         Err(e) => r.errors.push(format!("sock_diag open: {e}")),
     }
     let mut pn = ProcNet::for_family(addr.is_ipv6());
-    match time_scans(&mut pn, port, (scans / 4).max(10)) {
+    match time_job_scans(&mut pn, port, (scans / 4).max(10)) {
         Ok(row) => r.scans.push(row),
         Err(e) => r.errors.push(format!("procfs: {e}")),
     }
@@ -245,7 +244,7 @@ fn run(
         ));
     }
     // SIGINT kills every job at once; then the clients go.
-    r.stop = server.stop_with(libc::SIGINT, Duration::from_secs(30));
+    r.stop = server.stop_with(Signal::INT, Duration::from_secs(30));
     drop(clients);
     eprintln!("    jobd: {}", r.stop);
     r
@@ -308,48 +307,20 @@ fn open_clients(
     ok
 }
 
-fn time_scans(src: &mut dyn SocketSource, port: u16, iters: usize) -> Result<ScanRow, String> {
+/// `iters` scans as the supervisor runs them (the listener's port, the job
+/// states).
+fn time_job_scans(src: &mut dyn SocketSource, port: u16, iters: usize) -> Result<ScanRow, String> {
+    let backend = src.name();
     let mut out: Vec<SockEntry> = Vec::with_capacity(4096);
-    for _ in 0..3 {
-        out.clear();
-        src.dump(port, JOB_SOCKET_STATES, &mut out)
-            .map_err(|e| e.to_string())?;
-    }
-    let mut times = Vec::with_capacity(iters);
-    let mut entries = 0;
-    for _ in 0..iters {
-        out.clear();
-        let t = Instant::now();
-        src.dump(port, JOB_SOCKET_STATES, &mut out)
-            .map_err(|e| e.to_string())?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        entries = entries.max(out.len());
-    }
-    times.sort_by(f64::total_cmp);
+    let t = time_scans(iters, &mut out, dump_of(src, port, JOB_SOCKET_STATES))?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(ScanRow {
-        backend: src.name(),
+        backend,
         iters,
-        entries,
-        median_ms: times[iters / 2],
-        p99_ms: percentile(&times, 0.99).unwrap_or(f64::NAN),
+        entries: t.entries.1,
+        median_ms: ms(t.median()),
+        p99_ms: ms(t.p99()),
     })
-}
-
-/// TCP sockets in this network namespace (every dump walks them all): all
-/// of them, and those in TIME_WAIT (left by other programs' connections).
-fn namespace_sockets() -> (usize, usize) {
-    let mut all = 0;
-    let mut tw = 0;
-    for p in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(p).unwrap_or_default();
-        for l in text.lines().skip(1) {
-            all += 1;
-            if l.split_whitespace().nth(3) == Some("06") {
-                tw += 1;
-            }
-        }
-    }
-    (all, tw)
 }
 
 fn mib(kib: u64) -> f64 {

@@ -1,7 +1,9 @@
-//! Shared by the end-to-end benches (`load`, `watch_cost`, `anchor_cancel`):
-//! starting and stopping servers by pid, finding their port, installing the
-//! anchors (tcpserver, socat), building the handlers, pidfds, CPU and memory
-//! readings from procfs, and percentiles.
+//! Shared by the benches: starting and stopping servers by pid, finding
+//! their port, installing the anchors (tcpserver, socat), building the
+//! handlers, pidfds, CPU and memory readings from procfs, percentiles and
+//! scan timing, the file-descriptor limit, and the socket calls the benches
+//! make (loopback listeners, `SO_COOKIE`, resets on close). The system
+//! calls go through rustix and nix, safe wrappers all.
 //!
 //! Every process a bench starts carries a marker in its environment (one
 //! marker per server), which its handlers inherit; stopping a server ends
@@ -12,17 +14,23 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobd::detect::sockdiag::SockDiag;
-use jobd::detect::{SocketSource, state_mask, tcp_state};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use jobd::detect::{SockEntry, SocketSource, state_mask, tcp_state};
 use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
+    sockopt,
+};
+use nix::unistd::{SysconfVar, sysconf};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{Pid, PidfdFlags, Signal};
 
 /// Environment variable that marks every process of one server.
 pub const MARKER_ENV: &str = "JOBD_E2E_BENCH_MARKER";
@@ -109,13 +117,15 @@ pub fn median(v: &[f64]) -> Option<f64> {
     })
 }
 
-/// User + system CPU seconds of this process (getrusage).
-pub fn self_cpu_s() -> f64 {
+/// User + system CPU seconds of `who` so far (getrusage: this process, or
+/// its reaped children).
+pub fn rusage_cpu_s(who: UsageWho) -> f64 {
     let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| tv(u.user_time()) + tv(u.system_time()))
+    getrusage(who).map_or(0.0, |u| tv(u.user_time()) + tv(u.system_time()))
 }
 
-/// This thread's CPU time from `/proc/thread-self/schedstat` (exact).
+/// This thread's CPU time from `/proc/thread-self/schedstat` (exact, where
+/// getrusage is tick-sampled and overcharges threads woken by timers).
 pub fn thread_cpu_s() -> f64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
@@ -139,16 +149,25 @@ pub fn machine_jiffies() -> (u64, u64) {
     (total.saturating_sub(idle), total)
 }
 
-/// utime + stime of a process in clock ticks, from `/proc/<pid>/stat`.
-pub fn proc_cpu_ticks(pid: i32) -> Option<u64> {
+/// The sum of the clock-tick fields 14 (utime), 15 (stime) and, with
+/// `children`, 16 and 17 (cutime, cstime) of `/proc/<pid>/stat`.
+fn stat_ticks(pid: i32, children: bool) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses.
+    // Fields after the command name, which is in parentheses: f[0] is
+    // field 3 (state), so utime (field 14) is f[11].
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime field 15.
-    let ut: u64 = f.get(11)?.parse().ok()?;
-    let st: u64 = f.get(12)?.parse().ok()?;
-    Some(ut + st)
+    let last = if children { 15 } else { 13 };
+    let mut t = 0;
+    for i in 11..last {
+        t += f.get(i)?.parse::<i64>().ok()?.max(0) as u64;
+    }
+    Some(t)
+}
+
+/// utime + stime of a process in clock ticks, from `/proc/<pid>/stat`.
+pub fn proc_cpu_ticks(pid: i32) -> Option<u64> {
+    stat_ticks(pid, false)
 }
 
 /// utime + stime + cutime + cstime (reaped children included) of a process
@@ -156,19 +175,9 @@ pub fn proc_cpu_ticks(pid: i32) -> Option<u64> {
 /// (a child's time moves into its parent's cutime when it is reaped, so
 /// nothing is counted twice).
 pub fn tree_cpu_s(pid: i32) -> Option<f64> {
-    fn one(pid: i32) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &s[s.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let mut t = 0;
-        for i in 11..15 {
-            t += f.get(i)?.parse::<i64>().ok()?.max(0) as u64;
-        }
-        Some(t)
-    }
-    let mut ticks = one(pid)?;
+    let mut ticks = stat_ticks(pid, true)?;
     for c in children_of(pid) {
-        ticks += one(c).unwrap_or(0);
+        ticks += stat_ticks(c, true).unwrap_or(0);
     }
     Some(ticks as f64 / clk_tck())
 }
@@ -185,9 +194,10 @@ pub fn proc_runtime_ns(pid: i32) -> Option<u64> {
 
 /// Clock ticks per second.
 pub fn clk_tck() -> f64 {
-    // SAFETY: sysconf reads a configuration value and touches no memory.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
+    }
 }
 
 /// A `/proc/<pid>/status` field in kB (e.g. `VmRSS`).
@@ -230,54 +240,35 @@ pub fn raise_nofile(need: u64) -> Result<u64, String> {
     Ok(want)
 }
 
+/// A pidfd on `pid`: pins the process, so that a later signal cannot hit
+/// a recycled pid.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags, touches none of our memory,
-    // and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Signal through a pidfd: never hits a recycled pid.
-pub fn pidfd_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
-    // SAFETY: the fd is a pidfd we own; a null siginfo is allowed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+pub fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> io::Result<()> {
+    Ok(rustix::process::pidfd_send_signal(fd, sig)?)
 }
 
+/// Whether the process of a pidfd has exited (a poll that does not wait).
 pub fn pidfd_exited(fd: &OwnedFd) -> bool {
-    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
+    poll_exited(&[fd], Duration::ZERO)[0]
 }
 
 /// Polls pidfds (readable = the process exited) for at most `timeout`
-/// (at most 1 s per call); returns which have exited.
+/// (rounded up to whole milliseconds, at most 1 s per call); returns which
+/// have exited.
 pub fn poll_exited(fds: &[&OwnedFd], timeout: Duration) -> Vec<bool> {
-    let ms = timeout.as_micros().div_ceil(1000).min(1000) as u16;
+    let ms = timeout.as_micros().div_ceil(1000).min(1000) as u64;
+    let ts = Timespec::try_from(Duration::from_millis(ms)).unwrap_or_default();
     let mut pfds: Vec<PollFd> = fds
         .iter()
-        .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+        .map(|f| PollFd::from_borrowed_fd(f.as_fd(), PollFlags::IN))
         .collect();
-    match poll(&mut pfds, PollTimeout::from(ms)) {
-        Ok(_) => pfds
-            .iter()
-            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-            .collect(),
+    match poll(&mut pfds, Some(&ts)) {
+        Ok(_) => pfds.iter().map(|p| !p.revents().is_empty()).collect(),
         Err(_) => vec![false; fds.len()],
     }
 }
@@ -316,7 +307,7 @@ pub fn kill_marked(marker: &str) -> Vec<i32> {
             // Checked again with the process pinned by the pidfd.
             if has_marker(&pid.to_string(), &needle)
                 && !pidfd_exited(&fd)
-                && pidfd_signal(&fd, libc::SIGKILL).is_ok()
+                && pidfd_signal(&fd, Signal::KILL).is_ok()
             {
                 killed.push(pid);
                 let _ = poll_exited(&[&fd], Duration::from_millis(200));
@@ -554,12 +545,12 @@ impl Spawned {
     /// to `grace`, SIGKILL; then kills anything still carrying its marker.
     /// Returns a description.
     pub fn stop(self, grace: Duration) -> String {
-        self.stop_with(libc::SIGTERM, grace)
+        self.stop_with(Signal::TERM, grace)
     }
 
     /// As [`Spawned::stop`], with another first signal (SIGINT: jobd kills
     /// its running jobs at once).
-    pub fn stop_with(mut self, sig: i32, grace: Duration) -> String {
+    pub fn stop_with(mut self, sig: Signal, grace: Duration) -> String {
         let how = stop_child(&mut self.child, sig, grace);
         let left = kill_marked(&self.marker);
         if left.is_empty() {
@@ -578,13 +569,12 @@ impl Spawned {
 }
 
 /// Sends `sig` to our unreaped child, waits up to `grace`, then SIGKILLs.
-pub fn stop_child(child: &mut Child, sig: i32, grace: Duration) -> String {
+pub fn stop_child(child: &mut Child, sig: Signal, grace: Duration) -> String {
     if let Ok(Some(st)) = child.try_wait() {
         return format!("had already exited ({st})");
     }
-    // SAFETY: kill(2) on the pid of our own unreaped child (it cannot have
-    // been reused) touches no memory.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    // The pid of our own unreaped child: it cannot have been reused.
+    let _ = rustix::process::kill_process(Pid::from_child(child), sig);
     let until = Instant::now() + grace;
     while Instant::now() < until {
         match child.try_wait() {
@@ -600,6 +590,17 @@ pub fn stop_child(child: &mut Child, sig: i32, grace: Duration) -> String {
     }
 }
 
+/// A command for a server: `program args`, carrying `marker` in its
+/// environment, without `JOBD_LOG`, with stdin from /dev/null.
+pub fn marked_command(program: &Path, args: &[OsString], marker: &str) -> Command {
+    let mut c = Command::new(program);
+    c.args(args)
+        .env(MARKER_ENV, marker)
+        .env_remove("JOBD_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
 fn spawn_logged(
     program: &Path,
     args: &[OsString],
@@ -609,18 +610,53 @@ fn spawn_logged(
 ) -> Result<Child, String> {
     let out = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut c = Command::new(program);
-    c.args(args)
-        .env(MARKER_ENV, marker)
-        .env_remove("JOBD_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
+    let mut c = marked_command(program, args, marker);
+    c.stdout(Stdio::from(out)).stderr(Stdio::from(err));
     for (k, v) in envs {
         c.env(k, v);
     }
     c.spawn()
         .map_err(|e| format!("spawn {}: {e}", program.display()))
+}
+
+/// Checks `ready` every 10 ms until it gives a value. If the child exits or
+/// `timeout` passes first, stops it (SIGTERM, SIGKILL after 5 s), kills
+/// whatever carries `marker`, and returns how the child ended.
+fn await_ready<T>(
+    child: &mut Child,
+    marker: &str,
+    timeout: Duration,
+    mut ready: impl FnMut(&Child) -> Option<T>,
+) -> Result<T, String> {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = ready(child) {
+            return Ok(v);
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || Instant::now() >= until {
+            let how = stop_child(child, Signal::TERM, Duration::from_secs(5));
+            kill_marked(marker);
+            return Err(how);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The jobd binary of this build.
+pub fn jobd_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_jobd"))
+}
+
+/// Starts the jobd binary with `args` and waits for its `listening on`
+/// line.
+pub fn spawn_jobd(
+    name: &str,
+    args: &[OsString],
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Spawned, String> {
+    spawn_jobd_like(name, jobd_bin(), args, &[], dir, timeout)
 }
 
 /// Starts a server that logs `listening on IP:PORT` (jobd, or this bench
@@ -636,28 +672,21 @@ pub fn spawn_jobd_like(
     let marker = new_marker(name);
     let log = dir.join(format!("{}.log", name.replace('/', "_")));
     let mut child = spawn_logged(program, args, envs, &marker, &log)?;
-    let until = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(addr) = parse_listening(&text) {
-            return Ok(Spawned {
-                name: name.into(),
-                child,
-                addr,
-                log,
-                marker,
-            });
-        }
-        let exited = matches!(child.try_wait(), Ok(Some(_)));
-        if exited || Instant::now() >= until {
-            let how = stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5));
-            kill_marked(&marker);
-            return Err(format!(
-                "{name}: no `listening on` line ({how}); log: {}",
-                last_lines(&text, 4)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    match await_ready(&mut child, &marker, timeout, |_| {
+        parse_listening(&read_log())
+    }) {
+        Ok(addr) => Ok(Spawned {
+            name: name.into(),
+            child,
+            addr,
+            log,
+            marker,
+        }),
+        Err(how) => Err(format!(
+            "{name}: no `listening on` line ({how}); log: {}",
+            last_lines(&read_log(), 4)
+        )),
     }
 }
 
@@ -674,6 +703,19 @@ pub fn read_line(mut s: &std::net::TcpStream) -> io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Reads a job's first line, two pids (the handler's `$$ $!`).
+pub fn read_pid_pair(s: &std::net::TcpStream) -> Result<(i32, i32), String> {
+    let line = read_line(s).map_err(|e| format!("reading the pid line: {e}"))?;
+    let pids: Vec<i32> = line
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    match pids[..] {
+        [a, b] => Ok((a, b)),
+        _ => Err(format!("pid line {line:?}")),
+    }
 }
 
 /// The first `listening on IP:PORT` in a log.
@@ -714,9 +756,10 @@ pub fn spawn_on_free_port(
         let marker = new_marker(name);
         let log = dir.join(format!("{}-{attempt}.log", name.replace('/', "_")));
         let mut child = spawn_logged(program, &args, &[], &marker, &log)?;
-        let until = Instant::now() + timeout;
-        loop {
-            if holds_listener(child.id() as i32, port) {
+        match await_ready(&mut child, &marker, timeout, |c| {
+            holds_listener(c.id() as i32, port).then_some(())
+        }) {
+            Ok(()) => {
                 return Ok(Spawned {
                     name: name.into(),
                     child,
@@ -725,19 +768,13 @@ pub fn spawn_on_free_port(
                     marker,
                 });
             }
-            let exited = matches!(child.try_wait(), Ok(Some(_)));
-            if exited || Instant::now() >= until {
-                let how = stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5));
-                kill_marked(&marker);
-                let mut text = String::new();
-                let _ = File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+            Err(how) => {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
                 last = format!(
                     "{name}: not listening on port {port} ({how}); log: {}",
                     last_lines(&text, 3)
                 );
-                break;
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
     Err(last)
@@ -755,4 +792,112 @@ pub fn machine_line() -> String {
     let n = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{n} x {cpu}, Linux {}", kernel.trim())
+}
+
+/// The socket's cookie (`SO_COOKIE`), the key of a sock_diag lookup.
+pub fn socket_cookie(s: impl AsFd) -> io::Result<u64> {
+    Ok(rustix::net::sockopt::socket_cookie(s)?)
+}
+
+/// SO_LINGER 0: closing the socket sends a reset (and leaves no
+/// TIME_WAIT), not a FIN.
+pub fn reset_on_close(s: impl AsFd) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_linger(
+        s,
+        Some(Duration::ZERO),
+    )?)
+}
+
+/// A new IPv4 TCP socket, close-on-exec.
+pub fn tcp4_socket() -> nix::Result<OwnedFd> {
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
+/// A blocking listener on 127.0.0.1, port 0, with an explicit backlog
+/// (and SO_REUSEADDR if `reuse_addr`).
+pub fn loopback_listener(backlog: Backlog, reuse_addr: bool) -> nix::Result<TcpListener> {
+    let fd = tcp4_socket()?;
+    if reuse_addr {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(&fd, backlog)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// TCP sockets in this network namespace (every dump walks them all): all
+/// of them, and those in TIME_WAIT (left by other programs' connections),
+/// counted from `/proc/net/tcp` and `/proc/net/tcp6`.
+pub fn namespace_sockets() -> (usize, usize) {
+    let mut all = 0;
+    let mut tw = 0;
+    for p in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            all += 1;
+            if l.split_whitespace().nth(3) == Some("06") {
+                tw += 1;
+            }
+        }
+    }
+    (all, tw)
+}
+
+/// One kind of scan, timed.
+pub struct ScanTimes {
+    /// The time of each timed scan, sorted.
+    pub times: Vec<Duration>,
+    /// Entries returned, fewest and most over the timed scans.
+    pub entries: (usize, usize),
+}
+
+impl ScanTimes {
+    /// The middle time (the upper one of the middle two for an even count).
+    pub fn median(&self) -> Duration {
+        self.times[self.times.len() / 2]
+    }
+
+    pub fn p99(&self) -> Duration {
+        percentile(&self.times, 0.99).unwrap_or_default()
+    }
+}
+
+/// Runs `scan` three times untimed, then `iters` (at least 1) times timed,
+/// each time into the cleared `out`.
+pub fn time_scans(
+    iters: usize,
+    out: &mut Vec<SockEntry>,
+    mut scan: impl FnMut(&mut Vec<SockEntry>) -> Result<(), String>,
+) -> Result<ScanTimes, String> {
+    for _ in 0..3 {
+        out.clear();
+        scan(out)?;
+    }
+    let iters = iters.max(1);
+    let mut times = Vec::with_capacity(iters);
+    let mut entries = (usize::MAX, 0);
+    for _ in 0..iters {
+        out.clear();
+        let t = Instant::now();
+        scan(out)?;
+        times.push(t.elapsed());
+        entries = (entries.0.min(out.len()), entries.1.max(out.len()));
+    }
+    times.sort_unstable();
+    Ok(ScanTimes { times, entries })
+}
+
+/// A scan for [`time_scans`]: one dump of `src` for `port` and `states`.
+pub fn dump_of<'a>(
+    src: &'a mut dyn SocketSource,
+    port: u16,
+    states: u32,
+) -> impl FnMut(&mut Vec<SockEntry>) -> Result<(), String> + 'a {
+    move |out| src.dump(port, states, out).map_err(|e| e.to_string())
 }
