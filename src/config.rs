@@ -1,6 +1,6 @@
 //! Validated configuration: what a pool runs and how it watches its clients.
 //!
-//! Built by the `jobd` command from its arguments (see [`crate::cli`]) or by
+//! Built by the `jobd` command from its arguments (its `cli` module) or by
 //! the library's [`crate::ServerBuilder`]; both go through [`Config::validate`]
 //! so that bad input fails before anything is bound or forked.
 
@@ -47,7 +47,7 @@ impl fmt::Debug for JobSpec {
 }
 
 /// Which socket table the periodic scan reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DetectorKind {
     /// sock_diag, falling back to procfs with a warning when unavailable.
     Auto,
@@ -58,7 +58,7 @@ pub enum DetectorKind {
 }
 
 /// What a FIN from the client means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinPolicy {
     /// A FIN (close or half-close) is a disconnect: cancel the job.
     Cancel,
@@ -67,7 +67,7 @@ pub enum FinPolicy {
 }
 
 /// What to do when a client disconnects and no hook decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectPolicy {
     /// Cancel the job.
     Cancel,
@@ -76,7 +76,7 @@ pub enum DisconnectPolicy {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -281,6 +281,11 @@ impl Config {
     }
 
     /// Checks the handler program again (on reload: it may have changed).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoJob`], [`ConfigError::ScriptMissing`] or
+    /// [`ConfigError::ScriptNotExecutable`] for a handler that cannot run.
     pub fn check_handler(&self) -> Result<(), ConfigError> {
         if let JobSpec::Handler { program, .. } = &self.job {
             check_program(program).map_err(|e| match e {
@@ -297,6 +302,10 @@ impl Config {
     }
 
     /// Checks everything that can be checked before binding.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`] found, naming the flag and what is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.prefork > MAX_SLOTS {
             return Err(ConfigError::Prefork(self.prefork));
@@ -429,6 +438,10 @@ fn check_program(path: &Path) -> Result<(), ProgramError> {
 
 /// Parses a duration: a number with a unit (`100ms`, `2s`, `1.5m`, `1h`) or
 /// a bare number of seconds.
+///
+/// # Errors
+///
+/// A message naming the text when it is no duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {

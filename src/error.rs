@@ -10,7 +10,7 @@ use crate::logfiles::LogError;
 use crate::pidfile::PidFileError;
 use crate::scoreboard::ScoreboardError;
 
-/// Errors of [`Server::run`].
+/// Errors of [`crate::Server::run`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration is invalid (exit status 2).

@@ -128,7 +128,7 @@ type AutoReloadHook = dyn Fn() -> bool;
 
 /// Lifecycle and disconnect hooks.
 #[derive(Default)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     pub(crate) after_init: Option<Box<InitHook>>,
     pub(crate) before_shutdown: Option<Box<ShutdownHook>>,
     pub(crate) on_disconnect: Vec<Box<DisconnectHook>>,

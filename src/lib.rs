@@ -88,17 +88,16 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
-pub mod cli;
 pub mod config;
 pub mod control;
 pub mod detect;
 mod error;
 pub mod hooks;
 mod job_end;
-pub mod logfiles;
+mod logfiles;
 mod net;
-pub mod pidfile;
-pub mod scoreboard;
+mod pidfile;
+mod scoreboard;
 pub mod server;
 mod spawn;
 mod supervisor;
@@ -113,4 +112,7 @@ pub use config::{
 };
 pub use error::Error;
 pub use hooks::{DisconnectEvent, DisconnectReason, InitInfo, JobContext, Verdict};
+pub use logfiles::LogError;
+pub use pidfile::PidFileError;
+pub use scoreboard::{ScoreboardError, SlotState};
 pub use server::{Server, ServerBuilder};

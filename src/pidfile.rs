@@ -158,11 +158,6 @@ impl PidFile {
         Ok(pf)
     }
 
-    /// The path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes `pid` (after daemonizing, the pid changed): a new file in the
     /// same directory, locked, written, then renamed over the path. The
     /// calling process becomes the one that removes the file at exit.

@@ -260,6 +260,11 @@ impl ServerBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when no job was given or the configuration is
+    /// invalid (see [`Config::validate`]).
     pub fn build(self) -> Result<Server, Error> {
         if !self.job_set {
             return Err(ConfigError::NoJob.into());
@@ -309,6 +314,13 @@ impl Server {
     /// exits with status 0 once the daemon reports that it is up (bound,
     /// pid written, privileges dropped); when the daemon fails to start, it
     /// returns [`Error::DaemonFailed`] with the daemon's message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid configuration (exit status 2), and
+    /// for everything that fails at start (pid file taken, address in use,
+    /// scoreboard, logs, privileges, daemon) the [`Error`] variant naming
+    /// the step (exit status 1).
     pub fn run(&self) -> Result<(), Error> {
         self.cfg.validate()?;
         match sys::thread_count() {

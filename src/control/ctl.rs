@@ -44,14 +44,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::cli::{CtlArgs, CtlVerb};
 use crate::pidfile::{PidStatus, read_status};
 use crate::sys::PidFd;
 
@@ -62,12 +61,48 @@ const UNKNOWN: i32 = 4;
 /// LSB: the program is not running (other actions).
 const NOT_RUNNING: i32 = 7;
 
-/// Runs one `jobd ctl` verb; returns the exit code.
-pub fn run(args: &CtlArgs) -> i32 {
+/// A `jobd ctl` verb (Proc::Launcher's start / stop / restart / is_running /
+/// force_stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// Exit 0 and print the pid when running, exit 3 when not (LSB).
+    Status,
+    /// SIGTERM, then wait until the pid is gone (bounded by the timeout).
+    Stop,
+    /// SIGHUP: replace workers once idle.
+    Reload,
+    /// Stop, then start again with the same arguments, or with `args`.
+    Restart,
+    /// SIGKILL the supervisor, its workers and their job process trees.
+    ForceStop,
+}
+
+/// One `jobd ctl` request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// What to do.
+    pub verb: Verb,
+    /// The pid file the jobd was started with.
+    pub pid_file: PathBuf,
+    /// How long stop (and restart's stop) waits for the daemon to exit.
+    pub timeout: Duration,
+    /// restart: start with these arguments instead of the running ones.
+    pub args: Vec<OsString>,
+}
+
+/// Checks the arguments restart would start jobd with; `Err` says why
+/// they are unusable (the command parses them as its own arguments).
+pub type StartArgsCheck<'a> = &'a dyn Fn(&[OsString]) -> Result<(), String>;
+
+/// Runs one `jobd ctl` verb and prints its outcome; returns the exit code
+/// (see the table above). `check_start` vets restart's arguments before
+/// anything is stopped.
+pub fn run(req: &Request, check_start: StartArgsCheck<'_>) -> i32 {
+    let args = req;
     let path = args.pid_file.as_path();
     match args.verb {
-        CtlVerb::Status => status(path),
-        CtlVerb::Stop => match find(path) {
+        Verb::Status => status(path),
+        Verb::Stop => match find(path) {
             Found::Running(j) => match stop(&j, args.timeout) {
                 Ok(()) => 0,
                 Err(e) => fail("stop", &e),
@@ -78,7 +113,7 @@ pub fn run(args: &CtlArgs) -> i32 {
             }
             Found::Unknown(why) => fail("stop", &why),
         },
-        CtlVerb::Reload => match find(path) {
+        Verb::Reload => match find(path) {
             Found::Running(j) => match j.signal(Signal::SIGHUP) {
                 Ok(()) => {
                     println!(
@@ -95,8 +130,8 @@ pub fn run(args: &CtlArgs) -> i32 {
             }
             Found::Unknown(why) => fail("reload", &why),
         },
-        CtlVerb::Restart => restart(args),
-        CtlVerb::ForceStop => match find(path) {
+        Verb::Restart => restart(args, check_start),
+        Verb::ForceStop => match find(path) {
             Found::Running(j) => match force_stop(&j, args.timeout) {
                 Ok(n) => {
                     println!(
@@ -289,7 +324,7 @@ fn stop(j: &Running, timeout: Duration) -> Result<(), String> {
     }
 }
 
-fn restart(args: &CtlArgs) -> i32 {
+fn restart(args: &Request, check_start: StartArgsCheck<'_>) -> i32 {
     let found = find(&args.pid_file);
     let start_args: Vec<OsString> = match (&found, args.args.is_empty()) {
         (Found::Unknown(why), _) => return fail("restart", why),
@@ -314,7 +349,7 @@ fn restart(args: &CtlArgs) -> i32 {
             return NOT_RUNNING;
         }
     };
-    if let Err(why) = check_start_args(&start_args) {
+    if let Err(why) = check_start(&start_args) {
         eprintln!("jobd ctl restart: {why}");
         return 2;
     }
@@ -339,36 +374,6 @@ fn restart(args: &CtlArgs) -> i32 {
         Ok(st) => st.code().unwrap_or(1),
         Err(e) => fail("restart", &format!("failed to run {}: {e}", exe.display())),
     }
-}
-
-/// Checks that `args` start a daemon: they parse as jobd's arguments and
-/// include `--daemonize`.
-fn check_start_args(args: &[OsString]) -> Result<(), String> {
-    use clap::Parser;
-    let shown = args
-        .iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let cli = crate::cli::Cli::try_parse_from(
-        std::iter::once(OsString::from("jobd")).chain(args.iter().cloned()),
-    )
-    .map_err(|e| {
-        let first = e.to_string();
-        let first = first
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("error: ");
-        format!("the arguments to start with are not jobd's ({first}): {shown}")
-    })?;
-    if cli.command.is_some() || !cli.run.daemonize {
-        return Err(format!(
-            "the arguments to start with have no --daemonize (a foreground jobd is restarted by \
-             the service manager that runs it): {shown}"
-        ));
-    }
-    Ok(())
 }
 
 /// One process as `/proc/<pid>/stat` shows it.
@@ -531,37 +536,5 @@ mod tests {
         d.sort();
         assert_eq!(d, vec![11, 12, 13]);
         assert!(descendants(20, &procs).is_empty());
-    }
-
-    #[test]
-    fn start_args_must_daemonize() {
-        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
-        assert!(
-            check_start_args(&os(&["--script", "/bin/cat"]))
-                .unwrap_err()
-                .contains("--daemonize")
-        );
-        assert!(
-            check_start_args(&os(&["--bogus"]))
-                .unwrap_err()
-                .contains("not jobd's")
-        );
-        assert!(
-            check_start_args(&os(&["status", "--scoreboard", "/x"]))
-                .unwrap_err()
-                .contains("--daemonize")
-        );
-        check_start_args(&os(&[
-            "--daemonize",
-            "--pid-file",
-            "/p",
-            "--error-log",
-            "/e",
-            "--access-log",
-            "/a",
-            "--script",
-            "/bin/cat",
-        ]))
-        .unwrap();
     }
 }

@@ -110,6 +110,10 @@ pub trait SocketSource {
     /// Appends to `out` every TCP socket, IPv4 and IPv6, whose local port is
     /// `port` and whose state bit is in `states` (see [`state_mask`]).
     /// `out` is not cleared.
+    ///
+    /// # Errors
+    ///
+    /// [`DetectError`] when the table cannot be read.
     fn dump(&mut self, port: u16, states: u32, out: &mut Vec<SockEntry>)
     -> Result<(), DetectError>;
 }

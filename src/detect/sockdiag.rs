@@ -82,6 +82,10 @@ enum Flow {
 
 impl SockDiag {
     /// Opens and binds a NETLINK_SOCK_DIAG socket. Needs no privilege.
+    ///
+    /// # Errors
+    ///
+    /// [`DetectError`] when the kernel has no sock_diag or refuses the socket.
     pub fn open() -> Result<Self, DetectError> {
         let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(DetectError::Socket)?;
         sock.bind_auto().map_err(DetectError::Socket)?;
@@ -108,6 +112,10 @@ impl SockDiag {
     /// Finds one socket exactly, by its cookie and 4-tuple, whatever its
     /// state. `Ok(None)` when the kernel no longer holds it in its lookup
     /// tables (a reset socket, or a closed one).
+    ///
+    /// # Errors
+    ///
+    /// [`DetectError`] when the request or its reply fails.
     ///
     /// `local` decides the address family: pass the addresses as the kernel
     /// reports them (an IPv4 client of an IPv6 listener is IPv4-mapped).
@@ -148,6 +156,10 @@ impl SockDiag {
 
     /// The LISTEN sockets on `port`, IPv4 and IPv6: `rqueue` is the accept
     /// queue length, `wqueue` the backlog limit.
+    ///
+    /// # Errors
+    ///
+    /// [`DetectError`] when a dump fails.
     pub fn listen_queue(&mut self, port: u16) -> Result<Vec<SockEntry>, DetectError> {
         let mut out = Vec::new();
         self.dump(port, state_mask(&[tcp_state::LISTEN]), &mut out)?;

@@ -143,3 +143,111 @@ pub(super) fn read_exit(r: &Reaped<'_>, now_mono_ns: u64) -> ExitReading {
         job_end,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoreboard::JobKind;
+
+    fn worker(retiring: bool) -> Worker {
+        Worker {
+            pid: Pid::from_raw(321),
+            pidfd: None,
+            generation: 1,
+            started: Instant::now(),
+            retiring,
+        }
+    }
+
+    fn job() -> JobView {
+        JobView {
+            job_id: 12,
+            kind: JobKind::Handler,
+            pgid: 0,
+            cookie: 1,
+            inode: 2,
+            peer: Some("127.0.0.1:4000".parse().unwrap()),
+            local: None,
+            start_unix_ms: 0,
+            start_mono_ns: 1_000_000_000,
+        }
+    }
+
+    fn read(
+        w: &Worker,
+        status: nix::Result<WaitStatus>,
+        job: Option<JobView>,
+        cancel: Option<CancelReason>,
+        kill_requested: bool,
+    ) -> ExitReading {
+        read_exit(
+            &Reaped {
+                slot: 3,
+                worker: w,
+                status: &status,
+                job,
+                cancel,
+                kill_requested,
+            },
+            3_500_000_000,
+        )
+    }
+
+    #[test]
+    fn planned_exits_are_not_deaths() {
+        let killed = Ok(WaitStatus::Signaled(
+            Pid::from_raw(321),
+            Signal::SIGKILL,
+            false,
+        ));
+        assert!(read(&worker(true), killed, None, None, false).planned);
+        assert!(read(&worker(false), killed, None, None, true).planned);
+        let recycled = Ok(WaitStatus::Exited(Pid::from_raw(321), 0));
+        assert!(read(&worker(false), recycled, None, None, false).planned);
+        let died = read(&worker(false), killed, None, None, false);
+        assert!(!died.planned);
+        assert_eq!(died.status, "signal SIGKILL");
+        assert!(died.job_end.is_none());
+    }
+
+    /// Regression guard: a job lost with its worker gets its end record
+    /// (it used to get no access-log line).
+    #[test]
+    fn a_job_lost_with_its_worker_ends_failed() {
+        let killed = Ok(WaitStatus::Signaled(
+            Pid::from_raw(321),
+            Signal::SIGKILL,
+            false,
+        ));
+        let r = read(&worker(false), killed, Some(job()), None, false);
+        let end = r.job_end.expect("a job end");
+        assert_eq!((end.job_id, end.slot, end.pid), (12, 3, 321));
+        assert_eq!(end.outcome, Outcome::Failed);
+        assert_eq!(end.reason, Some(EndReason::WorkerDied));
+        assert_eq!(end.duration_ms, 2500);
+        assert_eq!(end.finish, Finish::Other("worker signal SIGKILL".into()));
+    }
+
+    #[test]
+    fn a_cancelled_job_whose_worker_died_ends_cancelled() {
+        let killed = Ok(WaitStatus::Signaled(
+            Pid::from_raw(321),
+            Signal::SIGKILL,
+            false,
+        ));
+        let r = read(
+            &worker(false),
+            killed,
+            Some(job()),
+            Some(CancelReason::ClientReset),
+            true,
+        );
+        assert!(r.planned);
+        let end = r.job_end.expect("a job end");
+        assert_eq!(end.outcome, Outcome::Cancelled);
+        assert_eq!(
+            end.reason,
+            Some(EndReason::Cancel(CancelReason::ClientReset))
+        );
+    }
+}

@@ -14,8 +14,8 @@ pub mod daemon;
 pub(crate) mod shm;
 mod signals;
 
-pub(crate) use shm::shared_struct;
 pub use shm::SharedMap;
+pub(crate) use shm::shared_struct;
 pub use signals::{
     SelfKillGuard, arm_self_kill, handled_set, handled_signalfd, ignore_sigpipe, reset_signals,
 };

@@ -147,3 +147,120 @@ impl Canceller {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::testutil::{FakeWorkers, job, running};
+
+    #[test]
+    fn cancel_writes_the_request_and_pokes_the_worker() {
+        let sb = Scoreboard::anonymous(2).unwrap();
+        let w = FakeWorkers::with(&[(1, 4242)]);
+        let j = running(&sb, 1, job(7, JobKind::Handler));
+        let mut c = Canceller::default();
+        assert!(c.cancel(&sb, &w, 1, &j, CancelReason::Timeout, Duration::ZERO));
+        assert_eq!(sb.slot(1).cancel_requested(7), Some(CancelReason::Timeout));
+        assert_eq!(w.pokes(), vec![1]);
+        assert_eq!(c.next_due(), None, "a handler job needs no follow-up kill");
+    }
+
+    /// Regression guard: a decision taken on a job that has since ended (or
+    /// been replaced by the next job) must not cancel the slot's new job.
+    #[test]
+    fn cancel_of_a_stale_job_does_nothing() {
+        let sb = Scoreboard::anonymous(1).unwrap();
+        let w = FakeWorkers::with(&[(0, 4242)]);
+        let old = running(&sb, 0, job(7, JobKind::Handler));
+        sb.slot(0).end_job();
+        let new = running(&sb, 0, job(8, JobKind::Handler));
+        let mut c = Canceller::default();
+        assert!(!c.cancel(&sb, &w, 0, &old, CancelReason::ClientReset, Duration::ZERO));
+        assert_eq!(sb.slot(0).cancel_requested(new.job_id), None);
+        assert_eq!(sb.slot(0).cancel_requested(old.job_id), None);
+        assert!(w.pokes().is_empty());
+        // An ending job is not cancelled either.
+        sb.slot(0).job_ending();
+        assert!(!c.cancel(&sb, &w, 0, &new, CancelReason::ClientReset, Duration::ZERO));
+        assert!(w.pokes().is_empty());
+    }
+
+    #[test]
+    fn no_worker_of_ours_no_cancel() {
+        let sb = Scoreboard::anonymous(1).unwrap();
+        let w = FakeWorkers::with(&[]);
+        let j = running(&sb, 0, job(7, JobKind::Handler));
+        let mut c = Canceller::default();
+        assert!(!c.cancel(&sb, &w, 0, &j, CancelReason::Timeout, Duration::ZERO));
+        assert_eq!(sb.slot(0).cancel_requested(7), None);
+    }
+
+    #[test]
+    fn a_closure_that_ignores_its_cancel_gets_a_kill_request_for_that_job_only() {
+        let sb = Scoreboard::anonymous(2).unwrap();
+        let w = FakeWorkers::with(&[(0, 10), (1, 11)]);
+        let a = running(&sb, 0, job(7, JobKind::Closure));
+        let b = running(&sb, 1, job(8, JobKind::Closure));
+        let mut c = Canceller::default();
+        assert!(c.cancel(&sb, &w, 0, &a, CancelReason::ClientClosed, Duration::ZERO));
+        assert!(c.cancel(&sb, &w, 1, &b, CancelReason::ClientClosed, Duration::ZERO));
+        assert!(c.next_due().is_some());
+        // Job 8 returns in time; job 7 does not.
+        sb.slot(1).end_job();
+        c.kill_overdue_closures(&sb, &w, Instant::now());
+        assert!(sb.slot(0).kill_requested(7));
+        assert!(!sb.slot(1).kill_requested(8));
+        assert_eq!(w.pokes(), vec![0, 1, 0]);
+        assert_eq!(c.next_due(), None);
+    }
+
+    #[test]
+    fn verdicts_are_carried_out_only_on_the_same_worker() {
+        let sb = Scoreboard::anonymous(1).unwrap();
+        let j = running(&sb, 0, job(7, JobKind::Handler));
+        let judged = |pid| Judged {
+            slot: 0,
+            pid: nix::unistd::Pid::from_raw(pid),
+            job: j,
+            reason: DisconnectReason::ClientClosed,
+            seen_after_ms: 0.0,
+            seen_by: "scan",
+            ran_ms: 0,
+        };
+        let mut c = Canceller::default();
+        let w = FakeWorkers::with(&[(0, 50)]);
+        c.carry_out(
+            &sb,
+            &w,
+            Duration::ZERO,
+            &judged(50),
+            Verdict::Keep,
+            "callback",
+        );
+        assert_eq!(sb.slot(0).cancel_requested(7), None);
+        // The slot's worker was replaced since the judgement: nothing.
+        c.carry_out(
+            &sb,
+            &w,
+            Duration::ZERO,
+            &judged(49),
+            Verdict::Cancel,
+            "policy",
+        );
+        assert_eq!(sb.slot(0).cancel_requested(7), None);
+        assert_eq!(sb.header().get(Counter::CancelledDisconnect), 0);
+        c.carry_out(
+            &sb,
+            &w,
+            Duration::ZERO,
+            &judged(50),
+            Verdict::Cancel,
+            "policy",
+        );
+        assert_eq!(
+            sb.slot(0).cancel_requested(7),
+            Some(CancelReason::ClientClosed)
+        );
+        assert_eq!(sb.header().get(Counter::CancelledDisconnect), 1);
+    }
+}

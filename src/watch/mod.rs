@@ -16,6 +16,8 @@
 //! scoreboard is ever a signal target.
 
 mod cancel;
+#[cfg(test)]
+mod testutil;
 mod verdict;
 mod workers;
 
@@ -471,5 +473,137 @@ impl Watch {
         };
         self.canceller
             .carry_out(sb, workers, cfg.kill_grace, &judged, verdict, by);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::testutil::{FakeWorkers, job, running};
+    use super::*;
+    use crate::config::JobSpec;
+    use crate::hooks::Verdict;
+    use crate::scoreboard::JobKind;
+
+    fn cfg() -> Config {
+        let mut c = Config::new(JobSpec::Handler {
+            program: "/bin/cat".into(),
+            args: vec![],
+        });
+        c.detector = DetectorKind::Procfs;
+        c.listen = "127.0.0.1:1".parse().unwrap();
+        c
+    }
+
+    fn board(n: usize) -> Scoreboard {
+        let sb = Scoreboard::anonymous(n).unwrap();
+        sb.set_listen("127.0.0.1:1".parse().unwrap());
+        sb
+    }
+
+    #[test]
+    fn a_reported_reset_is_cancelled_once() {
+        let (cfg, sb) = (cfg(), board(2));
+        let w = FakeWorkers::with(&[(1, 77)]);
+        let j = running(&sb, 1, job(9, JobKind::Handler));
+        sb.slot(1).report_hangup(Hangup::Reset);
+        let mut watch = Watch::new(&cfg, &sb).unwrap();
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
+        assert_eq!(
+            sb.slot(1).cancel_requested(j.job_id),
+            Some(CancelReason::ClientReset)
+        );
+        assert_eq!(sb.header().get(Counter::CancelledDisconnect), 1);
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
+        assert_eq!(w.pokes(), vec![1], "a job is judged once");
+    }
+
+    #[test]
+    fn a_keep_callback_keeps_the_job_and_is_asked_once() {
+        let (cfg, sb) = (cfg(), board(1));
+        let w = FakeWorkers::with(&[(0, 77)]);
+        let j = running(&sb, 0, job(3, JobKind::Handler));
+        sb.slot(0).report_hangup(Hangup::Fin);
+        let asked = Rc::new(Cell::new(0));
+        let mut hooks = Hooks::default();
+        let a = asked.clone();
+        hooks.on_disconnect.push(Box::new(move |ev| {
+            assert_eq!(ev.reason, DisconnectReason::ClientClosed);
+            a.set(a.get() + 1);
+            Verdict::Keep
+        }));
+        let mut watch = Watch::new(&cfg, &sb).unwrap();
+        watch.tick(&cfg, &hooks, &sb, &w, true);
+        watch.tick(&cfg, &hooks, &sb, &w, true);
+        assert_eq!(asked.get(), 1);
+        assert_eq!(sb.slot(0).cancel_requested(j.job_id), None);
+        assert!(w.pokes().is_empty());
+    }
+
+    #[test]
+    fn a_fin_under_on_fin_keep_is_no_disconnect() {
+        let (mut cfg, sb) = (cfg(), board(1));
+        cfg.on_fin = FinPolicy::Keep;
+        let w = FakeWorkers::with(&[(0, 77)]);
+        let j = running(&sb, 0, job(3, JobKind::Handler));
+        sb.slot(0).report_hangup(Hangup::Fin);
+        let mut watch = Watch::new(&cfg, &sb).unwrap();
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
+        assert_eq!(sb.slot(0).cancel_requested(j.job_id), None);
+    }
+
+    /// Regression guard: `--job-timeout` is applied by the watch, whichever
+    /// process runs it (it was ignored with `--prefork 0`).
+    #[test]
+    fn a_job_past_its_timeout_is_cancelled_for_timeout() {
+        let (mut cfg, sb) = (cfg(), board(2));
+        cfg.job_timeout = Some(Duration::from_secs(5));
+        let w = FakeWorkers::with(&[(0, 70), (1, 71)]);
+        let mut old = job(4, JobKind::Handler);
+        old.start_mono_ns = sys::monotonic_ns().saturating_sub(6_000_000_000);
+        let old = running(&sb, 0, old);
+        let young = running(&sb, 1, job(5, JobKind::Handler));
+        let mut watch = Watch::new(&cfg, &sb).unwrap();
+        watch.next = Instant::now(); // the periodic part is due
+        // Both jobs are watched by their (fake) workers: no backstop scan,
+        // which would find their made-up sockets absent.
+        watch.next_backstop = Instant::now() + Duration::from_secs(3600);
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, false);
+        assert_eq!(
+            sb.slot(0).cancel_requested(old.job_id),
+            Some(CancelReason::Timeout)
+        );
+        assert_eq!(sb.slot(1).cancel_requested(young.job_id), None);
+        assert_eq!(sb.header().get(Counter::CancelledTimeout), 1);
+    }
+
+    #[test]
+    fn an_unwatched_job_whose_socket_is_in_no_table_is_a_reset() {
+        let (cfg, sb) = (cfg(), board(1));
+        let w = FakeWorkers::with(&[(0, 77)]);
+        let mut j = job(6, JobKind::Closure);
+        j.start_mono_ns = sys::monotonic_ns().saturating_sub(1_000_000_000);
+        sb.slot(0).begin_job(&j, false);
+        let mut watch = Watch::new(&cfg, &sb).unwrap();
+        watch.next = Instant::now();
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, false);
+        assert_eq!(
+            sb.slot(0).cancel_requested(j.job_id),
+            Some(CancelReason::ClientReset)
+        );
+    }
+
+    #[test]
+    fn a_slot_without_a_worker_of_ours_is_never_judged() {
+        let (cfg, sb) = (cfg(), board(1));
+        let w = FakeWorkers::with(&[]);
+        let j = running(&sb, 0, job(3, JobKind::Handler));
+        sb.slot(0).report_hangup(Hangup::Reset);
+        let mut watch = Watch::new(&cfg, &sb).unwrap();
+        watch.next = Instant::now();
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
+        assert_eq!(sb.slot(0).cancel_requested(j.job_id), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The `jobd` command line: clap's parse of the arguments, then validation
 //! into a [`Config`] (parse first, then validate, as ripgrep's
-//! `LowArgs` → `HiArgs`).
+//! `LowArgs` → `HiArgs`). The clap types live here, in the binary; the
+//! library's configuration knows nothing of clap.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -9,10 +10,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{
+use clap::ValueEnum;
+use jobd::config::{
     Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat,
     parse_duration,
 };
+use jobd::control::ctl;
 
 /// jobd: a connection-aware prefork job server.
 ///
@@ -58,7 +61,7 @@ pub enum Command {
 
 /// `jobd ctl` verbs (Proc::Launcher's start / stop / restart / is_running /
 /// force_stop).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CtlVerb {
     /// Exit 0 and print the pid when running, exit 3 when not (LSB).
     Status,
@@ -109,6 +112,106 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `--detector`: which socket table the periodic scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectorArg {
+    /// sock_diag, falling back to procfs with a warning when unavailable.
+    Auto,
+    /// NETLINK_SOCK_DIAG dumps filtered in the kernel.
+    SockDiag,
+    /// `/proc/net/tcp` and `/proc/net/tcp6` (the netstat way).
+    Procfs,
+}
+
+impl From<DetectorArg> for DetectorKind {
+    fn from(a: DetectorArg) -> DetectorKind {
+        match a {
+            DetectorArg::Auto => DetectorKind::Auto,
+            DetectorArg::SockDiag => DetectorKind::SockDiag,
+            DetectorArg::Procfs => DetectorKind::Procfs,
+        }
+    }
+}
+
+/// `--on-fin`: what a FIN from the client means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FinArg {
+    /// A FIN (close or half-close) is a disconnect: cancel the job.
+    Cancel,
+    /// A FIN may be a half-close: keep the job; only a reset counts.
+    Keep,
+}
+
+impl From<FinArg> for FinPolicy {
+    fn from(a: FinArg) -> FinPolicy {
+        match a {
+            FinArg::Cancel => FinPolicy::Cancel,
+            FinArg::Keep => FinPolicy::Keep,
+        }
+    }
+}
+
+/// `--on-disconnect`: what to do when a client disconnects and no hook
+/// decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DisconnectArg {
+    /// Cancel the job.
+    Cancel,
+    /// Log the disconnect and let the job run.
+    Log,
+}
+
+impl From<DisconnectArg> for DisconnectPolicy {
+    fn from(a: DisconnectArg) -> DisconnectPolicy {
+        match a {
+            DisconnectArg::Cancel => DisconnectPolicy::Cancel,
+            DisconnectArg::Log => DisconnectPolicy::Log,
+        }
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(a: LogFormatArg) -> LogFormat {
+        match a {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+impl From<CtlVerb> for ctl::Verb {
+    fn from(v: CtlVerb) -> ctl::Verb {
+        match v {
+            CtlVerb::Status => ctl::Verb::Status,
+            CtlVerb::Stop => ctl::Verb::Stop,
+            CtlVerb::Reload => ctl::Verb::Reload,
+            CtlVerb::Restart => ctl::Verb::Restart,
+            CtlVerb::ForceStop => ctl::Verb::ForceStop,
+        }
+    }
+}
+
+impl CtlArgs {
+    /// The library's request for these arguments.
+    pub fn request(&self) -> ctl::Request {
+        ctl::Request {
+            verb: self.verb.into(),
+            pid_file: self.pid_file.clone(),
+            timeout: self.timeout,
+            args: self.args.clone(),
+        }
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
@@ -151,7 +254,7 @@ pub struct RunArgs {
 
     /// Socket table for the disconnect scan (auto: sock_diag, else procfs).
     #[arg(long, value_enum, default_value = "auto")]
-    pub detector: DetectorKind,
+    pub detector: DetectorArg,
 
     /// Workers also watch their client's socket while a handler runs.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
@@ -160,7 +263,7 @@ pub struct RunArgs {
     /// What a FIN from the client means: cancel the job, or keep it (the
     /// client may have half-closed on purpose; a reset still cancels).
     #[arg(long, value_enum, default_value = "cancel")]
-    pub on_fin: FinPolicy,
+    pub on_fin: FinArg,
 
     /// TCP keepalive idle time and TCP_USER_TIMEOUT for clients (0: off).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
@@ -168,7 +271,7 @@ pub struct RunArgs {
 
     /// What to do when a client disconnects and no hook decided.
     #[arg(long, value_enum, default_value = "cancel")]
-    pub on_disconnect: DisconnectPolicy,
+    pub on_disconnect: DisconnectArg,
 
     /// Program run with each disconnect event as JSON on stdin; exit 0
     /// cancels, exit 3 keeps, anything else applies --on-disconnect.
@@ -181,7 +284,7 @@ pub struct RunArgs {
 
     /// Log format on stderr (and of the access log).
     #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    pub log_format: LogFormatArg,
 
     /// Upper bound on workers: when all are busy, the pool grows (doubling
     /// the spawn rate each maintenance tick, up to 32 per tick) to this.
@@ -274,14 +377,14 @@ impl RunArgs {
         c.grace = self.grace;
         c.kill_grace = self.kill_grace;
         c.check_interval = self.check_interval;
-        c.detector = self.detector;
+        c.detector = self.detector.into();
         c.worker_watch = self.worker_watch;
-        c.on_fin = self.on_fin;
+        c.on_fin = self.on_fin.into();
         c.keepalive = self.keepalive;
-        c.on_disconnect = self.on_disconnect;
+        c.on_disconnect = self.on_disconnect.into();
         c.disconnect_hook = self.disconnect_hook.clone();
         c.hook_timeout = self.hook_timeout;
-        c.log_format = self.log_format;
+        c.log_format = self.log_format.into();
         // The default cap follows a larger --prefork; an explicit cap below
         // --prefork is an error (see Config::validate).
         c.max_children = match self.max_children {
@@ -303,6 +406,34 @@ impl RunArgs {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// Checks that `args` start a daemon: they parse as jobd's arguments and
+/// include `--daemonize`.
+pub fn check_start_args(args: &[OsString]) -> Result<(), String> {
+    let shown = args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cli =
+        Cli::try_parse_from(std::iter::once(OsString::from("jobd")).chain(args.iter().cloned()))
+            .map_err(|e| {
+                let first = e.to_string();
+                let first = first
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                format!("the arguments to start with are not jobd's ({first}): {shown}")
+            })?;
+    if cli.command.is_some() || !cli.run.daemonize {
+        return Err(format!(
+            "the arguments to start with have no --daemonize (a foreground jobd is restarted by \
+             the service manager that runs it): {shown}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -347,5 +478,37 @@ mod tests {
             Some(Command::Status(s)) => assert!(s.json),
             _ => panic!("expected status"),
         }
+    }
+
+    #[test]
+    fn start_args_must_daemonize() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(
+            check_start_args(&os(&["--script", "/bin/cat"]))
+                .unwrap_err()
+                .contains("--daemonize")
+        );
+        assert!(
+            check_start_args(&os(&["--bogus"]))
+                .unwrap_err()
+                .contains("not jobd's")
+        );
+        assert!(
+            check_start_args(&os(&["status", "--scoreboard", "/x"]))
+                .unwrap_err()
+                .contains("--daemonize")
+        );
+        check_start_args(&os(&[
+            "--daemonize",
+            "--pid-file",
+            "/p",
+            "--error-log",
+            "/e",
+            "--access-log",
+            "/a",
+            "--script",
+            "/bin/cat",
+        ]))
+        .unwrap();
     }
 }

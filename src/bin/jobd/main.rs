@@ -4,9 +4,11 @@
 
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::Parser;
+use cli::{Cli, Command};
 use jobd::LogFormat;
-use jobd::cli::{Cli, Command};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JOBD_LOG")
@@ -41,7 +43,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some(Command::Ctl(args)) => ExitCode::from(jobd::control::ctl::run(&args) as u8),
+        Some(Command::Ctl(args)) => {
+            ExitCode::from(jobd::control::ctl::run(&args.request(), &cli::check_start_args) as u8)
+        }
         None => {
             let cfg = match cli.run.to_config() {
                 Ok(c) => c,
@@ -50,7 +54,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(cli.run.log_format);
+            init_tracing(cli.run.log_format.into());
             let server = match jobd::Server::builder().config(cfg).build() {
                 Ok(s) => s,
                 Err(e) => {
