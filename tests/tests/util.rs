@@ -2,7 +2,6 @@
 //! reads the bound port from its log, collects its stderr, and on `Drop`
 //! stops it and every process it started (found by a tag in their
 //! environment), by PID.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -104,12 +103,8 @@ pub fn run_jobd(args: &[&str]) -> (ExitStatus, String, String) {
 }
 
 impl Jobd {
-    /// Starts jobd in a fresh temp dir with `args` (plus `--listen
-    /// 127.0.0.1:0` unless args has `--listen`) and waits for its port.
-    pub fn start(args: &[&str]) -> Jobd {
-        Jobd::start_in(tempdir(), args)
-    }
-
+    /// Starts jobd in `dir` with `args` (plus `--listen 127.0.0.1:0`
+    /// unless args has `--listen`) and waits for its port.
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Jobd {
         let tag = new_tag();
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -290,12 +285,6 @@ impl Jobd {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Processes still alive that carry this jobd's tag (jobd itself,
-    /// workers, handlers and their children).
-    pub fn tagged(&self) -> Vec<i32> {
-        tagged_pids(&self.tag)
-    }
-
     /// Stops jobd with SIGTERM, expects exit 0 and no tagged process left.
     pub fn stop_clean(&mut self) {
         self.signal("TERM");
@@ -432,7 +421,7 @@ pub fn send(pid: i32, sig: &str) {
     try_send(pid, sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
 }
 
-// ---- The daemon lifecycle (tests/daemon.rs, tests/ctl.rs) ----
+// ---- The daemon lifecycle (daemon.rs, ctl.rs) ----
 
 /// A fresh tag for processes started outside [`Jobd`].
 pub fn fresh_tag() -> String {

@@ -1,15 +1,13 @@
 //! The library through its examples: a closure job server, a disconnect
 //! callback that cancels (and the closure that notices), and one that keeps.
 
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use util::{DEADLINE, alive, script, tempdir, wait_until};
+use crate::util::{self, DEADLINE, alive, script, tempdir, wait_until};
 
 fn example(name: &str) -> PathBuf {
     // target/<profile>/jobd -> target/<profile>/examples/<name>

@@ -2,13 +2,11 @@
 //! reset, half-close, IPv6, each detector, with and without the worker
 //! watch, hooks, and no false cancellation under churn.
 
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use util::{Jobd, alive, reset, script, tempdir, wait_gone, wait_until};
+use crate::util::{self, Jobd, alive, reset, script, tempdir, wait_gone, wait_until};
 
 /// A job tree of two: the handler and its child. First line: both pids.
 const TREE: &str = "sleep 300 &\necho \"$$ $! $JOBD_JOB_ID\"\nwait";

@@ -1,13 +1,11 @@
 //! `jobd ctl` against a daemonized jobd: every verb, and the pid files it
 //! must not trust (missing, stale, naming a process that is not a jobd).
 
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
-use util::{
-    Daemon, Jobd, alive, read_pid, run_tagged, script, tempdir, wait_file_line, wait_gone,
+use crate::util::{
+    self, Daemon, Jobd, alive, read_pid, run_tagged, script, tempdir, wait_file_line, wait_gone,
     wait_until,
 };
 

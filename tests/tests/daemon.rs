@@ -3,12 +3,10 @@
 //! taken over, removal on a clean stop), log reopening on SIGUSR1,
 //! `--user`, and the bad combinations of these flags.
 
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 
-use util::{
-    Daemon, Jobd, alive, run_jobd, run_tagged, script, tempdir, wait_file_line, wait_until,
+use crate::util::{
+    self, Daemon, Jobd, alive, run_jobd, run_tagged, script, tempdir, wait_file_line, wait_until,
 };
 
 /// The value of `key=` in a text line (bare or quoted).

@@ -1,12 +1,10 @@
 //! The core pool through the real binary: handler I/O and environment,
 //! concurrency, relaunch of a killed worker, signals, reload, status.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use util::{Jobd, alive, read_pid, script, tempdir, wait_gone, wait_until};
+use crate::util::{self, Jobd, alive, read_pid, script, tempdir, wait_gone, wait_until};
 
 /// A handler that answers one line with the line and its environment.
 const ENV_ECHO: &str = r#"IFS= read -r line

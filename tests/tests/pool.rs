@@ -2,12 +2,10 @@
 //! load and shrinking back, the cap, recycling, job timeouts, SIGTTIN /
 //! SIGTTOU, reload on file change, and the status totals.
 
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
-use util::{Jobd, script, tempdir, wait_until};
+use crate::util::{self, Jobd, script, tempdir, wait_until};
 
 fn live_workers(st: &serde_json::Value) -> usize {
     st["slots"]

@@ -2,9 +2,7 @@
 //! exit status 2 (usage or configuration) or 1 (a port in use), and nothing
 //! left running (the harness checks no process of the run remains).
 
-mod util;
-
-use util::{run_jobd, script, tempdir};
+use crate::util::{run_jobd, script, tempdir};
 
 fn expect(args: &[&str], code: i32, needles: &[&str]) {
     let (st, out, err) = run_jobd(args);

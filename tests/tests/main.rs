@@ -1,0 +1,12 @@
+//! The integration tests: one test binary that starts the real `jobd`
+//! binary and drives it with real clients, one module per topic.
+
+mod util;
+
+mod bad_input;
+mod core;
+mod ctl;
+mod daemon;
+mod disconnect;
+mod examples;
+mod pool;
