@@ -495,6 +495,16 @@ mod tests {
         assert!(parse_duration("").is_err());
     }
 
+    /// Regression guard: prefork 0 with a closure job would run the closure
+    /// where nothing can watch or cancel it; refused, not ignored.
+    #[test]
+    fn prefork_zero_refuses_a_closure_job() {
+        let mut c = Config::new(JobSpec::Closure(Rc::new(|_, _| Ok(()))));
+        c.validate().unwrap();
+        c.prefork = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::InlineClosure)));
+    }
+
     #[test]
     fn validate_rejects_missing_script_and_dir() {
         let mut c = Config::new(JobSpec::Handler {

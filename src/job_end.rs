@@ -149,7 +149,7 @@ impl JobEnd {
         let outcome = self.outcome_name();
         match self.reason {
             Some(EndReason::WorkerDied) => {
-                tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = "worker-died", "job ended");
+                tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %EndReason::WorkerDied.as_str(), "job ended");
             }
             Some(r) => {
                 tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %r.as_str(), "job ended");

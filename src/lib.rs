@@ -16,7 +16,10 @@
 //! supervisor (`PR_SET_PDEATHSIG`); when a worker dies, the supervisor (the
 //! subreaper of its job trees) kills its job's process group as it reaps it.
 //! Handlers are spawned with `posix_spawn` (no fork of the worker).
-//! With `prefork = 0`, the calling process serves jobs one at a time itself.
+//! With `prefork = 0`, the calling process serves handler jobs one at a
+//! time itself and runs the same disconnect watch (detection, hooks, job
+//! timeout) between the polls of its job loop; a closure job needs
+//! `prefork >= 1`.
 //!
 //! The supervisor never runs job code and never signals a pid it read from
 //! the scoreboard: it signals its workers through pidfds, and a job's process
@@ -62,6 +65,26 @@
 //! `TCPREMOTEPORT`, plus `JOBD_JOB_ID` and `JOBD_SLOT`. When the handler
 //! exits, whatever is left in its process group is killed: a job's processes
 //! do not outlive it.
+//!
+//! ## Layout
+//!
+//! One module per process role, pure logic apart, every `unsafe` in `sys/`;
+//! a module below never imports one above it.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`server`] | the builder and [`Server::run`]: the start-up phases |
+//! | [`config`] | the validated [`Config`] (no CLI types) |
+//! | [`hooks`] | the hook types and events given to library users |
+//! | `supervisor/` | SUPERVISOR ONLY: the poll loop and its phases, its children (fork, reap, what a dead worker means), the pool rules, reload checks |
+//! | `worker/` | WORKER ONLY: a worker's life (and the `prefork = 0` process), its signals, one job from accept to its end record |
+//! | `watch/` | disconnect detection, verdicts and cancellation, in the supervisor or the `prefork = 0` process, reaching processes only through a `Workers` boundary |
+//! | `scoreboard` | the shared slots and the typed supervisor↔worker protocol |
+//! | `job_end` | the one end record of a job: counters, the `job ended` line, the access log |
+//! | `spawn`, `net`, `logfiles`, `pidfile` | posix_spawn of handlers and hook programs; the listener; log files; the pid file |
+//! | [`detect`] | socket tables (sock_diag, procfs) behind one trait, and the pure diff |
+//! | [`control`] | `jobd ctl` and `jobd status`, the processes that talk to a running jobd |
+//! | `sys/` | every `unsafe`: fork, pidfds, the shared mapping, signals, daemonizing |
 //!
 //! ## Library example
 //!

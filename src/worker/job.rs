@@ -56,6 +56,12 @@ impl Overseer<'_, '_> {
         }
     }
 
+    /// Whether this process is its own supervisor (`--prefork 0`): it then
+    /// also keeps the grace period of a SIGTERM itself.
+    fn is_inline(&self) -> bool {
+        matches!(self, Overseer::Inline(_))
+    }
+
     /// When the inline watch wants its next turn.
     fn next_due(&self) -> Option<Instant> {
         match self {
@@ -262,8 +268,12 @@ impl Runner<'_, '_> {
         };
         let mut cancel: Option<CancelReason> = None;
         let mut kill_at: Option<Instant> = None;
+        // `--prefork 0`: the end of the grace period of a SIGTERM (in the
+        // pool, the supervisor keeps it and sends SIGINT).
+        let mut grace_at: Option<Instant> = None;
+        let mut draining = false;
         loop {
-            let next = [kill_at, self.overseer.next_due()]
+            let next = [kill_at, grace_at, self.overseer.next_due()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -308,6 +318,25 @@ impl Runner<'_, '_> {
             }
             if sig_ready && signals::drain(self.sigfd, self.slot, &mut after) {
                 // SIGINT: the job dies now.
+                cancel.get_or_insert(CancelReason::Shutdown);
+                let _ = sys::kill_group(pgid, Signal::SIGKILL);
+            }
+            if after.retire && !draining && self.overseer.is_inline() {
+                draining = true;
+                tracing::info!(
+                    grace_ms = self.cfg.grace.as_millis() as u64,
+                    "SIGTERM: stopping; the running job may finish"
+                );
+                grace_at = Some(Instant::now() + self.cfg.grace);
+            }
+            if let Some(t) = grace_at
+                && Instant::now() >= t
+            {
+                grace_at = None;
+                tracing::warn!(
+                    job = job_id,
+                    "grace period over: cancelling the job still running"
+                );
                 cancel.get_or_insert(CancelReason::Shutdown);
                 let _ = sys::kill_group(pgid, Signal::SIGKILL);
             }

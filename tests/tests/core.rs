@@ -355,3 +355,45 @@ fn json_log_format() {
     j.stop_clean();
     let _ = Duration::ZERO;
 }
+
+/// Regression guard: a job lost with its worker had no access-log line and
+/// no reason; it now ends `outcome=failed reason=worker-died` in both logs.
+/// The access log's machine fields carry the exit code and the signal.
+#[test]
+fn a_job_lost_with_its_worker_is_logged_and_in_the_access_log() {
+    let dir = tempdir();
+    let access = dir.path().join("access.log");
+    let h = script(
+        dir.path(),
+        "h.sh",
+        "read -r l\n[ \"$l\" = quit ] && exit 3\necho \"$PPID $JOBD_JOB_ID\"\nexec sleep 300",
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--access-log",
+            access.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(j.request_all("quit\n"), "");
+    let failed = util::wait_file_line(&access, |l| l.contains("outcome=failed"));
+    assert!(failed.contains("exit_code=3 signal=-"), "{failed}");
+    assert!(failed.contains("reason=-"), "{failed}");
+    let (_s, line) = j.request_line("go\n");
+    let v: Vec<&str> = line.split_whitespace().collect();
+    let (worker, job): (i32, u64) = (v[0].parse().unwrap(), v[1].parse().unwrap());
+    util::send(worker, "KILL");
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains(&format!("job={job} ")));
+    assert!(
+        end.contains("outcome=failed") && end.contains("reason=worker-died"),
+        "{end}"
+    );
+    let rec = util::wait_file_line(&access, |l| l.contains(&format!(" job={job} ")));
+    assert!(rec.contains("outcome=failed reason=worker-died"), "{rec}");
+    assert!(rec.contains("exit_code=- signal=-"), "{rec}");
+    j.stop_clean();
+}

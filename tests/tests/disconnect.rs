@@ -593,3 +593,99 @@ fn prefork_zero_cancels_on_hangup() {
     drop(next.0);
     j.stop_clean();
 }
+
+/// Regression guard: `--prefork 0` accepted `--job-timeout` and ignored it
+/// (a 300 s job ran on); the one process now runs the pool's watch.
+#[test]
+fn prefork_zero_applies_the_job_timeout() {
+    let mut j = Jobd::with_script(TREE, &["--prefork", "0", "--job-timeout", "1s"]);
+    let (_s, handler, child, job) = start_tree(&j);
+    gone_within(handler, child);
+    j.wait_log(|l| {
+        l.contains("job cancelled")
+            && l.contains(&format!("job={job} "))
+            && l.contains("reason=timeout")
+    });
+    j.wait_log(|l| {
+        l.contains("job ended")
+            && l.contains(&format!("job={job} "))
+            && l.contains("outcome=timeout")
+    });
+    j.stop_clean();
+}
+
+/// Regression guard: `--prefork 0` skipped `--disconnect-hook`; its verdict
+/// (exit 3: keep) now applies there too.
+#[test]
+fn prefork_zero_asks_the_disconnect_hook() {
+    let dir = tempdir();
+    let hook = script(dir.path(), "hook.sh", "cat > /dev/null\nexit 3");
+    let h = script(
+        dir.path(),
+        "h.sh",
+        "echo \"$$ $JOBD_JOB_ID\"\nsleep 8\necho done",
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "0",
+            "--disconnect-hook",
+            hook.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let (s, line) = j.request_line("");
+    let v: Vec<&str> = line.split_whitespace().collect();
+    let (handler, job): (i32, u64) = (v[0].parse().unwrap(), v[1].parse().unwrap());
+    drop(s);
+    let kept = j.wait_log(|l| l.contains("job kept") && l.contains(&format!("job={job} ")));
+    assert!(
+        kept.contains("verdict_by=\"hook-program\"") || kept.contains("verdict_by=hook-program"),
+        "{kept}"
+    );
+    assert!(alive(handler), "a kept job runs on");
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains(&format!("job={job} ")));
+    assert!(end.contains("outcome=done"), "{end}");
+    assert_eq!(j.count(|l| l.contains("job cancelled")), 0);
+    j.stop_clean();
+}
+
+/// `--prefork 0` with `--on-disconnect log`: the disconnect is logged, the
+/// job is kept (the policy applies in this mode too).
+#[test]
+fn prefork_zero_follows_on_disconnect_log() {
+    let mut j = Jobd::with_script(
+        "echo \"$$ $JOBD_JOB_ID\"\nsleep 3",
+        &["--prefork", "0", "--on-disconnect", "log"],
+    );
+    let (s, line) = j.request_line("");
+    let v: Vec<&str> = line.split_whitespace().collect();
+    let (handler, job): (i32, u64) = (v[0].parse().unwrap(), v[1].parse().unwrap());
+    reset(s);
+    let kept = j.wait_log(|l| l.contains("job kept") && l.contains(&format!("job={job} ")));
+    assert!(kept.contains("reason=client-reset"), "{kept}");
+    assert!(alive(handler));
+    j.wait_log(|l| l.contains("job ended") && l.contains("outcome=done"));
+    j.stop_clean();
+}
+
+/// Regression guard: `--prefork 0` ignored `--grace`: a SIGTERM waited for
+/// the running job however long it took.
+#[test]
+fn prefork_zero_sigterm_keeps_the_grace_period() {
+    let mut j = Jobd::with_script(TREE, &["--prefork", "0", "--grace", "1s"]);
+    let (_s, handler, child, job) = start_tree(&j);
+    j.signal("TERM");
+    j.wait_log(|l| l.contains("grace period over"));
+    gone_within(handler, child);
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains(&format!("job={job} ")));
+    assert!(
+        end.contains("outcome=cancelled") && end.contains("reason=shutdown"),
+        "{end}"
+    );
+    let st = j.wait_exit();
+    assert!(st.success(), "{st:?}");
+    wait_gone(&j.tag);
+}
