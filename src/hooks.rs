@@ -1,5 +1,6 @@
 //! Hook traits and the values they receive: the job context given to Rust
-//! jobs, the disconnect event and the verdict of a disconnect hook.
+//! jobs, the disconnect event and the verdict of a disconnect hook, and the
+//! registry (`Hooks`) the builder fills.
 //!
 //! Hooks run in the supervisor (disconnect, lifecycle) or in a worker (the
 //! job closure). Nothing here forks or signals.

@@ -10,10 +10,15 @@
 //! - `SIGTERM`: stop accepting, let jobs finish within `--grace`, then kill them
 //! - `SIGINT`:  cancel all jobs now and exit
 //! - `SIGHUP`:  reload: check the handler again, replace each worker once idle
-//! - `SIGCHLD`: reap workers and orphaned job processes
+//! - `SIGCHLD`: reap workers, orphaned job processes and hook programs
+//! - `SIGTTIN` / `SIGTTOU`: one worker more / less
+//! - `SIGUSR1`: reopen the logs, and pass it on to the workers
+//!
+//! The loop runs the disconnect watch ([`crate::watch`]) through the
+//! workers' pidfds, and the pool rules ([`pool`], pure) every tick.
 
 mod children;
-pub mod pool;
+pub(crate) mod pool;
 mod reload;
 
 use std::net::TcpListener;
