@@ -26,7 +26,8 @@ fn main() {
                 eprintln!("callback: job {} keeps running after a FIN", ev.job_id);
                 Verdict::Keep
             }
-            DisconnectReason::ClientReset => Verdict::Cancel,
+            // A reset, or a client that stopped acknowledging: gone for good.
+            _ => Verdict::Cancel,
         })
         .build();
     if let Err(e) = server.and_then(|s| s.run()) {

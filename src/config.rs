@@ -84,6 +84,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// The default `--fin-grace`: see README, "Disconnects" (an sh handler
+/// exits within a few ms of its last write, a Python one within about
+/// 50 ms; this leaves room for cleanup and a loaded machine).
+pub const DEFAULT_FIN_GRACE: Duration = Duration::from_millis(250);
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -105,6 +110,10 @@ pub struct Config {
     pub worker_watch: bool,
     /// FIN policy.
     pub on_fin: FinPolicy,
+    /// After a FIN from a client that acknowledged every byte it was sent,
+    /// how long the handler may go on to exit by itself before it is
+    /// cancelled (zero: a FIN cancels at once).
+    pub fin_grace: Duration,
     /// Keepalive idle time and TCP_USER_TIMEOUT for accepted sockets
     /// (zero disables both).
     pub keepalive: Duration,
@@ -252,6 +261,7 @@ impl Config {
             detector: DetectorKind::Auto,
             worker_watch: true,
             on_fin: FinPolicy::Cancel,
+            fin_grace: DEFAULT_FIN_GRACE,
             keepalive: Duration::from_secs(60),
             on_disconnect: DisconnectPolicy::Cancel,
             disconnect_hook: None,

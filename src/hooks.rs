@@ -38,11 +38,15 @@ impl JobContext<'_> {
 /// Why a client counts as gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum DisconnectReason {
     /// The client sent a FIN (close or half-close): our socket is CLOSE_WAIT.
     ClientClosed,
     /// The client reset the connection, or its socket vanished.
     ClientReset,
+    /// The client stopped acknowledging data: TCP_USER_TIMEOUT or
+    /// keepalive gave up on it (a peer gone without a packet).
+    ClientUnresponsive,
 }
 
 impl DisconnectReason {
@@ -51,6 +55,7 @@ impl DisconnectReason {
         match self {
             DisconnectReason::ClientClosed => "client-closed",
             DisconnectReason::ClientReset => "client-reset",
+            DisconnectReason::ClientUnresponsive => "client-unresponsive",
         }
     }
 }

@@ -11,7 +11,8 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
 use crate::logfiles::{self, AccessRecord};
-use crate::scoreboard::{CancelReason, Counter, Header};
+use crate::scoreboard::{CancelReason, CancelRequest, Counter, Header, SeenBy};
+use crate::sys::TcpProgress;
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,12 @@ pub(crate) struct JobEnd {
     pub(crate) reason: Option<EndReason>,
     /// How its process finished.
     pub(crate) finish: Finish,
+    /// What the client had been sent and had acknowledged at the end
+    /// (`TCP_INFO`), when it could be read.
+    pub(crate) progress: Option<TcpProgress>,
+    /// When the client closed (FIN) during a job that was not cancelled
+    /// for it (it had its answer): ms from the job's start.
+    pub(crate) client_closed_after_ms: Option<u64>,
 }
 
 impl JobEnd {
@@ -128,6 +135,9 @@ impl JobEnd {
                 Finish::Signaled(s) => Some(s.as_str()),
                 _ => None,
             },
+            bytes_sent: self.progress.map(|p| p.bytes_sent),
+            bytes_acked: self.progress.map(|p| p.bytes_acked),
+            client_closed_after_ms: self.client_closed_after_ms,
         }
     }
 
@@ -137,8 +147,10 @@ impl JobEnd {
         header.count(Counter::JobsServed);
         match (self.outcome, self.reason) {
             (Outcome::Failed, _) => header.count(Counter::JobsFailed),
-            (Outcome::Cancelled, Some(EndReason::Cancel(CancelReason::Shutdown))) => {
-                header.count(Counter::CancelledShutdown)
+            (Outcome::Cancelled, Some(EndReason::Cancel(r))) => {
+                for c in cancel_counters(r) {
+                    header.count(*c);
+                }
             }
             _ => {}
         }
@@ -147,17 +159,78 @@ impl JobEnd {
         logfiles::access(&self.access_record(&peer, &status));
         let (slot, pid, job, duration_ms) = (self.slot, self.pid, self.job_id, self.duration_ms);
         let outcome = self.outcome_name();
-        match self.reason {
-            Some(EndReason::WorkerDied) => {
-                tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %EndReason::WorkerDied.as_str(), "job ended");
-            }
-            Some(r) => {
-                tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %r.as_str(), "job ended");
-            }
-            None => {
-                tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, "job ended");
-            }
+        let reason = self.reason.map_or("-", EndReason::as_str);
+        let (sent, acked) = progress_fields(self.progress);
+        let closed = self
+            .client_closed_after_ms
+            .map_or_else(|| "-".to_string(), |ms| ms.to_string());
+        if self.reason == Some(EndReason::WorkerDied) {
+            tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, "job ended");
+        } else if self.client_closed_after_ms.is_some() {
+            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, client_closed_after_ms = %closed, "job ended");
+        } else {
+            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, "job ended");
         }
+    }
+}
+
+/// The counters a cancellation for `r` adds to.
+fn cancel_counters(r: CancelReason) -> &'static [Counter] {
+    match r {
+        CancelReason::ClientClosed => {
+            &[Counter::CancelledDisconnect, Counter::CancelledClientClosed]
+        }
+        CancelReason::ClientReset => &[Counter::CancelledDisconnect, Counter::CancelledClientReset],
+        CancelReason::ClientUnresponsive => &[
+            Counter::CancelledDisconnect,
+            Counter::CancelledClientUnresponsive,
+        ],
+        CancelReason::Timeout => &[Counter::CancelledTimeout],
+        CancelReason::Shutdown => &[Counter::CancelledShutdown],
+    }
+}
+
+/// `bytes_sent` and `bytes_acked` as log values (`-` when unknown).
+fn progress_fields(p: Option<TcpProgress>) -> (String, String) {
+    match p {
+        Some(p) => (p.bytes_sent.to_string(), p.bytes_acked.to_string()),
+        None => ("-".into(), "-".into()),
+    }
+}
+
+/// Logs `job cancelled`: the moment jobd acts on a cancel request (the
+/// worker, as it signals the job; or the supervisor, for a closure job
+/// whose worker it had to kill), always before the job's `job ended`.
+pub(crate) fn log_cancelled(
+    slot: usize,
+    pid: i32,
+    job: u64,
+    peer: Option<SocketAddr>,
+    req: &CancelRequest,
+    ran_ms: u64,
+    progress: Option<TcpProgress>,
+) {
+    let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+    let (sent, acked) = progress_fields(progress);
+    let (reason, by) = (req.reason.as_str(), req.by.as_str());
+    if req.seen_by == SeenBy::Nobody {
+        tracing::info!(slot, pid, job, peer = %peer, reason = %reason, ran_ms, verdict_by = by, bytes_sent = %sent, bytes_acked = %acked, "job cancelled");
+    } else {
+        let seen_after_ms = f64::from(req.seen_after_us) / 1e3;
+        tracing::info!(
+            slot,
+            pid,
+            job,
+            peer = %peer,
+            reason = %reason,
+            ran_ms,
+            seen_after_ms = format_args!("{seen_after_ms:.1}"),
+            seen_by = req.seen_by.as_str(),
+            verdict_by = by,
+            bytes_sent = %sent,
+            bytes_acked = %acked,
+            "job cancelled"
+        );
     }
 }
 
@@ -175,6 +248,8 @@ mod tests {
             outcome,
             reason,
             finish,
+            progress: None,
+            client_closed_after_ms: None,
         }
     }
 

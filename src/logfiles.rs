@@ -58,6 +58,13 @@ pub struct AccessRecord<'a> {
     pub exit_code: Option<i32>,
     /// The signal that killed the handler, when one did.
     pub signal: Option<&'a str>,
+    /// Data bytes sent to the client (`TCP_INFO`), when known.
+    pub bytes_sent: Option<u64>,
+    /// Data bytes the client acknowledged, when known.
+    pub bytes_acked: Option<u64>,
+    /// When the client closed during a job that went on to its end: ms
+    /// from the job's start.
+    pub client_closed_after_ms: Option<u64>,
 }
 
 /// Errors of opening the logs.
@@ -219,7 +226,7 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             s
         }
         LogFormat::Text => format!(
-            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={}\n",
+            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={} bytes_sent={} bytes_acked={} client_closed_after_ms={}\n",
             time,
             rec.job_id,
             rec.slot,
@@ -232,8 +239,16 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             rec.exit_code
                 .map_or_else(|| "-".to_string(), |c| c.to_string()),
             text_value(rec.signal.unwrap_or("-")),
+            dash(rec.bytes_sent),
+            dash(rec.bytes_acked),
+            dash(rec.client_closed_after_ms),
         ),
     }
+}
+
+/// A number, or `-` when unknown.
+fn dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 /// A text value as tracing's text lines show it: bare when it is one plain
@@ -306,6 +321,9 @@ mod tests {
             status: "signal SIGTERM",
             exit_code: None,
             signal: Some("SIGTERM"),
+            bytes_sent: Some(120),
+            bytes_acked: Some(100),
+            client_closed_after_ms: None,
         }
     }
 
@@ -316,7 +334,7 @@ mod tests {
             l,
             "time=2026-01-02T03:04:05.678Z job=7 slot=1 pid=4242 peer=127.0.0.1:5555 \
              duration_ms=12 outcome=cancelled reason=client-closed status=\"signal SIGTERM\" \
-             exit_code=- signal=SIGTERM\n"
+             exit_code=- signal=SIGTERM bytes_sent=120 bytes_acked=100 client_closed_after_ms=-\n"
         );
         assert_eq!(text_value(""), "\"\"");
         assert_eq!(text_value("[::1]:80"), "[::1]:80");

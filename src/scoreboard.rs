@@ -161,6 +161,9 @@ pub(crate) enum CancelReason {
     Timeout = 3,
     /// SIGINT, or the grace period of SIGTERM ran out.
     Shutdown = 4,
+    /// The client stopped acknowledging data (TCP_USER_TIMEOUT or
+    /// keepalive gave up on it).
+    ClientUnresponsive = 5,
 }
 
 impl CancelReason {
@@ -170,6 +173,7 @@ impl CancelReason {
             2 => CancelReason::ClientReset,
             3 => CancelReason::Timeout,
             4 => CancelReason::Shutdown,
+            5 => CancelReason::ClientUnresponsive,
             _ => return None,
         })
     }
@@ -181,6 +185,111 @@ impl CancelReason {
             CancelReason::ClientReset => "client-reset",
             CancelReason::Timeout => "timeout",
             CancelReason::Shutdown => "shutdown",
+            CancelReason::ClientUnresponsive => "client-unresponsive",
+        }
+    }
+}
+
+/// Who saw the disconnect behind a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SeenBy {
+    /// Not a disconnect (a timeout).
+    Nobody = 0,
+    /// The worker's poll of its own socket.
+    WorkerWatch = 1,
+    /// The supervisor's periodic scan.
+    Scan = 2,
+}
+
+impl SeenBy {
+    fn from_u8(v: u8) -> SeenBy {
+        match v {
+            1 => SeenBy::WorkerWatch,
+            2 => SeenBy::Scan,
+            _ => SeenBy::Nobody,
+        }
+    }
+
+    /// The name used in logs.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SeenBy::Nobody => "-",
+            SeenBy::WorkerWatch => "worker-watch",
+            SeenBy::Scan => "scan",
+        }
+    }
+}
+
+/// Who decided a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VerdictBy {
+    /// `--on-disconnect`.
+    Policy = 1,
+    /// A Rust `on_client_disconnect` callback.
+    Callback = 2,
+    /// The `--disconnect-hook` program.
+    HookProgram = 3,
+    /// `--job-timeout`.
+    Timeout = 4,
+}
+
+impl VerdictBy {
+    fn from_u8(v: u8) -> VerdictBy {
+        match v {
+            2 => VerdictBy::Callback,
+            3 => VerdictBy::HookProgram,
+            4 => VerdictBy::Timeout,
+            _ => VerdictBy::Policy,
+        }
+    }
+
+    /// The name used in logs.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            VerdictBy::Policy => "policy",
+            VerdictBy::Callback => "callback",
+            VerdictBy::HookProgram => "hook-program",
+            VerdictBy::Timeout => "timeout",
+        }
+    }
+}
+
+/// A cancel request as the supervisor writes it and the worker reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct CancelRequest {
+    /// Why.
+    pub(crate) reason: CancelReason,
+    /// Who decided.
+    pub(crate) by: VerdictBy,
+    /// Who saw the disconnect.
+    pub(crate) seen_by: SeenBy,
+    /// From the hang-up to its detection, in microseconds (an upper bound
+    /// when the scan saw it).
+    pub(crate) seen_after_us: u32,
+}
+
+impl CancelRequest {
+    /// A request for `reason` without a disconnect behind it.
+    pub(crate) fn plain(reason: CancelReason, by: VerdictBy) -> CancelRequest {
+        CancelRequest {
+            reason,
+            by,
+            seen_by: SeenBy::Nobody,
+            seen_after_us: 0,
+        }
+    }
+
+    fn pack(&self) -> u32 {
+        self.reason as u32 | (self.seen_by as u32) << 8 | (self.by as u32) << 16
+    }
+
+    fn unpack(word: u32, seen_after_us: u32) -> CancelRequest {
+        CancelRequest {
+            // A request names a reason; an unknown number reads as a shutdown.
+            reason: CancelReason::from_u32(word & 0xff).unwrap_or(CancelReason::Shutdown),
+            seen_by: SeenBy::from_u8((word >> 8) as u8),
+            by: VerdictBy::from_u8((word >> 16) as u8),
+            seen_after_us,
         }
     }
 }
@@ -192,6 +301,9 @@ pub(crate) enum Hangup {
     Fin = 1,
     /// POLLHUP or POLLERR: a reset.
     Reset = 2,
+    /// POLLERR with ETIMEDOUT: the client stopped acknowledging
+    /// (TCP_USER_TIMEOUT or keepalive).
+    Unresponsive = 3,
 }
 
 /// The pool-wide counters of the header.
@@ -214,6 +326,12 @@ pub(crate) enum Counter {
     WorkersSpawned,
     /// Times the pool hit max children.
     MaxChildrenReached,
+    /// Jobs cancelled because the client closed (FIN).
+    CancelledClientClosed,
+    /// Jobs cancelled because the client reset the connection.
+    CancelledClientReset,
+    /// Jobs cancelled because the client stopped acknowledging.
+    CancelledClientUnresponsive,
 }
 crate::sys::shared_struct! {
     /// A socket address stored as atomics.
@@ -304,6 +422,9 @@ crate::sys::shared_struct! {
         min_workers: AtomicU32,
         /// Listen address.
         listen: AtomicAddr,
+        cancelled_client_closed: AtomicU64,
+        cancelled_client_reset: AtomicU64,
+        cancelled_client_unresponsive: AtomicU64,
     }
 }
 
@@ -342,12 +463,13 @@ crate::sys::shared_struct! {
         hangup_kind: AtomicU32,
         /// Cancel request: the job id the supervisor asks to cancel.
         cancel_req: AtomicU64,
-        /// [`CancelReason`] of `cancel_req`.
+        /// The [`CancelRequest`] of `cancel_req`, packed.
         cancel_reason: AtomicU32,
         /// Kill request for a closure job that ignored its cancellation: the
         /// worker kills itself only if this names the job it runs.
         kill_req: AtomicU64,
-        _pad2: AtomicU32,
+        /// The request's `seen_after_us`.
+        cancel_seen_after_us: AtomicU32,
         /// Jobs this worker served.
         jobs_served: AtomicU64,
         /// Worker start, unix ms.
@@ -375,6 +497,9 @@ impl Header {
             Counter::GoneBeforeStart => &self.gone_before_start,
             Counter::WorkersSpawned => &self.workers_spawned,
             Counter::MaxChildrenReached => &self.max_children_reached,
+            Counter::CancelledClientClosed => &self.cancelled_client_closed,
+            Counter::CancelledClientReset => &self.cancelled_client_reset,
+            Counter::CancelledClientUnresponsive => &self.cancelled_client_unresponsive,
         }
     }
 
@@ -529,15 +654,14 @@ impl Slot {
     }
 
     /// The cancel request for `job_id`, if one was made.
-    pub(crate) fn cancel_requested(&self, job_id: u64) -> Option<CancelReason> {
+    pub(crate) fn cancel_requested(&self, job_id: u64) -> Option<CancelRequest> {
         if job_id == 0 || self.cancel_req.load(Ordering::Acquire) != job_id {
             return None;
         }
-        // A request names a reason; an unknown number reads as a shutdown.
-        Some(
-            CancelReason::from_u32(self.cancel_reason.load(Ordering::Relaxed))
-                .unwrap_or(CancelReason::Shutdown),
-        )
+        Some(CancelRequest::unpack(
+            self.cancel_reason.load(Ordering::Relaxed),
+            self.cancel_seen_after_us.load(Ordering::Relaxed),
+        ))
     }
 
     /// Whether the supervisor asked to kill the worker of closure job
@@ -554,6 +678,7 @@ impl Slot {
         }
         let kind = match self.hangup_kind.load(Ordering::Relaxed) {
             2 => Hangup::Reset,
+            3 => Hangup::Unresponsive,
             _ => Hangup::Fin,
         };
         Some((kind, at))
@@ -601,11 +726,13 @@ impl Slot {
     /// Asks the worker to cancel `job` for `reason`, if the slot still runs
     /// it; the caller then pokes the worker. Returns whether the request
     /// was made.
-    pub(crate) fn request_cancel(&self, job: &JobView, reason: CancelReason) -> bool {
+    pub(crate) fn request_cancel(&self, job: &JobView, req: CancelRequest) -> bool {
         if !self.still_runs(job) {
             return false;
         }
-        self.cancel_reason.store(reason as u32, Ordering::Relaxed);
+        self.cancel_reason.store(req.pack(), Ordering::Relaxed);
+        self.cancel_seen_after_us
+            .store(req.seen_after_us, Ordering::Relaxed);
         self.cancel_req.store(job.job_id, Ordering::Release);
         true
     }

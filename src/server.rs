@@ -127,6 +127,14 @@ impl ServerBuilder {
         self
     }
 
+    /// After a FIN from a client that has acknowledged all it was sent,
+    /// how long the handler may still exit by itself (default 250 ms; zero:
+    /// a FIN cancels at once).
+    pub fn fin_grace(mut self, d: Duration) -> Self {
+        self.cfg.fin_grace = d;
+        self
+    }
+
     /// Keepalive idle time and TCP_USER_TIMEOUT (default 60 s; zero: off).
     pub fn keepalive(mut self, d: Duration) -> Self {
         self.cfg.keepalive = d;

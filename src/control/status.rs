@@ -47,6 +47,12 @@ pub struct Totals {
     pub jobs_failed: u64,
     /// Jobs cancelled because the client went away.
     pub cancelled_disconnect: u64,
+    /// Of those: the client closed (FIN).
+    pub cancelled_client_closed: u64,
+    /// Of those: the client reset the connection.
+    pub cancelled_client_reset: u64,
+    /// Of those: the client stopped acknowledging (TCP_USER_TIMEOUT).
+    pub cancelled_client_unresponsive: u64,
     /// Jobs cancelled by shutdown.
     pub cancelled_shutdown: u64,
     /// Jobs cancelled by `--job-timeout`.
@@ -141,6 +147,9 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             jobs_served: h.get(Counter::JobsServed),
             jobs_failed: h.get(Counter::JobsFailed),
             cancelled_disconnect: h.get(Counter::CancelledDisconnect),
+            cancelled_client_closed: h.get(Counter::CancelledClientClosed),
+            cancelled_client_reset: h.get(Counter::CancelledClientReset),
+            cancelled_client_unresponsive: h.get(Counter::CancelledClientUnresponsive),
             cancelled_shutdown: h.get(Counter::CancelledShutdown),
             timeouts: h.get(Counter::CancelledTimeout),
             max_children_reached: h.get(Counter::MaxChildrenReached),
@@ -206,11 +215,14 @@ impl Status {
             t.max_children_reached
         ));
         out.push_str(&format!(
-            "jobs served {}  failed {}  cancelled {} (disconnect {}, timeout {}, shutdown {})  gone before start {}\n",
+            "jobs served {}  failed {}  cancelled {} (disconnect {}: closed {}, reset {}, unresponsive {}; timeout {}, shutdown {})  gone before start {}\n",
             t.jobs_served,
             t.jobs_failed,
             t.cancelled_disconnect + t.timeouts + t.cancelled_shutdown,
             t.cancelled_disconnect,
+            t.cancelled_client_closed,
+            t.cancelled_client_reset,
+            t.cancelled_client_unresponsive,
             t.timeouts,
             t.cancelled_shutdown,
             t.gone_before_start

@@ -12,7 +12,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::job_end::{EndReason, Finish, JobEnd, Outcome};
-use crate::scoreboard::{CancelReason, JobView};
+use crate::scoreboard::{CancelRequest, JobView};
 use crate::sys::{self, Forked, PidFd};
 
 pub(super) struct Worker {
@@ -97,7 +97,7 @@ pub(super) struct Reaped<'a> {
     /// The job its slot still showed, if any.
     pub(super) job: Option<JobView>,
     /// The cancel request of that job, if one was made.
-    pub(super) cancel: Option<CancelReason>,
+    pub(super) cancel: Option<CancelRequest>,
     /// Whether the supervisor asked it to kill itself (its closure job
     /// ignored a cancel).
     pub(super) kill_requested: bool,
@@ -123,7 +123,7 @@ pub(super) fn read_exit(r: &Reaped<'_>, now_mono_ns: u64) -> ExitReading {
         r.worker.retiring || r.kill_requested || matches!(r.status, Ok(WaitStatus::Exited(_, 0)));
     let job_end = r.job.map(|job| {
         let (outcome, reason) = match r.cancel {
-            Some(c) => (Outcome::Cancelled, EndReason::Cancel(c)),
+            Some(c) => (Outcome::Cancelled, EndReason::Cancel(c.reason)),
             None => (Outcome::Failed, EndReason::WorkerDied),
         };
         JobEnd {
@@ -135,6 +135,8 @@ pub(super) fn read_exit(r: &Reaped<'_>, now_mono_ns: u64) -> ExitReading {
             outcome,
             reason: Some(reason),
             finish: Finish::Other(format!("worker {status}")),
+            progress: None,
+            client_closed_after_ms: None,
         }
     });
     ExitReading {
@@ -147,7 +149,7 @@ pub(super) fn read_exit(r: &Reaped<'_>, now_mono_ns: u64) -> ExitReading {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scoreboard::JobKind;
+    use crate::scoreboard::{CancelReason, JobKind};
 
     fn worker(retiring: bool) -> Worker {
         Worker {
@@ -177,7 +179,7 @@ mod tests {
         w: &Worker,
         status: nix::Result<WaitStatus>,
         job: Option<JobView>,
-        cancel: Option<CancelReason>,
+        cancel: Option<CancelRequest>,
         kill_requested: bool,
     ) -> ExitReading {
         read_exit(
@@ -239,7 +241,10 @@ mod tests {
             &worker(false),
             killed,
             Some(job()),
-            Some(CancelReason::ClientReset),
+            Some(CancelRequest::plain(
+                CancelReason::ClientReset,
+                crate::scoreboard::VerdictBy::Policy,
+            )),
             true,
         );
         assert!(r.planned);

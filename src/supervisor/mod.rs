@@ -620,7 +620,22 @@ impl<'a> Supervisor<'a> {
             },
             sys::monotonic_ns(),
         );
-        if let Some(end) = &reading.job_end {
+        if let (Some(end), Some(j)) = (&reading.job_end, job) {
+            // A closure worker killed because its job ignored the cancel:
+            // its worker never got to say so.
+            if let Some(req) = board.cancel_requested(j.job_id)
+                && board.kill_requested(j.job_id)
+            {
+                crate::job_end::log_cancelled(
+                    i,
+                    w.pid.as_raw(),
+                    j.job_id,
+                    j.peer,
+                    &req,
+                    end.duration_ms,
+                    None,
+                );
+            }
             end.record(self.sb.header());
         }
         board.release();

@@ -124,6 +124,65 @@ pub fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(rustix::net::sockopt::socket_cookie(fd)?)
 }
 
+/// What a TCP socket has sent and what its peer acknowledged, from
+/// `TCP_INFO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpProgress {
+    /// Data bytes sent (`tcpi_bytes_sent`, retransmissions included).
+    pub bytes_sent: u64,
+    /// Data bytes the peer acknowledged (`tcpi_bytes_acked`).
+    pub bytes_acked: u64,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Bytes written by the application and not yet sent.
+    pub notsent: u32,
+}
+
+impl TcpProgress {
+    /// Whether something was sent and all of it is acknowledged, with
+    /// nothing left to send: the peer has every byte of the answer so far.
+    pub fn all_acked(&self) -> bool {
+        self.bytes_acked > 0 && self.unacked == 0 && self.notsent == 0
+    }
+}
+
+/// `TCP_INFO` of a connected TCP socket, through one chokepoint.
+pub fn tcp_progress(fd: BorrowedFd<'_>) -> io::Result<TcpProgress> {
+    // SAFETY: tcp_info is plain integers, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a valid, writable tcp_info and `len` its size; the
+    // kernel writes at most `len` bytes (an older kernel writes fewer, and
+    // the rest stays zero).
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpProgress {
+        bytes_sent: info.tcpi_bytes_sent,
+        bytes_acked: info.tcpi_bytes_acked,
+        unacked: info.tcpi_unacked,
+        notsent: info.tcpi_notsent_bytes,
+    })
+}
+
+/// The pending error of a socket (`SO_ERROR`), e.g. `ETIMEDOUT` after
+/// `TCP_USER_TIMEOUT` or keepalive gave up on the peer.
+pub fn socket_error(fd: BorrowedFd<'_>) -> Option<io::Error> {
+    match rustix::net::sockopt::socket_error(fd) {
+        Ok(Err(e)) => Some(e.into()),
+        _ => None,
+    }
+}
+
 /// The listen backlog as the kernel applied it cannot be read back; this
 /// reads `/proc/sys/net/core/somaxconn` to report the effective cap.
 pub fn somaxconn() -> i32 {

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use super::verdict::{By, Judged};
 use super::workers::Workers;
 use crate::hooks::{DisconnectReason, Verdict};
-use crate::scoreboard::{CancelReason, Counter, JobKind, JobView, Scoreboard};
+use crate::scoreboard::{CancelReason, CancelRequest, JobKind, JobView, Scoreboard};
 
 impl From<DisconnectReason> for CancelReason {
     fn from(r: DisconnectReason) -> CancelReason {
         match r {
             DisconnectReason::ClientClosed => CancelReason::ClientClosed,
             DisconnectReason::ClientReset => CancelReason::ClientReset,
+            DisconnectReason::ClientUnresponsive => CancelReason::ClientUnresponsive,
         }
     }
 }
@@ -57,10 +58,10 @@ impl Canceller {
         workers: &dyn Workers,
         slot: usize,
         job: &JobView,
-        reason: CancelReason,
+        req: CancelRequest,
         kill_grace: Duration,
     ) -> bool {
-        if workers.pid(slot).is_none() || !sb.slot(slot).request_cancel(job, reason) {
+        if workers.pid(slot).is_none() || !sb.slot(slot).request_cancel(job, req) {
             return false;
         }
         if let Err(e) = workers.poke(slot) {
@@ -77,8 +78,8 @@ impl Canceller {
         true
     }
 
-    /// Carries out a verdict: cancels (and logs `job cancelled`) or logs
-    /// that the job is kept.
+    /// Carries out a verdict: asks the worker to cancel (the worker logs
+    /// `job cancelled` when it acts), or logs that the job is kept.
     pub(crate) fn carry_out(
         &mut self,
         sb: &Scoreboard,
@@ -91,27 +92,21 @@ impl Canceller {
         let peer = j.job.peer.map(|p| p.to_string()).unwrap_or_default();
         match verdict {
             Verdict::Keep => {
-                tracing::info!(slot = j.slot, pid = j.pid.as_raw(), job = j.job.job_id, peer = %peer, reason = %j.reason.as_str(), verdict_by = by, "client disconnected; job kept");
+                tracing::info!(slot = j.slot, pid = j.pid.as_raw(), job = j.job.job_id, peer = %peer, reason = %j.reason.as_str(), verdict_by = by.as_str(), "client disconnected; job kept");
             }
             Verdict::Cancel => {
                 // The same worker must still run the same job.
                 if workers.pid(j.slot) != Some(j.pid) {
                     return;
                 }
-                if self.cancel(sb, workers, j.slot, &j.job, j.reason.into(), kill_grace) {
-                    sb.header().count(Counter::CancelledDisconnect);
-                    tracing::info!(
-                        slot = j.slot,
-                        pid = j.pid.as_raw(),
-                        job = j.job.job_id,
-                        peer = %peer,
-                        reason = %j.reason.as_str(),
-                        ran_ms = j.ran_ms,
-                        seen_after_ms = format_args!("{:.1}", j.seen_after_ms),
-                        seen_by = j.seen_by,
-                        verdict_by = by,
-                        "job cancelled"
-                    );
+                let req = CancelRequest {
+                    reason: j.reason.into(),
+                    by,
+                    seen_by: j.seen_by,
+                    seen_after_us: j.seen_after_us,
+                };
+                if self.cancel(sb, workers, j.slot, &j.job, req, kill_grace) {
+                    tracing::debug!(slot = j.slot, job = j.job.job_id, reason = %j.reason.as_str(), verdict_by = by.as_str(), "cancel requested");
                 }
             }
         }
@@ -151,7 +146,12 @@ impl Canceller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scoreboard::VerdictBy;
     use crate::watch::testutil::{FakeWorkers, job, running};
+
+    fn req(r: CancelReason) -> CancelRequest {
+        CancelRequest::plain(r, VerdictBy::Policy)
+    }
 
     #[test]
     fn cancel_writes_the_request_and_pokes_the_worker() {
@@ -159,8 +159,11 @@ mod tests {
         let w = FakeWorkers::with(&[(1, 4242)]);
         let j = running(&sb, 1, job(7, JobKind::Handler));
         let mut c = Canceller::default();
-        assert!(c.cancel(&sb, &w, 1, &j, CancelReason::Timeout, Duration::ZERO));
-        assert_eq!(sb.slot(1).cancel_requested(7), Some(CancelReason::Timeout));
+        assert!(c.cancel(&sb, &w, 1, &j, req(CancelReason::Timeout), Duration::ZERO));
+        assert_eq!(
+            sb.slot(1).cancel_requested(7).map(|r| r.reason),
+            Some(CancelReason::Timeout)
+        );
         assert_eq!(w.pokes(), vec![1]);
         assert_eq!(c.next_due(), None, "a handler job needs no follow-up kill");
     }
@@ -175,13 +178,27 @@ mod tests {
         sb.slot(0).end_job();
         let new = running(&sb, 0, job(8, JobKind::Handler));
         let mut c = Canceller::default();
-        assert!(!c.cancel(&sb, &w, 0, &old, CancelReason::ClientReset, Duration::ZERO));
+        assert!(!c.cancel(
+            &sb,
+            &w,
+            0,
+            &old,
+            req(CancelReason::ClientReset),
+            Duration::ZERO
+        ));
         assert_eq!(sb.slot(0).cancel_requested(new.job_id), None);
         assert_eq!(sb.slot(0).cancel_requested(old.job_id), None);
         assert!(w.pokes().is_empty());
         // An ending job is not cancelled either.
         sb.slot(0).job_ending();
-        assert!(!c.cancel(&sb, &w, 0, &new, CancelReason::ClientReset, Duration::ZERO));
+        assert!(!c.cancel(
+            &sb,
+            &w,
+            0,
+            &new,
+            req(CancelReason::ClientReset),
+            Duration::ZERO
+        ));
         assert!(w.pokes().is_empty());
     }
 
@@ -191,7 +208,7 @@ mod tests {
         let w = FakeWorkers::with(&[]);
         let j = running(&sb, 0, job(7, JobKind::Handler));
         let mut c = Canceller::default();
-        assert!(!c.cancel(&sb, &w, 0, &j, CancelReason::Timeout, Duration::ZERO));
+        assert!(!c.cancel(&sb, &w, 0, &j, req(CancelReason::Timeout), Duration::ZERO));
         assert_eq!(sb.slot(0).cancel_requested(7), None);
     }
 
@@ -202,8 +219,22 @@ mod tests {
         let a = running(&sb, 0, job(7, JobKind::Closure));
         let b = running(&sb, 1, job(8, JobKind::Closure));
         let mut c = Canceller::default();
-        assert!(c.cancel(&sb, &w, 0, &a, CancelReason::ClientClosed, Duration::ZERO));
-        assert!(c.cancel(&sb, &w, 1, &b, CancelReason::ClientClosed, Duration::ZERO));
+        assert!(c.cancel(
+            &sb,
+            &w,
+            0,
+            &a,
+            req(CancelReason::ClientClosed),
+            Duration::ZERO
+        ));
+        assert!(c.cancel(
+            &sb,
+            &w,
+            1,
+            &b,
+            req(CancelReason::ClientClosed),
+            Duration::ZERO
+        ));
         assert!(c.next_due().is_some());
         // Job 8 returns in time; job 7 does not.
         sb.slot(1).end_job();
@@ -223,9 +254,8 @@ mod tests {
             pid: nix::unistd::Pid::from_raw(pid),
             job: j,
             reason: DisconnectReason::ClientClosed,
-            seen_after_ms: 0.0,
-            seen_by: "scan",
-            ran_ms: 0,
+            seen_after_us: 1500,
+            seen_by: crate::scoreboard::SeenBy::Scan,
         };
         let mut c = Canceller::default();
         let w = FakeWorkers::with(&[(0, 50)]);
@@ -235,7 +265,7 @@ mod tests {
             Duration::ZERO,
             &judged(50),
             Verdict::Keep,
-            "callback",
+            VerdictBy::Callback,
         );
         assert_eq!(sb.slot(0).cancel_requested(7), None);
         // The slot's worker was replaced since the judgement: nothing.
@@ -245,22 +275,20 @@ mod tests {
             Duration::ZERO,
             &judged(49),
             Verdict::Cancel,
-            "policy",
+            VerdictBy::Policy,
         );
         assert_eq!(sb.slot(0).cancel_requested(7), None);
-        assert_eq!(sb.header().get(Counter::CancelledDisconnect), 0);
         c.carry_out(
             &sb,
             &w,
             Duration::ZERO,
             &judged(50),
             Verdict::Cancel,
-            "policy",
+            VerdictBy::Policy,
         );
-        assert_eq!(
-            sb.slot(0).cancel_requested(7),
-            Some(CancelReason::ClientClosed)
-        );
-        assert_eq!(sb.header().get(Counter::CancelledDisconnect), 1);
+        let r = sb.slot(0).cancel_requested(7).expect("a request");
+        assert_eq!(r.reason, CancelReason::ClientClosed);
+        assert_eq!((r.by, r.seen_after_us), (VerdictBy::Policy, 1500));
+        assert_eq!(r.seen_by, crate::scoreboard::SeenBy::Scan);
     }
 }

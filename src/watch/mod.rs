@@ -37,7 +37,8 @@ use crate::detect::{
 };
 use crate::hooks::{DisconnectEvent, DisconnectReason, Hooks};
 use crate::scoreboard::{
-    CancelReason, Counter, Hangup, JobPhase, JobView, Scoreboard, now_unix_ms,
+    CancelReason, CancelRequest, Hangup, JobPhase, JobView, Scoreboard, SeenBy, VerdictBy,
+    now_unix_ms,
 };
 use crate::sys;
 
@@ -256,6 +257,9 @@ impl Watch {
             let reason = match &mut self.backend {
                 Backend::Diag(d) => match (job.local, job.peer) {
                     (Some(l), Some(p)) => match d.lookup(job.cookie, l, p) {
+                        Ok(None) if kind == Hangup::Unresponsive => {
+                            Some(DisconnectReason::ClientUnresponsive)
+                        }
                         Ok(None) => Some(DisconnectReason::ClientReset),
                         Ok(Some(e))
                             if fin_counts
@@ -274,6 +278,7 @@ impl Watch {
                 },
                 Backend::Proc(_) => match kind {
                     Hangup::Reset => Some(DisconnectReason::ClientReset),
+                    Hangup::Unresponsive => Some(DisconnectReason::ClientUnresponsive),
                     Hangup::Fin if fin_counts => Some(DisconnectReason::ClientClosed),
                     Hangup::Fin => None,
                 },
@@ -348,10 +353,11 @@ impl Watch {
         for (i, v) in overdue {
             self.time_out(cfg, sb, workers, i, v);
         }
-        self.judged.retain(|id| {
+        let live = |id: &u64| {
             sb.slots()
                 .any(|(_, s)| s.job().is_some_and(|j| j.job_id == *id))
-        });
+        };
+        self.judged.retain(live);
         if jobs.is_empty() {
             return;
         }
@@ -397,18 +403,17 @@ impl Watch {
             return;
         };
         self.judged.insert(job.job_id);
-        if self.canceller.cancel(
-            sb,
-            workers,
-            slot,
-            &job,
-            CancelReason::Timeout,
-            cfg.kill_grace,
-        ) {
-            sb.header().count(Counter::CancelledTimeout);
-            let ran_ms = sys::monotonic_ns().saturating_sub(job.start_mono_ns) / 1_000_000;
-            let peer = job.peer.map(|p| p.to_string()).unwrap_or_default();
-            tracing::info!(slot, pid = pid.as_raw(), job = job.job_id, peer = %peer, reason = %"timeout", ran_ms, "job cancelled");
+        let req = CancelRequest::plain(CancelReason::Timeout, VerdictBy::Timeout);
+        if self
+            .canceller
+            .cancel(sb, workers, slot, &job, req, cfg.kill_grace)
+        {
+            tracing::debug!(
+                slot,
+                pid = pid.as_raw(),
+                job = job.job_id,
+                "job past --job-timeout: cancel requested"
+            );
         }
     }
 
@@ -442,19 +447,17 @@ impl Watch {
         self.judged.insert(job.job_id);
         let ev = event(g.slot, pid, &job, g.reason);
         let detected = sys::monotonic_ns();
-        let (seen_after_ms, seen_by) = match board.hangup() {
-            Some((_, at)) if at <= detected => ((detected - at) as f64 / 1e6, "worker-watch"),
-            _ => (prev_scan.elapsed().as_secs_f64() * 1e3, "scan"),
+        let (seen_after_ns, seen_by) = match board.hangup() {
+            Some((_, at)) if at <= detected => (detected - at, SeenBy::WorkerWatch),
+            _ => (prev_scan.elapsed().as_nanos() as u64, SeenBy::Scan),
         };
-        let ran_ms = detected.saturating_sub(job.start_mono_ns) / 1_000_000;
         let judged = Judged {
             slot: g.slot,
             pid,
             job,
             reason: g.reason,
-            seen_after_ms,
+            seen_after_us: (seen_after_ns / 1000).min(u64::from(u32::MAX)) as u32,
             seen_by,
-            ran_ms,
         };
         let (verdict, by) = match verdict::first_step(cfg, hooks, &ev) {
             FirstStep::Decided(v, by) => (v, by),
@@ -466,7 +469,7 @@ impl Watch {
                     Ok(()) => return, // the hook's exit gives the verdict
                     Err(e) => {
                         tracing::warn!(job = job.job_id, hook = %prog.display(), error = %e, "disconnect hook failed to start; applying --on-disconnect");
-                        (verdict::policy(cfg), "policy")
+                        (verdict::policy(cfg), VerdictBy::Policy)
                     }
                 }
             }
@@ -512,10 +515,9 @@ mod tests {
         let mut watch = Watch::new(&cfg, &sb).unwrap();
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
         assert_eq!(
-            sb.slot(1).cancel_requested(j.job_id),
+            sb.slot(1).cancel_requested(j.job_id).map(|r| r.reason),
             Some(CancelReason::ClientReset)
         );
-        assert_eq!(sb.header().get(Counter::CancelledDisconnect), 1);
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
         assert_eq!(w.pokes(), vec![1], "a job is judged once");
     }
@@ -572,11 +574,10 @@ mod tests {
         watch.next_backstop = Instant::now() + Duration::from_secs(3600);
         watch.tick(&cfg, &Hooks::default(), &sb, &w, false);
         assert_eq!(
-            sb.slot(0).cancel_requested(old.job_id),
+            sb.slot(0).cancel_requested(old.job_id).map(|r| r.reason),
             Some(CancelReason::Timeout)
         );
         assert_eq!(sb.slot(1).cancel_requested(young.job_id), None);
-        assert_eq!(sb.header().get(Counter::CancelledTimeout), 1);
     }
 
     #[test]
@@ -590,7 +591,7 @@ mod tests {
         watch.next = Instant::now();
         watch.tick(&cfg, &Hooks::default(), &sb, &w, false);
         assert_eq!(
-            sb.slot(0).cancel_requested(j.job_id),
+            sb.slot(0).cancel_requested(j.job_id).map(|r| r.reason),
             Some(CancelReason::ClientReset)
         );
     }

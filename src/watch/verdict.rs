@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use crate::config::{Config, DisconnectPolicy};
 use crate::hooks::{DisconnectEvent, DisconnectReason, Hooks, Verdict};
-use crate::scoreboard::JobView;
+use crate::scoreboard::{JobView, SeenBy, VerdictBy};
 
 /// A disconnect confirmed on a running job, waiting for its verdict.
 #[derive(Debug, Clone)]
@@ -25,13 +25,13 @@ pub(crate) struct Judged {
     pub(crate) pid: Pid,
     pub(crate) job: JobView,
     pub(crate) reason: DisconnectReason,
-    pub(crate) seen_after_ms: f64,
-    pub(crate) seen_by: &'static str,
-    pub(crate) ran_ms: u64,
+    /// From the hang-up to its detection (an upper bound for the scan).
+    pub(crate) seen_after_us: u32,
+    pub(crate) seen_by: SeenBy,
 }
 
 /// Who gave a verdict (logged as `verdict_by`).
-pub(crate) type By = &'static str;
+pub(crate) type By = VerdictBy;
 
 /// The first step of a verdict.
 pub(crate) enum FirstStep<'a> {
@@ -49,11 +49,11 @@ pub(crate) fn first_step<'a>(
     ev: &DisconnectEvent,
 ) -> FirstStep<'a> {
     if let Some(v) = callbacks_verdict(hooks, ev) {
-        return FirstStep::Decided(v, "callback");
+        return FirstStep::Decided(v, VerdictBy::Callback);
     }
     match &cfg.disconnect_hook {
         Some(prog) => FirstStep::AskProgram(prog),
-        None => FirstStep::Decided(policy(cfg), "policy"),
+        None => FirstStep::Decided(policy(cfg), VerdictBy::Policy),
     }
 }
 
@@ -205,12 +205,12 @@ impl PendingHooks {
         self.hooks = running;
         done.into_iter()
             .map(|h| match hook_verdict(h.status.as_ref()) {
-                Some(v) => (h.judged, v, "hook-program"),
+                Some(v) => (h.judged, v, VerdictBy::HookProgram),
                 None => {
                     if !h.killed {
                         tracing::warn!(job = h.judged.job.job_id, status = ?h.status, "disconnect hook gave no verdict; applying --on-disconnect");
                     }
-                    (h.judged, policy(cfg), "policy")
+                    (h.judged, policy(cfg), VerdictBy::Policy)
                 }
             })
             .collect()

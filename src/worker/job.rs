@@ -24,8 +24,10 @@ use super::inline::InlineWatch;
 use super::signals::{self, AfterJob};
 use crate::config::{Config, FinPolicy, JobSpec};
 use crate::hooks::JobContext;
-use crate::job_end::{EndReason, Finish, JobEnd, Outcome};
-use crate::scoreboard::{CancelReason, Counter, Hangup, JobKind, JobView, Scoreboard, Slot};
+use crate::job_end::{EndReason, Finish, JobEnd, Outcome, log_cancelled};
+use crate::scoreboard::{
+    CancelReason, CancelRequest, Counter, Hangup, JobKind, JobView, Scoreboard, Slot, VerdictBy,
+};
 use crate::spawn::Spawner;
 use crate::sys::{self, PollFd, PollFlags};
 
@@ -90,8 +92,27 @@ struct Ran {
     finish: Finish,
     /// It ran to its end with success (exit 0, or the closure's `Ok`).
     success: bool,
-    cancel: Option<CancelReason>,
+    /// The cancel request that ended it.
+    cancel: Option<CancelRequest>,
+    /// The cancel was not logged yet (a closure job: it returned).
+    cancel_unlogged: bool,
+    /// When the client closed during a job that went on to its end.
+    client_closed_after_ms: Option<u64>,
     after: AfterJob,
+}
+
+impl Ran {
+    /// A job that could not run.
+    fn failed(why: String) -> Ran {
+        Ran {
+            finish: Finish::Other(why),
+            success: false,
+            cancel: None,
+            cancel_unlogged: false,
+            client_closed_after_ms: None,
+            after: AfterJob::default(),
+        }
+    }
 }
 
 /// Reaps the handler (blocking: it has exited, as `waitid` said).
@@ -104,11 +125,18 @@ fn reap(child: Pid) -> nix::Result<WaitStatus> {
     }
 }
 
-/// What the poll of the client socket says: a reset (POLLHUP, POLLERR), a
-/// FIN (POLLRDHUP), or nothing.
-fn hangup_of(revents: PollFlags) -> Option<Hangup> {
+/// What the poll of the client socket says: a reset (POLLHUP, POLLERR), an
+/// unresponsive client (the same, with ETIMEDOUT: TCP_USER_TIMEOUT or
+/// keepalive gave up), a FIN (POLLRDHUP), or nothing.
+fn hangup_of(revents: PollFlags, conn: &TcpStream) -> Option<Hangup> {
     if revents.intersects(PollFlags::HUP | PollFlags::ERR) {
-        Some(Hangup::Reset)
+        let timed_out = sys::socket_error(conn.as_fd())
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ETIMEDOUT));
+        Some(if timed_out {
+            Hangup::Unresponsive
+        } else {
+            Hangup::Reset
+        })
     } else if revents.contains(PollFlags::RDHUP) {
         Some(Hangup::Fin)
     } else {
@@ -116,16 +144,29 @@ fn hangup_of(revents: PollFlags) -> Option<Hangup> {
     }
 }
 
-/// Whether the client is already gone (checked right after accept).
-fn client_gone(conn: &TcpStream, on_fin: FinPolicy) -> bool {
+/// The client right after accept.
+enum AtAccept {
+    /// Nothing happened yet.
+    Here,
+    /// It half-closed, and `--on-fin keep` serves it anyway.
+    HalfClosed,
+    /// It is gone: why.
+    Gone(&'static str),
+}
+
+/// Checks the client right after accept.
+fn at_accept(conn: &TcpStream, on_fin: FinPolicy) -> AtAccept {
     let mut fds = [PollFd::new(conn, PollFlags::RDHUP)];
     if sys::poll(&mut fds, Some(Duration::ZERO)).is_err() {
-        return false;
+        return AtAccept::Here;
     }
-    match hangup_of(fds[0].revents()) {
-        Some(Hangup::Reset) => true,
-        Some(Hangup::Fin) => on_fin == FinPolicy::Cancel,
-        None => false,
+    match hangup_of(fds[0].revents(), conn) {
+        Some(Hangup::Reset | Hangup::Unresponsive) => AtAccept::Gone("reset"),
+        Some(Hangup::Fin) if on_fin == FinPolicy::Keep => AtAccept::HalfClosed,
+        Some(Hangup::Fin) => AtAccept::Gone(
+            "it closed (or half-closed) first; a client that half-closes on purpose needs --on-fin keep",
+        ),
+        None => AtAccept::Here,
     }
 }
 
@@ -143,19 +184,34 @@ impl Runner<'_, '_> {
         peer: SocketAddr,
         local: Option<SocketAddr>,
     ) -> AfterJob {
-        let Some(job) = self.open_job(&conn, peer, local) else {
+        let Some((job, half_closed)) = self.open_job(&conn, peer, local) else {
             return AfterJob::default();
         };
         let started = Instant::now();
         let ran = match &self.cfg.job {
-            JobSpec::Handler { .. } => self.run_handler(&conn, job),
+            JobSpec::Handler { .. } => self.run_handler(&conn, job, half_closed, started),
             JobSpec::Closure(f) => self.run_closure(&conn, job, f.as_ref()),
         };
         let (outcome, reason) = match (ran.cancel, ran.success) {
-            (Some(c), _) => (Outcome::Cancelled, Some(EndReason::Cancel(c))),
+            (Some(c), _) => (Outcome::Cancelled, Some(EndReason::Cancel(c.reason))),
             (None, true) => (Outcome::Done, None),
             (None, false) => (Outcome::Failed, None),
         };
+        let progress = sys::tcp_progress(conn.as_fd()).ok();
+        if let Some(req) = &ran.cancel
+            && ran.cancel_unlogged
+        {
+            let ran_ms = started.elapsed().as_millis() as u64;
+            log_cancelled(
+                self.slot,
+                std::process::id() as i32,
+                job.job_id,
+                job.peer,
+                req,
+                ran_ms,
+                progress,
+            );
+        }
         let end = JobEnd {
             job_id: job.job_id,
             slot: self.slot,
@@ -165,6 +221,8 @@ impl Runner<'_, '_> {
             outcome,
             reason,
             finish: ran.finish,
+            progress,
+            client_closed_after_ms: ran.client_closed_after_ms,
         };
         let board = self.board();
         board.job_ending();
@@ -174,29 +232,33 @@ impl Runner<'_, '_> {
         ran.after
     }
 
-    /// The job's record, unless the client is already gone.
+    /// The job's record (and whether its client already half-closed),
+    /// unless the client is already gone.
     fn open_job(
         &self,
         conn: &TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
-    ) -> Option<JobView> {
+    ) -> Option<(JobView, bool)> {
         let (slot, pid) = (self.slot, std::process::id());
-        let local = match local.map_or_else(|| conn.local_addr(), Ok) {
-            Ok(l) if !client_gone(conn, self.cfg.on_fin) => l,
-            Ok(_) => {
-                self.sb.header().count(Counter::GoneBeforeStart);
-                tracing::info!(slot, pid, peer = %peer, "client gone before job start");
-                return None;
-            }
+        let (local, half_closed) = match local.map_or_else(|| conn.local_addr(), Ok) {
+            Ok(l) => match at_accept(conn, self.cfg.on_fin) {
+                AtAccept::Here => (l, false),
+                AtAccept::HalfClosed => (l, true),
+                AtAccept::Gone(why) => {
+                    self.sb.header().count(Counter::GoneBeforeStart);
+                    tracing::info!(slot, pid, peer = %peer, why, "client gone before job start");
+                    return None;
+                }
+            },
             Err(_) => {
                 // ENOTCONN: reset before we could ask.
                 self.sb.header().count(Counter::GoneBeforeStart);
-                tracing::info!(slot, pid, "client gone before job start");
+                tracing::info!(slot, pid, why = "reset", "client gone before job start");
                 return None;
             }
         };
-        Some(JobView {
+        let view = JobView {
             job_id: self.sb.next_job_id(),
             kind: match self.cfg.job {
                 JobSpec::Handler { .. } => JobKind::Handler,
@@ -211,11 +273,18 @@ impl Runner<'_, '_> {
             local: Some(local),
             start_unix_ms: crate::scoreboard::now_unix_ms(),
             start_mono_ns: sys::monotonic_ns(),
-        })
+        };
+        Some((view, half_closed))
     }
 
     /// Spawns the handler, publishes the job, and waits for the handler.
-    fn run_handler(&self, conn: &TcpStream, mut job: JobView) -> Ran {
+    fn run_handler(
+        &self,
+        conn: &TcpStream,
+        mut job: JobView,
+        half_closed: bool,
+        started: Instant,
+    ) -> Ran {
         let (slot, pid) = (self.slot, std::process::id());
         let peer = job.peer.expect("a job has a peer");
         let spawned = self
@@ -238,151 +307,25 @@ impl Runner<'_, '_> {
                     JobSpec::Closure(_) => String::new(),
                 };
                 tracing::error!(slot, pid, job = job.job_id, peer = %peer, program = %program, error = %e, "failed to start handler");
-                return Ran {
-                    finish: Finish::Other(format!("exec error: {e}")),
-                    success: false,
-                    cancel: None,
-                    after: AfterJob::default(),
-                };
+                return Ran::failed(format!("exec error: {e}"));
             }
         };
         job.pgid = child.as_raw();
         self.board().begin_job(&job, self.cfg.worker_watch);
         tracing::info!(slot, pid, job = job.job_id, peer = %peer, handler_pid = child.as_raw(), "job started");
-        self.wait_handler(child, conn, job.job_id)
+        if half_closed {
+            self.log_kept_fin(job.job_id);
+        }
+        HandlerWait::new(self, child, conn, &job, half_closed, started).run()
     }
 
-    /// Waits for the handler, watching the client and the worker's
-    /// signals, and carrying out a cancel request for this job.
-    fn wait_handler(&self, child: Pid, conn: &TcpStream, job_id: u64) -> Ran {
-        let pgid = child;
-        let board = self.board();
-        let mut after = AfterJob::default();
-        let mut watching = self.cfg.worker_watch;
-        // Under --on-fin keep only a reset counts: POLLHUP and POLLERR are
-        // always reported, POLLRDHUP only when asked for.
-        let mut watch_events = if self.cfg.on_fin == FinPolicy::Cancel {
-            PollFlags::RDHUP
-        } else {
-            PollFlags::empty()
-        };
-        let mut cancel: Option<CancelReason> = None;
-        let mut kill_at: Option<Instant> = None;
-        // `--prefork 0`: the end of the grace period of a SIGTERM (in the
-        // pool, the supervisor keeps it and sends SIGINT).
-        let mut grace_at: Option<Instant> = None;
-        let mut draining = false;
-        loop {
-            let next = [kill_at, grace_at, self.overseer.next_due()]
-                .into_iter()
-                .flatten()
-                .min();
-            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
-            let (sig_ready, conn_ev) = {
-                let mut fds = [
-                    PollFd::new(self.sigfd, PollFlags::IN),
-                    PollFd::new(conn, watch_events),
-                ];
-                let n = if watching { 2 } else { 1 };
-                match sys::poll(&mut fds[..n], timeout) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::error!(slot = self.slot, error = %e, "poll failed in worker")
-                    }
-                }
-                let conn_ev = if watching {
-                    fds[1].revents()
-                } else {
-                    PollFlags::empty()
-                };
-                (!fds[0].revents().is_empty(), conn_ev)
-            };
-            match hangup_of(conn_ev) {
-                Some(Hangup::Fin) if self.cfg.on_fin == FinPolicy::Keep => {
-                    // A FIN under --on-fin keep: from now on only a reset counts.
-                    watch_events = PollFlags::empty();
-                }
-                Some(kind) => {
-                    tracing::debug!(
-                        slot = self.slot,
-                        job = job_id,
-                        ?kind,
-                        "worker saw its client hang up"
-                    );
-                    board.report_hangup(kind);
-                    watching = false;
-                    self.overseer.wake();
-                }
-                None => {}
-            }
-            if sig_ready && signals::drain(self.sigfd, self.slot, &mut after) {
-                // SIGINT: the job dies now.
-                cancel.get_or_insert(CancelReason::Shutdown);
-                let _ = sys::kill_group(pgid, Signal::SIGKILL);
-            }
-            if after.retire && !draining && self.overseer.is_inline() {
-                draining = true;
-                tracing::info!(
-                    grace_ms = self.cfg.grace.as_millis() as u64,
-                    "SIGTERM: stopping; the running job may finish"
-                );
-                grace_at = Some(Instant::now() + self.cfg.grace);
-            }
-            if let Some(t) = grace_at
-                && Instant::now() >= t
-            {
-                grace_at = None;
-                tracing::warn!(
-                    job = job_id,
-                    "grace period over: cancelling the job still running"
-                );
-                cancel.get_or_insert(CancelReason::Shutdown);
-                let _ = sys::kill_group(pgid, Signal::SIGKILL);
-            }
-            self.overseer.turn();
-            if cancel.is_none()
-                && let Some(r) = board.cancel_requested(job_id)
-            {
-                cancel = Some(r);
-                let _ = sys::kill_group(pgid, Signal::SIGTERM);
-                kill_at = Some(Instant::now() + self.cfg.kill_grace);
-            }
-            if let Some(t) = kill_at
-                && Instant::now() >= t
-            {
-                let _ = sys::kill_group(pgid, Signal::SIGKILL);
-                kill_at = None;
-            }
-            // Has the handler exited? Peek without reaping: while it is an
-            // unreaped zombie its group id cannot be recycled.
-            match nix::sys::wait::waitid(
-                Id::Pid(pgid),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-            ) {
-                Ok(WaitStatus::StillAlive) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                peeked => {
-                    if let Err(e) = &peeked {
-                        tracing::error!(slot = self.slot, error = %e, "waitid on handler failed");
-                    }
-                    // The job is over: whatever it left in its group goes too.
-                    let _ = sys::kill_group(pgid, Signal::SIGKILL);
-                    board.handler_reaped();
-                    let status = reap(child);
-                    let finish = match peeked {
-                        Ok(_) => Finish::from_wait(&status),
-                        Err(e) => Finish::Other(format!("wait error: {e}")),
-                    };
-                    return Ran {
-                        success: finish == Finish::Exited(0),
-                        finish,
-                        cancel,
-                        after,
-                    };
-                }
-            }
-        }
+    /// Logs, once per job, that its client's FIN is kept (`--on-fin keep`).
+    fn log_kept_fin(&self, job: u64) {
+        tracing::info!(
+            slot = self.slot,
+            job,
+            "client half-closed; job kept (--on-fin keep): only a reset cancels it"
+        );
     }
 
     /// Runs a closure job in this process, with the kill switch armed.
@@ -396,12 +339,7 @@ impl Runner<'_, '_> {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(slot, pid, job = job.job_id, error = %e, "failed to duplicate the client socket");
-                return Ran {
-                    finish: Finish::Other(format!("error: {e}")),
-                    success: false,
-                    cancel: None,
-                    after: AfterJob::default(),
-                };
+                return Ran::failed(format!("error: {e}"));
             }
         };
         let ctx = JobContext {
@@ -435,7 +373,317 @@ impl Runner<'_, '_> {
             finish,
             success: matches!(res, Ok(Ok(()))),
             cancel,
+            cancel_unlogged: cancel.is_some(),
+            client_closed_after_ms: None,
             after,
+        }
+    }
+}
+
+/// The wait for one handler: the client socket and the worker's signals
+/// are watched, cancel requests are carried out (after the FIN grace when
+/// the client closed having received all it was sent), and the handler's
+/// own exit decides the outcome unless jobd signalled it first.
+struct HandlerWait<'r, 'a, 'w> {
+    runner: &'r Runner<'a, 'w>,
+    child: Pid,
+    conn: &'r TcpStream,
+    job: &'r JobView,
+    started: Instant,
+    after: AfterJob,
+    /// Poll the client socket (`--worker-watch`; off after a reset).
+    watching: bool,
+    /// The client's FIN is kept: only a reset counts.
+    fin_kept: bool,
+    /// The FIN was reported to the overseer.
+    fin_reported: bool,
+    /// When the client's FIN was seen.
+    fin_at: Option<Instant>,
+    /// A reset (or an unresponsive client) was seen.
+    reset_seen: bool,
+    /// A cancel request deferred by the FIN grace, and its deadline.
+    deferred: Option<(CancelRequest, Instant)>,
+    /// The request jobd acted on (it signalled the job).
+    cancel: Option<CancelRequest>,
+    kill_at: Option<Instant>,
+    /// `--prefork 0`: the end of a SIGTERM's grace period.
+    grace_at: Option<Instant>,
+    draining: bool,
+}
+
+impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
+    fn new(
+        runner: &'r Runner<'a, 'w>,
+        child: Pid,
+        conn: &'r TcpStream,
+        job: &'r JobView,
+        fin_kept: bool,
+        started: Instant,
+    ) -> Self {
+        HandlerWait {
+            runner,
+            child,
+            conn,
+            job,
+            started,
+            after: AfterJob::default(),
+            watching: runner.cfg.worker_watch,
+            fin_kept,
+            fin_reported: false,
+            fin_at: None,
+            reset_seen: false,
+            deferred: None,
+            cancel: None,
+            kill_at: None,
+            grace_at: None,
+            draining: false,
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        self.runner.cfg
+    }
+
+    fn board(&self) -> &Slot {
+        self.runner.board()
+    }
+
+    /// The events polled on the client socket: POLLRDHUP while a FIN still
+    /// matters; POLLHUP and POLLERR are always reported.
+    fn conn_events(&self) -> PollFlags {
+        if self.fin_kept || self.fin_at.is_some() || self.cfg().on_fin == FinPolicy::Keep {
+            PollFlags::empty()
+        } else {
+            PollFlags::RDHUP
+        }
+    }
+
+    /// Whether the handler has exited (peeked, not reaped: while it is an
+    /// unreaped zombie its group id cannot be recycled).
+    fn exited(&self) -> nix::Result<bool> {
+        loop {
+            match nix::sys::wait::waitid(
+                Id::Pid(self.child),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            ) {
+                Ok(WaitStatus::StillAlive) => return Ok(false),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Carries out `req`: logs `job cancelled`, shuts the connection down
+    /// (a handler blocked on it gets EOF or EPIPE at once), and sends
+    /// SIGTERM and SIGCONT to the job's group (SIGKILL with `hard`), then
+    /// SIGKILL after the kill grace. Not when the handler already exited
+    /// by itself: its own exit status decides then.
+    fn act(&mut self, req: CancelRequest, hard: bool) {
+        if self.cancel.is_some() || self.exited().unwrap_or(false) {
+            return;
+        }
+        let pgid = self.child;
+        let ran_ms = self.started.elapsed().as_millis() as u64;
+        let progress = sys::tcp_progress(self.conn.as_fd()).ok();
+        log_cancelled(
+            self.runner.slot,
+            std::process::id() as i32,
+            self.job.job_id,
+            self.job.peer,
+            &req,
+            ran_ms,
+            progress,
+        );
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        if hard {
+            let _ = sys::kill_group(pgid, Signal::SIGKILL);
+        } else {
+            let _ = sys::kill_group(pgid, Signal::SIGTERM);
+            let _ = sys::kill_group(pgid, Signal::SIGCONT);
+            self.kill_at = Some(Instant::now() + self.cfg().kill_grace);
+        }
+        self.cancel = Some(req);
+        self.deferred = None;
+    }
+
+    /// A hang-up seen on the client socket.
+    fn on_hangup(&mut self, kind: Hangup) {
+        let job_id = self.job.job_id;
+        match kind {
+            Hangup::Fin => {
+                self.fin_at.get_or_insert_with(Instant::now);
+                if self.fin_kept {
+                    return;
+                }
+                if self.cfg().on_fin == FinPolicy::Keep {
+                    self.fin_kept = true;
+                    self.runner.log_kept_fin(job_id);
+                } else if !self.fin_reported {
+                    tracing::debug!(
+                        slot = self.runner.slot,
+                        job = job_id,
+                        "worker saw its client close"
+                    );
+                    self.fin_reported = true;
+                    self.board().report_hangup(Hangup::Fin);
+                    self.runner.overseer.wake();
+                }
+            }
+            Hangup::Reset | Hangup::Unresponsive => {
+                tracing::debug!(
+                    slot = self.runner.slot,
+                    job = job_id,
+                    ?kind,
+                    "worker saw its client hang up"
+                );
+                self.reset_seen = true;
+                self.watching = false;
+                self.board().report_hangup(kind);
+                self.runner.overseer.wake();
+                // A reset ends a FIN grace: the client did not have it all.
+                if let Some((req, _)) = self.deferred.take() {
+                    self.act(req, false);
+                }
+            }
+        }
+    }
+
+    /// A new cancel request: acted on at once, or after the FIN grace when
+    /// the client closed having acknowledged every byte it was sent.
+    fn on_request(&mut self, req: CancelRequest) {
+        let grace = self.cfg().fin_grace;
+        let answered = req.reason == CancelReason::ClientClosed
+            && !grace.is_zero()
+            && !self.reset_seen
+            && sys::tcp_progress(self.conn.as_fd()).is_ok_and(|p| p.all_acked());
+        if answered {
+            tracing::debug!(
+                slot = self.runner.slot,
+                job = self.job.job_id,
+                fin_grace_ms = grace.as_millis() as u64,
+                "client closed after its answer; the handler may still finish"
+            );
+            self.deferred = Some((req, Instant::now() + grace));
+        } else {
+            self.act(req, false);
+        }
+    }
+
+    fn run(mut self) -> Ran {
+        let job_id = self.job.job_id;
+        loop {
+            let next = [
+                self.kill_at,
+                self.grace_at,
+                self.deferred.map(|d| d.1),
+                self.runner.overseer.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+            let (sig_ready, conn_ev) = {
+                let mut fds = [
+                    PollFd::new(self.runner.sigfd, PollFlags::IN),
+                    PollFd::new(self.conn, self.conn_events()),
+                ];
+                let n = if self.watching { 2 } else { 1 };
+                match sys::poll(&mut fds[..n], timeout) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::error!(slot = self.runner.slot, error = %e, "poll failed in worker")
+                    }
+                }
+                let conn_ev = if self.watching {
+                    fds[1].revents()
+                } else {
+                    PollFlags::empty()
+                };
+                (!fds[0].revents().is_empty(), conn_ev)
+            };
+            if let Some(kind) = hangup_of(conn_ev, self.conn) {
+                self.on_hangup(kind);
+            }
+            if sig_ready && signals::drain(self.runner.sigfd, self.runner.slot, &mut self.after) {
+                // SIGINT: the job dies now.
+                self.act(
+                    CancelRequest::plain(CancelReason::Shutdown, VerdictBy::Policy),
+                    true,
+                );
+            }
+            if self.after.retire && !self.draining && self.runner.overseer.is_inline() {
+                self.draining = true;
+                tracing::info!(
+                    grace_ms = self.cfg().grace.as_millis() as u64,
+                    "SIGTERM: stopping; the running job may finish"
+                );
+                self.grace_at = Some(Instant::now() + self.cfg().grace);
+            }
+            if let Some(t) = self.grace_at
+                && Instant::now() >= t
+            {
+                self.grace_at = None;
+                tracing::warn!(
+                    job = job_id,
+                    "grace period over: cancelling the job still running"
+                );
+                self.act(
+                    CancelRequest::plain(CancelReason::Shutdown, VerdictBy::Policy),
+                    true,
+                );
+            }
+            self.runner.overseer.turn();
+            if self.cancel.is_none()
+                && self.deferred.is_none()
+                && let Some(req) = self.board().cancel_requested(job_id)
+            {
+                self.on_request(req);
+            }
+            if let Some((req, t)) = self.deferred
+                && Instant::now() >= t
+            {
+                self.act(req, false);
+            }
+            if let Some(t) = self.kill_at
+                && Instant::now() >= t
+            {
+                let _ = sys::kill_group(self.child, Signal::SIGKILL);
+                self.kill_at = None;
+            }
+            match self.exited() {
+                Ok(false) => continue,
+                peeked => return self.finish(peeked),
+            }
+        }
+    }
+
+    /// The handler exited: kill what it left in its group, reap it.
+    fn finish(self, peeked: nix::Result<bool>) -> Ran {
+        if let Err(e) = &peeked {
+            tracing::error!(slot = self.runner.slot, error = %e, "waitid on handler failed");
+        }
+        // The job is over: whatever it left in its group goes too.
+        let _ = sys::kill_group(self.child, Signal::SIGKILL);
+        self.board().handler_reaped();
+        let status = reap(self.child);
+        let finish = match peeked {
+            Ok(_) => Finish::from_wait(&status),
+            Err(e) => Finish::Other(format!("wait error: {e}")),
+        };
+        // The client closed while the job went on to its end: when.
+        let client_closed_after_ms = match (self.cancel, self.fin_at) {
+            (None, Some(at)) => Some(at.saturating_duration_since(self.started).as_millis() as u64),
+            _ => None,
+        };
+        Ran {
+            success: finish == Finish::Exited(0),
+            finish,
+            cancel: self.cancel,
+            cancel_unlogged: false,
+            client_closed_after_ms,
+            after: self.after,
         }
     }
 }

@@ -386,6 +386,8 @@ fn a_job_lost_with_its_worker_is_logged_and_in_the_access_log() {
     let (_s, line) = j.request_line("go\n");
     let v: Vec<&str> = line.split_whitespace().collect();
     let (worker, job): (i32, u64) = (v[0].parse().unwrap(), v[1].parse().unwrap());
+    // The handler runs before its worker logs the start: wait for it.
+    j.wait_log(|l| l.contains("job started") && l.contains(&format!("job={job} ")));
     util::send(worker, "KILL");
     let end = j.wait_log(|l| l.contains("job ended") && l.contains(&format!("job={job} ")));
     assert!(

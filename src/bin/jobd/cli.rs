@@ -265,6 +265,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "cancel")]
     pub on_fin: FinArg,
 
+    /// After a FIN from a client that acknowledged every byte the handler
+    /// sent (it has its answer), how long the handler may go on to exit by
+    /// itself before it is cancelled (0: a FIN cancels at once). A FIN
+    /// during a silent phase, and any reset, cancel at once.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration, allow_hyphen_values = true)]
+    pub fin_grace: Duration,
+
     /// TCP keepalive idle time and TCP_USER_TIMEOUT for clients (0: off).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
     pub keepalive: Duration,
@@ -380,6 +387,7 @@ impl RunArgs {
         c.detector = self.detector.into();
         c.worker_watch = self.worker_watch;
         c.on_fin = self.on_fin.into();
+        c.fin_grace = self.fin_grace;
         c.keepalive = self.keepalive;
         c.on_disconnect = self.on_disconnect.into();
         c.disconnect_hook = self.disconnect_hook.clone();
