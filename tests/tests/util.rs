@@ -467,6 +467,17 @@ pub fn wait_file_line(path: &Path, pred: impl Fn(&str) -> bool) -> String {
     found.unwrap()
 }
 
+/// Waits until `path` has at least `n` lines; returns them.
+pub fn wait_file_lines(path: &Path, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    wait_until(&format!("{n} lines in {}", path.display()), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        lines = text.lines().map(str::to_string).collect();
+        lines.len() >= n
+    });
+    lines
+}
+
 /// The address in a `listening on ADDR` log line (text or JSON).
 pub fn listen_addr(line: &str) -> SocketAddr {
     let rest = line.split("listening on ").nth(1).unwrap();
