@@ -29,7 +29,7 @@ use crate::scoreboard::{
     CancelReason, CancelRequest, Counter, Hangup, JobKind, JobView, Scoreboard, Slot, VerdictBy,
 };
 use crate::spawn::Spawner;
-use crate::sys::{self, PollFd, PollFlags};
+use crate::sys::{self, PollFd, PollFlags, TcpProgress};
 
 /// Who judges this worker's jobs.
 pub(crate) enum Overseer<'a, 'w> {
@@ -98,6 +98,9 @@ struct Ran {
     cancel_unlogged: bool,
     /// When the client closed during a job that went on to its end.
     client_closed_after_ms: Option<u64>,
+    /// What the client had received when jobd cancelled the job (read
+    /// before the connection was shut down).
+    progress: Option<TcpProgress>,
     after: AfterJob,
 }
 
@@ -110,6 +113,7 @@ impl Ran {
             cancel: None,
             cancel_unlogged: false,
             client_closed_after_ms: None,
+            progress: None,
             after: AfterJob::default(),
         }
     }
@@ -197,7 +201,9 @@ impl Runner<'_, '_> {
             (None, true) => (Outcome::Done, None),
             (None, false) => (Outcome::Failed, None),
         };
-        let progress = sys::tcp_progress(conn.as_fd()).ok();
+        let progress = ran
+            .progress
+            .or_else(|| sys::tcp_progress(conn.as_fd()).ok());
         if let Some(req) = &ran.cancel
             && ran.cancel_unlogged
         {
@@ -375,6 +381,7 @@ impl Runner<'_, '_> {
             cancel,
             cancel_unlogged: cancel.is_some(),
             client_closed_after_ms: None,
+            progress: None,
             after,
         }
     }
@@ -405,6 +412,8 @@ struct HandlerWait<'r, 'a, 'w> {
     deferred: Option<(CancelRequest, Instant)>,
     /// The request jobd acted on (it signalled the job).
     cancel: Option<CancelRequest>,
+    /// What the client had received at that moment.
+    progress_at_cancel: Option<TcpProgress>,
     kill_at: Option<Instant>,
     /// `--prefork 0`: the end of a SIGTERM's grace period.
     grace_at: Option<Instant>,
@@ -434,6 +443,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             reset_seen: false,
             deferred: None,
             cancel: None,
+            progress_at_cancel: None,
             kill_at: None,
             grace_at: None,
             draining: false,
@@ -504,6 +514,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             self.kill_at = Some(Instant::now() + self.cfg().kill_grace);
         }
         self.cancel = Some(req);
+        self.progress_at_cancel = progress;
         self.deferred = None;
     }
 
@@ -683,6 +694,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             cancel: self.cancel,
             cancel_unlogged: false,
             client_closed_after_ms,
+            progress: self.progress_at_cancel,
             after: self.after,
         }
     }
