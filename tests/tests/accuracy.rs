@@ -347,3 +347,42 @@ fn access_log_job_end_lines_and_status_totals_agree() {
     assert_eq!(j.count(|l| l.contains("job cancelled")), 3);
     j.stop_clean();
 }
+
+/// `examples/http-1.0.sh` with an HTTP/1.0 client that reads exactly
+/// Content-Length bytes and closes (as curl does): 50 of 50 done.
+#[test]
+fn the_http_example_is_done_for_a_client_that_closes_after_the_body() {
+    let h = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/http-1.0.sh");
+    let mut j = Jobd::start_in(
+        util::tempdir(),
+        &["--prefork", "4", "--script", h.to_str().unwrap()],
+    );
+    for _ in 0..50 {
+        let mut s = j.connect();
+        s.write_all(b"GET /x HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        assert!(
+            String::from_utf8(body)
+                .unwrap()
+                .starts_with("hello from job")
+        );
+    }
+    j.wait_log_n(50, &|l| {
+        l.contains("job ended") && l.contains("outcome=done")
+    });
+    assert_eq!(j.count(|l| l.contains("job cancelled")), 0, "{}", j.dump());
+    j.stop_clean();
+}
