@@ -231,6 +231,8 @@ pub(crate) enum VerdictBy {
     HookProgram = 3,
     /// `--job-timeout`.
     Timeout = 4,
+    /// jobd is stopping (SIGINT, or the end of SIGTERM's grace period).
+    Stop = 5,
 }
 
 impl VerdictBy {
@@ -239,6 +241,7 @@ impl VerdictBy {
             2 => VerdictBy::Callback,
             3 => VerdictBy::HookProgram,
             4 => VerdictBy::Timeout,
+            5 => VerdictBy::Stop,
             _ => VerdictBy::Policy,
         }
     }
@@ -250,6 +253,7 @@ impl VerdictBy {
             VerdictBy::Callback => "callback",
             VerdictBy::HookProgram => "hook-program",
             VerdictBy::Timeout => "timeout",
+            VerdictBy::Stop => "stop",
         }
     }
 }

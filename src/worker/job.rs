@@ -620,7 +620,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             if sig_ready && signals::drain(self.runner.sigfd, self.runner.slot, &mut self.after) {
                 // SIGINT: the job dies now.
                 self.act(
-                    CancelRequest::plain(CancelReason::Shutdown, VerdictBy::Policy),
+                    CancelRequest::plain(CancelReason::Shutdown, VerdictBy::Stop),
                     true,
                 );
             }
@@ -641,7 +641,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                     "grace period over: cancelling the job still running"
                 );
                 self.act(
-                    CancelRequest::plain(CancelReason::Shutdown, VerdictBy::Policy),
+                    CancelRequest::plain(CancelReason::Shutdown, VerdictBy::Stop),
                     true,
                 );
             }
