@@ -102,6 +102,9 @@ pub(crate) struct JobEnd {
     /// When the client closed (FIN) during a job that was not cancelled
     /// for it (it had its answer): ms from the job's start.
     pub(crate) client_closed_after_ms: Option<u64>,
+    /// For a job cancelled on a disconnect: from the hang-up to its
+    /// detection, in µs (as on its `job cancelled` line).
+    pub(crate) seen_after_us: Option<u32>,
 }
 
 impl JobEnd {
@@ -138,6 +141,7 @@ impl JobEnd {
             bytes_sent: self.progress.map(|p| p.bytes_sent),
             bytes_acked: self.progress.map(|p| p.bytes_acked),
             client_closed_after_ms: self.client_closed_after_ms,
+            seen_after_ms: self.seen_after_us.map(|us| f64::from(us) / 1e3),
         }
     }
 
@@ -164,7 +168,10 @@ impl JobEnd {
         let closed = self
             .client_closed_after_ms
             .map_or_else(|| "-".to_string(), |ms| ms.to_string());
-        if self.reason == Some(EndReason::WorkerDied) {
+        if let Some(us) = self.seen_after_us {
+            let seen_after_ms = f64::from(us) / 1e3;
+            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, seen_after_ms = format_args!("{seen_after_ms:.1}"), "job ended");
+        } else if self.reason == Some(EndReason::WorkerDied) {
             tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, "job ended");
         } else if self.client_closed_after_ms.is_some() {
             tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, client_closed_after_ms = %closed, "job ended");
@@ -250,6 +257,7 @@ mod tests {
             finish,
             progress: None,
             client_closed_after_ms: None,
+            seen_after_us: None,
         }
     }
 

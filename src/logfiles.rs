@@ -65,6 +65,9 @@ pub struct AccessRecord<'a> {
     /// When the client closed during a job that went on to its end: ms
     /// from the job's start.
     pub client_closed_after_ms: Option<u64>,
+    /// For a job cancelled on a disconnect: from the hang-up to its
+    /// detection, ms.
+    pub seen_after_ms: Option<f64>,
 }
 
 /// Errors of opening the logs.
@@ -226,7 +229,7 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             s
         }
         LogFormat::Text => format!(
-            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={} bytes_sent={} bytes_acked={} client_closed_after_ms={}\n",
+            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={} bytes_sent={} bytes_acked={} client_closed_after_ms={} seen_after_ms={}\n",
             time,
             rec.job_id,
             rec.slot,
@@ -242,6 +245,8 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             dash(rec.bytes_sent),
             dash(rec.bytes_acked),
             dash(rec.client_closed_after_ms),
+            rec.seen_after_ms
+                .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}")),
         ),
     }
 }
@@ -324,6 +329,7 @@ mod tests {
             bytes_sent: Some(120),
             bytes_acked: Some(100),
             client_closed_after_ms: None,
+            seen_after_ms: Some(1.25),
         }
     }
 
@@ -334,7 +340,7 @@ mod tests {
             l,
             "time=2026-01-02T03:04:05.678Z job=7 slot=1 pid=4242 peer=127.0.0.1:5555 \
              duration_ms=12 outcome=cancelled reason=client-closed status=\"signal SIGTERM\" \
-             exit_code=- signal=SIGTERM bytes_sent=120 bytes_acked=100 client_closed_after_ms=-\n"
+             exit_code=- signal=SIGTERM bytes_sent=120 bytes_acked=100 client_closed_after_ms=- seen_after_ms=1.2\n"
         );
         assert_eq!(text_value(""), "\"\"");
         assert_eq!(text_value("[::1]:80"), "[::1]:80");

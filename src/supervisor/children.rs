@@ -137,6 +137,7 @@ pub(super) fn read_exit(r: &Reaped<'_>, now_mono_ns: u64) -> ExitReading {
             finish: Finish::Other(format!("worker {status}")),
             progress: None,
             client_closed_after_ms: None,
+            seen_after_us: None,
         }
     });
     ExitReading {

@@ -26,7 +26,8 @@ use crate::config::{Config, FinPolicy, JobSpec};
 use crate::hooks::JobContext;
 use crate::job_end::{EndReason, Finish, JobEnd, Outcome, log_cancelled};
 use crate::scoreboard::{
-    CancelReason, CancelRequest, Counter, Hangup, JobKind, JobView, Scoreboard, Slot, VerdictBy,
+    CancelReason, CancelRequest, Counter, Hangup, JobKind, JobView, Scoreboard, SeenBy, Slot,
+    VerdictBy,
 };
 use crate::spawn::Spawner;
 use crate::sys::{self, PollFd, PollFlags, TcpProgress};
@@ -229,6 +230,10 @@ impl Runner<'_, '_> {
             finish: ran.finish,
             progress,
             client_closed_after_ms: ran.client_closed_after_ms,
+            seen_after_us: ran
+                .cancel
+                .filter(|c| c.seen_by != SeenBy::Nobody)
+                .map(|c| c.seen_after_us),
         };
         let board = self.board();
         board.job_ending();

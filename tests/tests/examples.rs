@@ -269,13 +269,16 @@ fn daemon_example_with_auto_reload_and_worker_exit_hook() {
     // A worker killed from outside is reported by on_worker_exit.
     let sb = d.join("jobd.sb");
     let mut victim = 0;
+    // An idle worker of the new generation: an old one may be retiring
+    // (its death would be planned, and not reported).
     wait_until("a live idle worker", || {
         let st = util::Jobd::status_json(&sb);
+        let generation = st["generation"].clone();
         victim = st["slots"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|s| s["state"] == "idle")
+            .find(|s| s["state"] == "idle" && s["generation"] == generation)
             .and_then(|s| s["pid"].as_i64())
             .unwrap_or(0);
         victim > 0
