@@ -14,7 +14,8 @@
 //! A worker that dies is reaped and replaced in the same slot, with a
 //! growing delay when workers keep dying young. Workers die with the
 //! supervisor (`PR_SET_PDEATHSIG`); when a worker dies, the supervisor (the
-//! subreaper of its job trees) kills its job's process group as it reaps it.
+//! subreaper of its job trees) finds the orphaned handler among its own
+//! children and kills its process group.
 //! Handlers are spawned with `posix_spawn` (no fork of the worker).
 //! With `prefork = 0`, the calling process serves handler jobs one at a
 //! time itself and runs the same disconnect watch (detection, hooks, job

@@ -751,19 +751,6 @@ impl Slot {
         self.kill_req.store(job.job_id, Ordering::Release);
         true
     }
-
-    /// Takes the recorded process group of the job of a dead worker.
-    pub(crate) fn take_job_pgid(&self) -> i32 {
-        self.job_pgid.swap(0, Ordering::AcqRel)
-    }
-
-    /// Forgets `pgid` as the slot's job group when it is the recorded one;
-    /// returns whether it was.
-    pub(crate) fn forget_job_pgid(&self, pgid: i32) -> bool {
-        self.job_pgid
-            .compare_exchange(pgid, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
 }
 
 /// The worker's side of the protocol (its own slot only).

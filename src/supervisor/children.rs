@@ -84,6 +84,49 @@ pub(super) fn next_exited() -> Option<Pid> {
     }
 }
 
+/// The group and session ids of a process, from `/proc/<pid>/stat`.
+fn group_and_session(pid: Pid) -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).ok()?;
+    // The command name may hold spaces and parentheses: the fields after
+    // the last ')' are `state ppid pgrp session ...`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(2);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// This process's children, from `/proc/self/task/*/children` (the
+/// supervisor is single-threaded: one task).
+fn own_children() -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .map(Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The job groups of dead workers: children of this process (adopted as
+/// subreaper when their worker died) that are not `known` (workers, hook
+/// programs) and lead a process group of their own in this session, as
+/// every handler does. Each is an unreaped child of ours, so neither its
+/// pid nor its group id can have been recycled: signalling the group hits
+/// exactly that job. Nothing here is read from the scoreboard.
+pub(super) fn adopted_job_groups(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+    let sid = nix::unistd::getsid(None).map(Pid::as_raw).unwrap_or(0);
+    own_children()
+        .into_iter()
+        .filter(|&c| !known(c))
+        .filter(|&c| group_and_session(c) == Some((c.as_raw(), sid)))
+        .collect()
+}
+
 /// Reaps `pid`, which [`next_exited`] returned.
 pub(super) fn reap(pid: Pid) -> nix::Result<WaitStatus> {
     nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG))
@@ -194,6 +237,14 @@ mod tests {
             },
             3_500_000_000,
         )
+    }
+
+    #[test]
+    fn stat_ids_of_this_process() {
+        let me = nix::unistd::getpid();
+        let (pgid, sid) = group_and_session(me).expect("own stat");
+        assert_eq!(pgid, nix::unistd::getpgrp().as_raw());
+        assert_eq!(sid, nix::unistd::getsid(None).unwrap().as_raw());
     }
 
     #[test]

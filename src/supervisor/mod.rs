@@ -557,6 +557,17 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// Kills the job groups whose worker died (see
+    /// [`children::adopted_job_groups`]).
+    fn kill_orphaned_jobs(&self) {
+        let known = |p: Pid| self.slot_of(p).is_some() || self.watch.owns(p);
+        for g in children::adopted_job_groups(known) {
+            if sys::kill_group(g, Signal::SIGKILL).is_ok() {
+                tracing::debug!(pgid = g.as_raw(), "killed the job group of a dead worker");
+            }
+        }
+    }
+
     fn slot_of(&self, pid: Pid) -> Option<usize> {
         self.slots
             .iter()
@@ -578,18 +589,15 @@ impl<'a> Supervisor<'a> {
                 let status = children::reap(pid);
                 self.worker_exited(i, status);
             } else {
-                // An orphaned job process. If it leads the process group of a
-                // job whose worker died, kill the rest of that group while
-                // this zombie still holds the group id.
-                for (i, s) in self.sb.slots() {
-                    if s.forget_job_pgid(pid.as_raw()) {
-                        let _ = sys::kill_group(pid, Signal::SIGKILL);
-                        tracing::debug!(
-                            slot = i,
-                            pgid = pid.as_raw(),
-                            "killed the job group of a dead worker"
-                        );
-                    }
+                // An orphaned job process, adopted as subreaper. While this
+                // zombie is unreaped its pid is held, so a group with that
+                // id can only be the one it led (a handler whose worker
+                // died): what is left of it goes too.
+                if sys::kill_group(pid, Signal::SIGKILL).is_ok() {
+                    tracing::debug!(
+                        pgid = pid.as_raw(),
+                        "killed the rest of an orphaned job group"
+                    );
                 }
                 let _ = children::reap(pid);
             }
@@ -602,12 +610,9 @@ impl<'a> Supervisor<'a> {
         };
         let board = self.sb.slot(i);
         // A worker that died in the middle of a job: its handler was
-        // reparented to us and killed by its parent-death signal, but not
-        // reaped yet, so its group id is still its own.
-        let pgid = board.take_job_pgid();
-        if pgid != 0 {
-            let _ = sys::kill_group(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
+        // reparented to us (the subreaper). It is found among our own
+        // children, never from the slot, and killed with its group.
+        self.kill_orphaned_jobs();
         let job = board.job();
         let reading = children::read_exit(
             &children::Reaped {

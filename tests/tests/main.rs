@@ -5,6 +5,7 @@ mod util;
 
 mod accuracy;
 mod bad_input;
+mod containment;
 mod core;
 mod ctl;
 mod daemon;
