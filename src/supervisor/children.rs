@@ -84,34 +84,6 @@ pub(super) fn next_exited() -> Option<Pid> {
     }
 }
 
-/// The group and session ids of a process, from `/proc/<pid>/stat`.
-fn group_and_session(pid: Pid) -> Option<(i32, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).ok()?;
-    // The command name may hold spaces and parentheses: the fields after
-    // the last ')' are `state ppid pgrp session ...`.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace().skip(2);
-    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-}
-
-/// This process's children, from `/proc/self/task/*/children` (the
-/// supervisor is single-threaded: one task).
-fn own_children() -> Vec<Pid> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .map(Pid::from_raw)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The job groups of dead workers: children of this process (adopted as
 /// subreaper when their worker died) that are not `known` (workers, hook
 /// programs) and lead a process group of their own in this session, as
@@ -120,11 +92,18 @@ fn own_children() -> Vec<Pid> {
 /// exactly that job. Nothing here is read from the scoreboard.
 pub(super) fn adopted_job_groups(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
     let sid = nix::unistd::getsid(None).map(Pid::as_raw).unwrap_or(0);
-    own_children()
+    sys::children()
         .into_iter()
         .filter(|&c| !known(c))
-        .filter(|&c| group_and_session(c) == Some((c.as_raw(), sid)))
+        .filter(|&c| sys::group_and_session(c) == Some((c.as_raw(), sid)))
         .collect()
+}
+
+/// Every child of this process that is not `known`: after a worker died,
+/// all of them are what is left of jobs (the supervisor adopted them as
+/// subreaper; a live worker is itself the subreaper of its job).
+pub(super) fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+    sys::children().into_iter().filter(|&c| !known(c)).collect()
 }
 
 /// Reaps `pid`, which [`next_exited`] returned.
@@ -242,7 +221,7 @@ mod tests {
     #[test]
     fn stat_ids_of_this_process() {
         let me = nix::unistd::getpid();
-        let (pgid, sid) = group_and_session(me).expect("own stat");
+        let (pgid, sid) = sys::group_and_session(me).expect("own stat");
         assert_eq!(pgid, nix::unistd::getpgrp().as_raw());
         assert_eq!(sid, nix::unistd::getsid(None).unwrap().as_raw());
     }

@@ -114,6 +114,9 @@ pub(crate) struct Supervisor<'a> {
     /// SIGCHLD arrived: reap (a waitid over every child costs with 1,000
     /// workers, so only then).
     child_exited: bool,
+    /// After a worker died: when to look again for processes of its job
+    /// reparented to us since.
+    sweep_orphans_at: Option<Instant>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -155,6 +158,7 @@ impl<'a> Supervisor<'a> {
             cap_episode: false,
             reload_watch,
             child_exited: false,
+            sweep_orphans_at: None,
         })
     }
 
@@ -179,6 +183,9 @@ impl<'a> Supervisor<'a> {
                 Phase::Draining { deadline } | Phase::Killing { deadline } => earliest(deadline),
             }
             earliest(self.watch.next_due());
+            if let Some(t) = self.sweep_orphans_at {
+                earliest(t);
+            }
             let timeout = match next {
                 Some(t) => PollTimeout::try_from(
                     t.saturating_duration_since(now) + Duration::from_micros(500),
@@ -379,6 +386,9 @@ impl<'a> Supervisor<'a> {
     /// Refills slots whose time has come; escalates a stop at its deadline.
     fn maintain(&mut self) {
         let now = Instant::now();
+        if self.sweep_orphans_at.is_some_and(|t| now >= t) {
+            self.kill_orphaned_jobs();
+        }
         match self.phase {
             Phase::Running => {
                 if self
@@ -557,13 +567,27 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Kills the job groups whose worker died (see
-    /// [`children::adopted_job_groups`]).
-    fn kill_orphaned_jobs(&self) {
+    /// Kills what is left of the jobs of dead workers: the job groups
+    /// (see [`children::adopted_job_groups`]), then every other adopted
+    /// child (a process the job moved out of its group). Each is an
+    /// unreaped child of ours: its pid cannot have been recycled. Their own
+    /// children come to us in turn and go at the next reap.
+    fn kill_orphaned_jobs(&mut self) {
+        // Sweep again next tick: a process is reparented to us only when
+        // its parent exits, which may come after this reap.
+        self.sweep_orphans_at = Some(Instant::now() + pool::TICK);
         let known = |p: Pid| self.slot_of(p).is_some() || self.watch.owns(p);
         for g in children::adopted_job_groups(known) {
             if sys::kill_group(g, Signal::SIGKILL).is_ok() {
                 tracing::debug!(pgid = g.as_raw(), "killed the job group of a dead worker");
+            }
+        }
+        for p in children::adopted(known) {
+            if nix::sys::signal::kill(p, Signal::SIGKILL).is_ok() {
+                tracing::debug!(
+                    pid = p.as_raw(),
+                    "killed a process left by a dead worker's job"
+                );
             }
         }
     }

@@ -110,6 +110,34 @@ pub fn kill_group(pgid: Pid, sig: Signal) -> io::Result<()> {
     nix::sys::signal::killpg(pgid, sig).map_err(io::Error::from)
 }
 
+/// The group and session ids of a process, from `/proc/<pid>/stat`.
+pub fn group_and_session(pid: Pid) -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).ok()?;
+    // The command name may hold spaces and parentheses: the fields after
+    // the last ')' are `state ppid pgrp session ...`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(2);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// This process's children, from `/proc/self/task/*/children` (jobd's
+/// processes are single-threaded: one task), zombies included.
+pub fn children() -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .map(Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// `PR_SET_PDEATHSIG`, then checks that the parent `expected_parent` is still
 /// alive (it may have died before the call). Returns false when it already
 /// died: the caller must exit.

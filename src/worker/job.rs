@@ -65,6 +65,15 @@ impl Overseer<'_, '_> {
         matches!(self, Overseer::Inline(_))
     }
 
+    /// Whether `pid` is a child of this process that is not a job's (a hook
+    /// program of the inline watch).
+    fn owns(&self, pid: Pid) -> bool {
+        match self {
+            Overseer::Supervisor(_) => false,
+            Overseer::Inline(i) => i.borrow().owns(pid),
+        }
+    }
+
     /// When the inline watch wants its next turn.
     fn next_due(&self) -> Option<Instant> {
         match self {
@@ -675,6 +684,39 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         }
     }
 
+    /// Kills and reaps every child this worker still has: as the job's
+    /// subreaper it adopted whatever the job moved out of its group (setsid,
+    /// a double fork) once its parent exited. Each is an unreaped child of
+    /// ours, so its pid is its own. Repeats while killing one hands us its
+    /// children.
+    fn sweep(&self) {
+        let mut swept = 0;
+        for _ in 0..64 {
+            let left: Vec<Pid> = sys::children()
+                .into_iter()
+                .filter(|&p| p != self.child && !self.runner.overseer.owns(p))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            for &p in &left {
+                let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+            }
+            for &p in &left {
+                let _ = reap(p);
+            }
+            swept += left.len();
+        }
+        if swept > 0 {
+            tracing::info!(
+                slot = self.runner.slot,
+                job = self.job.job_id,
+                processes = swept,
+                "killed what the job left outside its process group"
+            );
+        }
+    }
+
     /// The handler exited: kill what it left in its group, reap it.
     fn finish(self, peeked: nix::Result<bool>) -> Ran {
         if let Err(e) = &peeked {
@@ -684,6 +726,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         let _ = sys::kill_group(self.child, Signal::SIGKILL);
         self.board().handler_reaped();
         let status = reap(self.child);
+        self.sweep();
         let finish = match peeked {
             Ok(_) => Finish::from_wait(&status),
             Err(e) => Finish::Other(format!("wait error: {e}")),

@@ -52,8 +52,11 @@ pub(crate) fn worker_main(
             return 1;
         }
     }
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(false) {
-        tracing::warn!(slot, error = %e, "worker failed to clear the subreaper flag");
+    // The worker is the subreaper of its jobs: whatever a job moves out of
+    // its process group (setsid, a double fork) is reparented to the worker
+    // when its parent exits, and killed when the job ends.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(slot, error = %e, "worker failed to become its jobs' subreaper");
     }
     let sigfd = match sys::handled_signalfd() {
         Ok(s) => s,
@@ -81,6 +84,9 @@ pub(crate) fn run_inline(
             return 1;
         }
     };
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "failed to become the jobs' subreaper");
+    }
     let watch = match InlineWatch::new(cfg, hooks, sb) {
         Ok(w) => RefCell::new(w),
         Err(e) => {

@@ -107,3 +107,84 @@ fn the_job_of_a_killed_worker_goes_with_it() {
     j.wait_log(|l| l.contains("job ended") && l.contains("reason=worker-died"));
     j.stop_clean();
 }
+
+/// A handler that daemonizes a `sleep 1000` out of its process group: with
+/// `setsid` (`double` false) or with a double fork and `setsid` (`double`
+/// true). Its first line: the escapee's pid, the handler's, the worker's,
+/// the job id.
+fn escaping_handler(double: bool, then: &str) -> String {
+    // The escapee writes its own pid once it runs in its new session, and
+    // the handler waits for it: the escape is complete before the job can
+    // end, so only the subreaper sweep (not the group kill) can catch it.
+    let spawn = if double {
+        r#"sh -c 'setsid sh -c "echo \$\$ > \"\$0\"; exec sleep 1000" "$0" </dev/null >/dev/null 2>&1 &' "$f""#
+    } else {
+        r#"setsid sh -c 'echo $$ > "$0"; exec sleep 1000' "$f" </dev/null >/dev/null 2>&1 &"#
+    };
+    format!(
+        "f=$(mktemp)\n{spawn}\nwhile [ ! -s \"$f\" ]; do sleep 0.01; done\nesc=$(cat \"$f\")\nrm -f \"$f\"\necho \"$esc $$ $PPID $JOBD_JOB_ID\"\n{then}"
+    )
+}
+
+fn ids(line: &str) -> (i32, i32, i32, u64) {
+    let v: Vec<&str> = line.split_whitespace().collect();
+    (
+        v[0].parse().unwrap(),
+        v[1].parse().unwrap(),
+        v[2].parse().unwrap(),
+        v[3].parse().unwrap(),
+    )
+}
+
+/// Regression guard (issue 10): a job's processes that left its process
+/// group (setsid, a double fork) survived the end of the job, its
+/// cancellation, the death of its worker and jobd's own exit. The worker is
+/// now the subreaper of its jobs and kills whatever it adopted when the job
+/// ends; the supervisor does the same for the jobs of a dead worker.
+#[test]
+fn a_job_that_escapes_its_process_group_is_still_killed() {
+    for double in [false, true] {
+        // (a) The job ends by itself.
+        let mut j = Jobd::with_script(&escaping_handler(double, "exit 0"), &["--prefork", "1"]);
+        let (s, line) = j.request_line("");
+        let (esc, _, _, job) = ids(&line);
+        drop(s);
+        j.wait_log(|l| l.contains("job ended") && l.contains(&format!("job={job} ")));
+        wait_until("the escapee of a finished job gone", || !alive(esc));
+        // (b) The job is cancelled (its client resets).
+        let j2 = escaping_handler(double, "exec sleep 300");
+        j.stop_clean();
+        let mut j = Jobd::with_script(&j2, &["--prefork", "1"]);
+        let (s, line) = j.request_line("");
+        let (esc, handler, _, _) = ids(&line);
+        util::reset(s);
+        wait_until("the cancelled job and its escapee gone", || {
+            !alive(handler) && !alive(esc)
+        });
+        // (c) The worker dies mid-job.
+        let (_s, line) = j.request_line("");
+        let (esc, handler, worker, job) = ids(&line);
+        j.wait_log(|l| l.contains("job started") && l.contains(&format!("job={job} ")));
+        util::send(worker, "KILL");
+        let gone = util::poll_until(std::time::Instant::now() + util::DEADLINE, || {
+            !alive(handler) && !alive(esc)
+        });
+        assert!(
+            gone,
+            "double={double}: handler {handler} alive {}, escapee {esc} alive {}; log:\n{}",
+            alive(handler),
+            alive(esc),
+            j.dump()
+        );
+        // (d) jobd is stopped with SIGINT.
+        let (_s, line) = j.request_line("");
+        let (esc, handler, _, job) = ids(&line);
+        j.wait_log(|l| l.contains("job started") && l.contains(&format!("job={job} ")));
+        j.signal("INT");
+        assert!(j.wait_exit().success());
+        wait_until("the job and its escapee gone after SIGINT", || {
+            !alive(handler) && !alive(esc)
+        });
+        util::wait_gone(&j.tag);
+    }
+}
