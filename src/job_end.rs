@@ -12,7 +12,7 @@ use nix::sys::wait::WaitStatus;
 
 use crate::logfiles::{self, AccessRecord};
 use crate::scoreboard::{CancelReason, CancelRequest, Counter, Header, SeenBy};
-use crate::sys::TcpProgress;
+use crate::sys::{ChildUsage, TcpProgress};
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,10 @@ pub(crate) struct JobEnd {
     /// For a job cancelled on a disconnect: from the hang-up to its
     /// detection, in µs (as on its `job cancelled` line).
     pub(crate) seen_after_us: Option<u32>,
+    /// CPU time and peak memory of the job's processes (the handler and
+    /// every descendant reaped; for a closure, the worker's CPU time while
+    /// it ran), when known.
+    pub(crate) usage: Option<ChildUsage>,
 }
 
 impl JobEnd {
@@ -142,6 +146,9 @@ impl JobEnd {
             bytes_acked: self.progress.map(|p| p.bytes_acked),
             client_closed_after_ms: self.client_closed_after_ms,
             seen_after_ms: self.seen_after_us.map(|us| f64::from(us) / 1e3),
+            cpu_user_ms: self.usage.map(|u| u.user_us / 1000),
+            cpu_sys_ms: self.usage.map(|u| u.sys_us / 1000),
+            max_rss_kib: self.usage.map(|u| u.max_rss_kib).filter(|&k| k > 0),
         }
     }
 
@@ -165,18 +172,30 @@ impl JobEnd {
         let outcome = self.outcome_name();
         let reason = self.reason.map_or("-", EndReason::as_str);
         let (sent, acked) = progress_fields(self.progress);
+        let (cpu_user, cpu_sys, rss) = match self.usage {
+            Some(u) => (
+                (u.user_us / 1000).to_string(),
+                (u.sys_us / 1000).to_string(),
+                if u.max_rss_kib > 0 {
+                    u.max_rss_kib.to_string()
+                } else {
+                    "-".into()
+                },
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         let closed = self
             .client_closed_after_ms
             .map_or_else(|| "-".to_string(), |ms| ms.to_string());
         if let Some(us) = self.seen_after_us {
             let seen_after_ms = f64::from(us) / 1e3;
-            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, seen_after_ms = format_args!("{seen_after_ms:.1}"), "job ended");
+            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, seen_after_ms = format_args!("{seen_after_ms:.1}"), cpu_user_ms = %cpu_user, cpu_sys_ms = %cpu_sys, max_rss_kib = %rss, "job ended");
         } else if self.reason == Some(EndReason::WorkerDied) {
-            tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, "job ended");
+            tracing::warn!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, cpu_user_ms = %cpu_user, cpu_sys_ms = %cpu_sys, max_rss_kib = %rss, "job ended");
         } else if self.client_closed_after_ms.is_some() {
-            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, client_closed_after_ms = %closed, "job ended");
+            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, client_closed_after_ms = %closed, cpu_user_ms = %cpu_user, cpu_sys_ms = %cpu_sys, max_rss_kib = %rss, "job ended");
         } else {
-            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, "job ended");
+            tracing::info!(slot, pid, job, peer = %peer, duration_ms, status = ?status, outcome = %outcome, reason = %reason, bytes_sent = %sent, bytes_acked = %acked, cpu_user_ms = %cpu_user, cpu_sys_ms = %cpu_sys, max_rss_kib = %rss, "job ended");
         }
     }
 }
@@ -258,6 +277,7 @@ mod tests {
             progress: None,
             client_closed_after_ms: None,
             seen_after_us: None,
+            usage: None,
         }
     }
 

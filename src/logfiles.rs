@@ -68,6 +68,12 @@ pub struct AccessRecord<'a> {
     /// For a job cancelled on a disconnect: from the hang-up to its
     /// detection, ms.
     pub seen_after_ms: Option<f64>,
+    /// User CPU time of the job's processes, ms.
+    pub cpu_user_ms: Option<u64>,
+    /// System CPU time of the job's processes, ms.
+    pub cpu_sys_ms: Option<u64>,
+    /// Peak resident memory of the job's largest process, KiB.
+    pub max_rss_kib: Option<u64>,
 }
 
 /// Errors of opening the logs.
@@ -229,7 +235,7 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             s
         }
         LogFormat::Text => format!(
-            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={} bytes_sent={} bytes_acked={} client_closed_after_ms={} seen_after_ms={}\n",
+            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={} bytes_sent={} bytes_acked={} client_closed_after_ms={} seen_after_ms={} cpu_user_ms={} cpu_sys_ms={} max_rss_kib={}\n",
             time,
             rec.job_id,
             rec.slot,
@@ -247,6 +253,9 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             dash(rec.client_closed_after_ms),
             rec.seen_after_ms
                 .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}")),
+            dash(rec.cpu_user_ms),
+            dash(rec.cpu_sys_ms),
+            dash(rec.max_rss_kib),
         ),
     }
 }
@@ -330,6 +339,9 @@ mod tests {
             bytes_acked: Some(100),
             client_closed_after_ms: None,
             seen_after_ms: Some(1.25),
+            cpu_user_ms: Some(3),
+            cpu_sys_ms: Some(1),
+            max_rss_kib: None,
         }
     }
 
@@ -340,7 +352,8 @@ mod tests {
             l,
             "time=2026-01-02T03:04:05.678Z job=7 slot=1 pid=4242 peer=127.0.0.1:5555 \
              duration_ms=12 outcome=cancelled reason=client-closed status=\"signal SIGTERM\" \
-             exit_code=- signal=SIGTERM bytes_sent=120 bytes_acked=100 client_closed_after_ms=- seen_after_ms=1.2\n"
+             exit_code=- signal=SIGTERM bytes_sent=120 bytes_acked=100 client_closed_after_ms=- seen_after_ms=1.2 cpu_user_ms=3 cpu_sys_ms=1 \
+             max_rss_kib=-\n"
         );
         assert_eq!(text_value(""), "\"\"");
         assert_eq!(text_value("[::1]:80"), "[::1]:80");

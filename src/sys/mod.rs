@@ -202,6 +202,69 @@ pub fn tcp_progress(fd: BorrowedFd<'_>) -> io::Result<TcpProgress> {
     })
 }
 
+/// CPU time and peak memory of a reaped child and of the descendants it
+/// reaped itself (`wait4`'s rusage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChildUsage {
+    /// User CPU time, µs.
+    pub user_us: u64,
+    /// System CPU time, µs.
+    pub sys_us: u64,
+    /// Peak resident set size, KiB (the largest of them).
+    pub max_rss_kib: u64,
+}
+
+impl ChildUsage {
+    /// Adds `other` (CPU times add up; the peak is the larger one).
+    pub fn add(&mut self, other: ChildUsage) {
+        self.user_us += other.user_us;
+        self.sys_us += other.sys_us;
+        self.max_rss_kib = self.max_rss_kib.max(other.max_rss_kib);
+    }
+}
+
+fn tv_us(t: libc::timeval) -> u64 {
+    (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64
+}
+
+/// Reaps the exited (or exiting) child `pid`, blocking, with its rusage.
+/// Call it only for a child of this process that nobody else reaps.
+pub fn reap_with_usage(pid: Pid) -> io::Result<(nix::sys::wait::WaitStatus, ChildUsage)> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain integers, valid when zeroed.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `ru` are valid, writable and live for the
+        // call; wait4 writes at most one int and one rusage.
+        let r = unsafe { libc::wait4(pid.as_raw(), &mut status, 0, &mut ru) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let st = nix::sys::wait::WaitStatus::from_raw(Pid::from_raw(r), status)?;
+        let usage = ChildUsage {
+            user_us: tv_us(ru.ru_utime),
+            sys_us: tv_us(ru.ru_stime),
+            max_rss_kib: ru.ru_maxrss.max(0) as u64,
+        };
+        return Ok((st, usage));
+    }
+}
+
+/// This process's own CPU time (user, system) in µs, for a closure job.
+pub fn self_cpu_us() -> (u64, u64) {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(u) => (
+            tv_us(*u.user_time().as_ref()),
+            tv_us(*u.system_time().as_ref()),
+        ),
+        Err(_) => (0, 0),
+    }
+}
+
 /// The pending error of a socket (`SO_ERROR`), e.g. `ETIMEDOUT` after
 /// `TCP_USER_TIMEOUT` or keepalive gave up on the peer.
 pub fn socket_error(fd: BorrowedFd<'_>) -> Option<io::Error> {

@@ -30,7 +30,7 @@ use crate::scoreboard::{
     VerdictBy,
 };
 use crate::spawn::Spawner;
-use crate::sys::{self, PollFd, PollFlags, TcpProgress};
+use crate::sys::{self, ChildUsage, PollFd, PollFlags, TcpProgress};
 
 /// Who judges this worker's jobs.
 pub(crate) enum Overseer<'a, 'w> {
@@ -111,6 +111,8 @@ struct Ran {
     /// What the client had received when jobd cancelled the job (read
     /// before the connection was shut down).
     progress: Option<TcpProgress>,
+    /// CPU time and peak memory of the job's processes.
+    usage: Option<ChildUsage>,
     after: AfterJob,
 }
 
@@ -124,17 +126,8 @@ impl Ran {
             cancel_unlogged: false,
             client_closed_after_ms: None,
             progress: None,
+            usage: None,
             after: AfterJob::default(),
-        }
-    }
-}
-
-/// Reaps the handler (blocking: it has exited, as `waitid` said).
-fn reap(child: Pid) -> nix::Result<WaitStatus> {
-    loop {
-        match nix::sys::wait::waitpid(child, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => return other,
         }
     }
 }
@@ -239,6 +232,7 @@ impl Runner<'_, '_> {
             finish: ran.finish,
             progress,
             client_closed_after_ms: ran.client_closed_after_ms,
+            usage: ran.usage,
             seen_after_us: ran
                 .cancel
                 .filter(|c| c.seen_by != SeenBy::Nobody)
@@ -378,7 +372,9 @@ impl Runner<'_, '_> {
         };
         // A panicking job fails; its worker goes on serving (the panic
         // message is on stderr, from the panic hook).
+        let cpu_before = sys::self_cpu_us();
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(stream, &ctx)));
+        let cpu_after = sys::self_cpu_us();
         drop(guard);
         let cancel = board.cancel_requested(job.job_id);
         let finish = Finish::Other(match (&res, cancel) {
@@ -396,6 +392,13 @@ impl Runner<'_, '_> {
             cancel_unlogged: cancel.is_some(),
             client_closed_after_ms: None,
             progress: None,
+            // The worker's own CPU time while the closure ran; its peak
+            // memory is the worker's, not the job's: not given.
+            usage: Some(ChildUsage {
+                user_us: cpu_after.0.saturating_sub(cpu_before.0),
+                sys_us: cpu_after.1.saturating_sub(cpu_before.1),
+                max_rss_kib: 0,
+            }),
             after,
         }
     }
@@ -689,7 +692,8 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
     /// a double fork) once its parent exited. Each is an unreaped child of
     /// ours, so its pid is its own. Repeats while killing one hands us its
     /// children.
-    fn sweep(&self) {
+    fn sweep(&self) -> ChildUsage {
+        let mut usage = ChildUsage::default();
         let mut swept = 0;
         for _ in 0..64 {
             let left: Vec<Pid> = sys::children()
@@ -703,7 +707,9 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                 let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
             }
             for &p in &left {
-                let _ = reap(p);
+                if let Ok((_, u)) = sys::reap_with_usage(p) {
+                    usage.add(u);
+                }
             }
             swept += left.len();
         }
@@ -715,6 +721,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                 "killed what the job left outside its process group"
             );
         }
+        usage
     }
 
     /// The handler exited: kill what it left in its group, reap it.
@@ -725,8 +732,14 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         // The job is over: whatever it left in its group goes too.
         let _ = sys::kill_group(self.child, Signal::SIGKILL);
         self.board().handler_reaped();
-        let status = reap(self.child);
-        self.sweep();
+        let (status, mut usage) = match sys::reap_with_usage(self.child) {
+            Ok((st, u)) => (Ok(st), u),
+            Err(e) => (
+                Err(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+                ChildUsage::default(),
+            ),
+        };
+        usage.add(self.sweep());
         let finish = match peeked {
             Ok(_) => Finish::from_wait(&status),
             Err(e) => Finish::Other(format!("wait error: {e}")),
@@ -743,6 +756,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             cancel_unlogged: false,
             client_closed_after_ms,
             progress: self.progress_at_cancel,
+            usage: Some(usage),
             after: self.after,
         }
     }

@@ -188,3 +188,61 @@ fn a_job_that_escapes_its_process_group_is_still_killed() {
         util::wait_gone(&j.tag);
     }
 }
+
+/// Per-job accounting: a job whose grandchild burns 300 ms of CPU reports
+/// 250-400 ms (whole tree, from wait4), and one that touches 100 MiB
+/// reports a peak of at least that, in the job-end line and the access log.
+#[test]
+fn a_job_reports_its_cpu_time_and_peak_memory() {
+    let dir = util::tempdir();
+    let access = dir.path().join("access.log");
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        concat!(
+            "IFS= read -r what\n",
+            "if [ \"$what\" = cpu ]; then\n",
+            // A grandchild that burns 300 ms of its own CPU time (utime +
+            // stime in /proc/self/stat, in 10 ms ticks), however loaded the
+            // machine is.
+            "  sh -c 'awk \"BEGIN { while (1) { getline s < \\\"/proc/self/stat\\\"; ",
+            "close(\\\"/proc/self/stat\\\"); split(s, f, \\\" \\\"); if (f[14] + f[15] >= 30) exit } }\"'\n",
+            "else\n",
+            // dd reads 100 MiB into one buffer: a peak of about 100 MiB.
+            "  dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null\n",
+            "fi\n",
+            "echo ok"
+        ),
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--access-log",
+            access.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(j.request_all("cpu\n").trim(), "ok");
+    assert_eq!(j.request_all("mem\n").trim(), "ok");
+    let lines = util::wait_file_lines(&access, 2);
+    let field = |l: &str, k: &str| -> u64 {
+        l.split(&format!(" {k}="))
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{k} in {l}"))
+    };
+    let cpu = field(&lines[0], "cpu_user_ms") + field(&lines[0], "cpu_sys_ms");
+    assert!((250..=400).contains(&cpu), "cpu {cpu} ms in {}", lines[0]);
+    let rss = field(&lines[1], "max_rss_kib");
+    assert!(rss >= 100 * 1024, "peak {rss} KiB in {}", lines[1]);
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains("job=2 "));
+    assert!(end.contains("max_rss_kib="), "{end}");
+    j.stop_clean();
+}
