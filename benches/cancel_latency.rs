@@ -1,28 +1,57 @@
-//! Hang-up → job-gone latency of the real `jobd` binary.
+//! Hang-up → job-gone latency of the real `jobd` binary, and the FIN grace
+//! seen from real clients.
 //!
-//! For each variant (detector × worker watch, plus resets with the scan
-//! alone), the bench starts `jobd --prefork C` on a free loopback port with a
-//! handler script that starts `sleep 300 &`, prints `$$ $!` (its own pid and
-//! the sleep's) and `wait`s: each job is a tree of two processes. C client
-//! threads each loop: connect, read the pid line, open pidfds on both pids,
-//! wait a random 0–50 ms, take t0, close the socket (FIN, or RST through
-//! SO_LINGER 0), and poll the pidfds until both processes have exited. The
-//! latency is the time from t0 to the exit of the last of the two. A finished
-//! client is replaced at once, so about C jobs run all the time.
+//! For each variant the bench starts `jobd --prefork C` on a free loopback
+//! port (default flags otherwise: `--fin-grace` stays at its 250 ms) with a
+//! handler script for the variant's kind of job, and C client threads that
+//! each loop: connect, learn the job's pids, open pidfds on them, hang up
+//! (`close()`: a FIN, or a reset through SO_LINGER 0), and poll the pidfds
+//! until the processes have exited. A finished client is replaced at once,
+//! so about C jobs run all the time. Three kinds of job:
+//!
+//! - **silent** (the six `detector/watch/close` variants: detector ×
+//!   worker watch, plus resets with the scan alone): the handler starts
+//!   `sleep 300 &`, writes `$$ $!` (its own pid and the sleep's) into the
+//!   file `$TCPREMOTEPORT` of a directory the bench creates (its first
+//!   argument), sends *nothing* on the connection and `wait`s: a tree of two
+//!   processes in a silent phase, which a FIN cancels at once (no FIN
+//!   grace). The client polls for the file named after its own local port
+//!   (every 1 ms, on a `poll` of its socket, so a connection jobd closes is
+//!   seen at once; bounded by the deadline), removes it, waits a random
+//!   0–50 ms and hangs up. Latency: from the `close()` to the exit of the
+//!   last of the two processes.
+//! - **`answered-close`** (sock-diag, worker watch, FIN): the handler sends a
+//!   delimited answer, its pid on a line and then `END`, and spends 50 ms
+//!   (`sleep 0.05`) before it exits 0, as a handler that cleans up after its
+//!   answer; the client reads up to `END` and closes at once. The job must
+//!   end `outcome=done` (the FIN grace), never `cancelled`: the bench counts
+//!   the `job ended ... outcome=` lines of jobd's log. Latency: from the
+//!   `close()` to the handler's exit (about the 50 ms it still had to go).
+//! - **`streaming`** (sock-diag, worker watch, FIN): the handler starts
+//!   `sleep 300 &`, sends `$$ $!` as its first line and then a line every
+//!   100 ms forever; the client reads the pid line and a random 1–3 more
+//!   lines and closes. It had acknowledged all it was sent, so the FIN gets
+//!   the grace, and the handler's next line meets the client's reset, which
+//!   cancels the job. Latency: from the `close()` to both processes gone.
 //!
 //! A job process that dies *before* its client hung up is counted as
-//! `died_early` (a wrong kill), and one still alive 10 s after the hang-up as
-//! `not_gone`.
+//! `died_early` (a wrong kill, or for `answered-close` a client too slow to
+//! close within the handler's 50 ms), and one still alive 10 s after the
+//! hang-up as `not_gone`.
 //!
-//! Environment: `CANCEL_N` (cancellations per variant, default 200),
+//! Environment: `CANCEL_N` (jobs per variant, default 200),
 //! `CANCEL_CONCURRENCY` (default 32), `CANCEL_DEADLINE_S` (hard deadline per
 //! variant, default 60), `CANCEL_VARIANTS` (comma-separated variant names to
-//! run, default all), `CANCEL_LOG_DIR` (write each variant's jobd log
-//! there).
+//! run, default all: `sock-diag/watch-on/fin`, `sock-diag/watch-off/fin`,
+//! `procfs/watch-on/fin`, `procfs/watch-off/fin`, `sock-diag/watch-off/rst`,
+//! `procfs/watch-off/rst`, `answered-close`, `streaming`), `CANCEL_LOG_DIR`
+//! (write each variant's jobd log there).
 //!
 //! Output: a table, one `JSON ` line per variant, and PASS/MISS against the
-//! targets (p99 ≤ 25 ms with the worker watch; ≤ check interval + 25 ms by
-//! the periodic scan alone). The targets are information, not assertions.
+//! targets: p99 ≤ 25 ms with the worker watch and ≤ check interval + 25 ms
+//! by the periodic scan alone (silent jobs); 0 cancelled (`answered-close`);
+//! p99 ≤ FIN grace + 25 ms (`streaming`). The targets are information, not
+//! assertions.
 //!
 //! Cleanup: jobd is stopped with SIGTERM (by the PID of the child this bench
 //! started) and waited for; job processes still alive are killed through the
@@ -36,7 +65,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -46,22 +75,71 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
     env_usize, jobd_bin, kill_marked, marked_command, new_marker, parse_listening, percentile,
-    pidfd_exited, pidfd_open, pidfd_signal, poll_exited, read_pid_pair, reset_on_close,
+    pidfd_exited, pidfd_open, pidfd_signal, poll_exited, read_line, read_pid_pair, reset_on_close,
     rusage_cpu_s, stop_child, thread_cpu_s, write_script,
 };
 use nix::sys::resource::UsageWho;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::Signal;
 
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const WATCH_TARGET_MS: f64 = 25.0;
+/// jobd's default `--fin-grace` (not passed: the bench runs the default).
+const FIN_GRACE_MS: f64 = 250.0;
 /// Longest wait for the job to go after a hang-up.
 const GONE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Random delay between the pid line and the hang-up: 0 to this.
+/// Silent jobs: random delay between the pid file and the hang-up, 0 to
+/// this.
 const MAX_DELAY_MS: u64 = 50;
+/// Silent jobs: how often the client looks for its pid file.
+const PID_FILE_POLL: Duration = Duration::from_millis(1);
+/// Streaming jobs: the client reads 1 to this many lines after the pids.
+const MAX_STREAM_LINES: u64 = 3;
+/// `answered-close`: the most lines read looking for `END`.
+const MAX_ANSWER_LINES: usize = 8;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-const HANDLER: &str = "#!/bin/sh\nsleep 300 &\necho \"$$ $!\"\nwait\n";
+/// A silent job: its pids go into a file (`$1/$TCPREMOTEPORT`), nothing on
+/// the connection. `echo` writes the line in one `write`; the client takes
+/// the file only once it ends with a newline.
+const SILENT_HANDLER: &str =
+    "#!/bin/sh\nsleep 300 &\necho \"$$ $!\" > \"$1/$TCPREMOTEPORT\"\nwait\n";
+/// A delimited answer (its pid, then `END`), then 50 ms of cleanup.
+const ANSWERED_HANDLER: &str = "#!/bin/sh\necho \"$$\"\necho END\nsleep 0.05\nexit 0\n";
+/// The pids as the first line, then a line every 100 ms forever.
+const STREAMING_HANDLER: &str =
+    "#!/bin/sh\nsleep 300 &\necho \"$$ $!\"\nwhile :; do\n  sleep 0.1\n  echo tick\ndone\n";
+
+/// What the job does and how its client behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Sends nothing; the client waits 0–50 ms and hangs up.
+    Silent,
+    /// Answers up to `END` and cleans up for 50 ms; the client closes after
+    /// `END`.
+    AnsweredClose,
+    /// A line every 100 ms; the client reads 1–3 lines and closes.
+    Streaming,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Silent => "silent",
+            Kind::AnsweredClose => "answered-close",
+            Kind::Streaming => "streaming",
+        }
+    }
+
+    fn handler_text(self) -> &'static str {
+        match self {
+            Kind::Silent => SILENT_HANDLER,
+            Kind::AnsweredClose => ANSWERED_HANDLER,
+            Kind::Streaming => STREAMING_HANDLER,
+        }
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Variant {
@@ -69,6 +147,7 @@ struct Variant {
     detector: &'static str,
     worker_watch: bool,
     reset: bool,
+    kind: Kind,
 }
 
 const VARIANTS: &[Variant] = &[
@@ -77,45 +156,75 @@ const VARIANTS: &[Variant] = &[
         detector: "sock-diag",
         worker_watch: true,
         reset: false,
+        kind: Kind::Silent,
     },
     Variant {
         name: "sock-diag/watch-off/fin",
         detector: "sock-diag",
         worker_watch: false,
         reset: false,
+        kind: Kind::Silent,
     },
     Variant {
         name: "procfs/watch-on/fin",
         detector: "procfs",
         worker_watch: true,
         reset: false,
+        kind: Kind::Silent,
     },
     Variant {
         name: "procfs/watch-off/fin",
         detector: "procfs",
         worker_watch: false,
         reset: false,
+        kind: Kind::Silent,
     },
     Variant {
         name: "sock-diag/watch-off/rst",
         detector: "sock-diag",
         worker_watch: false,
         reset: true,
+        kind: Kind::Silent,
     },
     Variant {
         name: "procfs/watch-off/rst",
         detector: "procfs",
         worker_watch: false,
         reset: true,
+        kind: Kind::Silent,
+    },
+    Variant {
+        name: "answered-close",
+        detector: "sock-diag",
+        worker_watch: true,
+        reset: false,
+        kind: Kind::AnsweredClose,
+    },
+    Variant {
+        name: "streaming",
+        detector: "sock-diag",
+        worker_watch: true,
+        reset: false,
+        kind: Kind::Streaming,
     },
 ];
 
 impl Variant {
-    fn target_ms(&self) -> f64 {
-        if self.worker_watch {
-            WATCH_TARGET_MS
-        } else {
-            CHECK_INTERVAL.as_secs_f64() * 1e3 + WATCH_TARGET_MS
+    /// The p99 latency target; none for `answered-close`, whose target is
+    /// no cancellation at all.
+    fn target_ms(&self) -> Option<f64> {
+        match self.kind {
+            Kind::AnsweredClose => None,
+            Kind::Streaming => Some(FIN_GRACE_MS + WATCH_TARGET_MS),
+            Kind::Silent if self.worker_watch => Some(WATCH_TARGET_MS),
+            Kind::Silent => Some(CHECK_INTERVAL.as_secs_f64() * 1e3 + WATCH_TARGET_MS),
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target_ms() {
+            Some(t) => format!("≤{t:.0}"),
+            None => "0 canc".into(),
         }
     }
 }
@@ -127,13 +236,24 @@ fn main() -> std::process::ExitCode {
     let only: Option<Vec<String>> = std::env::var("CANCEL_VARIANTS")
         .ok()
         .map(|s| s.split(',').map(|v| v.trim().to_string()).collect());
+    if let Some(o) = &only {
+        for x in o
+            .iter()
+            .filter(|x| !VARIANTS.iter().any(|v| v.name == x.as_str()))
+        {
+            let names: Vec<&str> = VARIANTS.iter().map(|v| v.name).collect();
+            println!(
+                "cancel_latency: CANCEL_VARIANTS: no variant {x:?} (known: {})",
+                names.join(", ")
+            );
+        }
+    }
     let dir = tempfile::tempdir().expect("temp dir");
-    let handler = write_script(dir.path(), "handler.sh", HANDLER).expect("write handler");
 
     let started = Instant::now();
     println!(
-        "cancel_latency: {n} cancellations per variant, {conc} concurrent jobs, \
-         check interval {} ms, deadline {} s per variant",
+        "cancel_latency: {n} jobs per variant, {conc} concurrent jobs, \
+         check interval {} ms, default --fin-grace ({FIN_GRACE_MS} ms), deadline {} s per variant",
         CHECK_INTERVAL.as_millis(),
         deadline.as_secs()
     );
@@ -145,7 +265,7 @@ fn main() -> std::process::ExitCode {
         {
             continue;
         }
-        let r = run_variant(v, &handler, n, conc, deadline);
+        let r = run_variant(v, dir.path(), n, conc, deadline);
         print_problems(&r);
         reports.push(r);
     }
@@ -194,6 +314,16 @@ struct Report {
     log_seen_scan: usize,
     log_ended_sigkill: usize,
     log_ended_cancelled: usize,
+    /// `job ended` lines with `outcome=done`, and with any other outcome
+    /// than done or cancelled.
+    log_ended_done: usize,
+    log_ended_other: usize,
+    /// `job cancelled` lines with `bytes_sent=0` (a silent job's).
+    log_cancelled_unsent: usize,
+    /// `reason=` of the `job ended` lines, counted (`-`: none).
+    log_end_reasons: std::collections::BTreeMap<String, usize>,
+    /// Pid files nobody took (silent jobs).
+    pid_files_left: usize,
     log_problems: Vec<String>,
     /// jobd's own `seen_after_ms` of each `job cancelled` line, sorted.
     log_seen_after_ms: Vec<f64>,
@@ -213,10 +343,19 @@ impl Report {
     }
 
     fn verdict(&self) -> &'static str {
-        match self.pct(0.99) {
-            Some(p99) if p99 <= self.variant.target_ms() && self.latencies_ms.len() >= 2 => "PASS",
-            _ => "MISS",
-        }
+        let enough = self.latencies_ms.len() >= 2;
+        let pass = match self.variant.target_ms() {
+            Some(t) => enough && self.pct(0.99).is_some_and(|p99| p99 <= t),
+            // Every job done by its own exit, none cancelled.
+            None => {
+                enough
+                    && self.log_cancelled == 0
+                    && self.log_ended_cancelled == 0
+                    && self.log_ended_other == 0
+                    && self.log_ended_done >= self.latencies_ms.len()
+            }
+        };
+        if pass { "PASS" } else { "MISS" }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -225,7 +364,9 @@ impl Report {
             "variant": self.variant.name,
             "detector": self.variant.detector,
             "worker_watch": self.variant.worker_watch,
+            "job": self.variant.kind.name(),
             "close": if self.variant.reset { "rst" } else { "fin" },
+            "fin_grace_ms": FIN_GRACE_MS,
             "check_interval_ms": CHECK_INTERVAL.as_millis() as u64,
             "requested": self.requested,
             "n": self.latencies_ms.len(),
@@ -238,7 +379,12 @@ impl Report {
             "seen_by_scan": self.log_seen_scan,
             "log_seen_after_p50_ms": percentile(&self.log_seen_after_ms, 0.50),
             "log_seen_after_p99_ms": percentile(&self.log_seen_after_ms, 0.99),
+            "cancelled_with_bytes_sent_0": self.log_cancelled_unsent,
+            "ended_done": self.log_ended_done,
             "ended_cancelled": self.log_ended_cancelled,
+            "ended_other": self.log_ended_other,
+            "end_reasons": self.log_end_reasons,
+            "pid_files_left": self.pid_files_left,
             "ended_by_sigkill": self.log_ended_sigkill,
             "died_early": self.died_early.len(),
             "not_gone": self.not_gone.len(),
@@ -247,6 +393,7 @@ impl Report {
             "timed_out": self.timed_out,
             "jobd_exit": self.jobd_exit,
             "target_p99_ms": self.variant.target_ms(),
+            "target_cancelled": (self.variant.kind == Kind::AnsweredClose).then_some(0),
             "result": self.verdict(),
             "wall_s": (self.wall_s * 100.0).round() / 100.0,
             "bench_cpu_s": (self.bench_cpu_s * 100.0).round() / 100.0,
@@ -256,7 +403,7 @@ impl Report {
     }
 }
 
-fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Duration) -> Report {
+fn run_variant(v: &Variant, dir: &Path, n: usize, conc: usize, deadline: Duration) -> Report {
     let t_start = Instant::now();
     let hard_deadline = t_start + deadline;
     let marker = new_marker(v.name);
@@ -273,6 +420,11 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
         log_seen_scan: 0,
         log_ended_sigkill: 0,
         log_ended_cancelled: 0,
+        log_ended_done: 0,
+        log_ended_other: 0,
+        log_cancelled_unsent: 0,
+        log_end_reasons: Default::default(),
+        pid_files_left: 0,
         log_problems: Vec::new(),
         log_seen_after_ms: Vec::new(),
         leftovers_killed: 0,
@@ -283,7 +435,20 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
         jobd_cpu_s: -rusage_cpu_s(UsageWho::RUSAGE_CHILDREN),
     };
     eprintln!("--- variant {} ---", v.name);
-    let args = jobd_args(v, handler, conc);
+    // This variant's handler and the directory of its pid files (one per
+    // variant: nothing left by another run can be mistaken for a job's).
+    let tag = v.name.replace('/', "_");
+    let pid_dir = dir.join(format!("pids-{tag}"));
+    let handler = match std::fs::create_dir(&pid_dir)
+        .and_then(|()| write_script(dir, &format!("handler-{tag}.sh"), v.kind.handler_text()))
+    {
+        Ok(h) => h,
+        Err(e) => {
+            report.errors.push(format!("handler or pid directory: {e}"));
+            return finish(report, t_start);
+        }
+    };
+    let args = jobd_args(v, &handler, &pid_dir, conc);
     let mut server = match start_server(&args, &marker) {
         Ok(s) => s,
         Err(StartError { msg, log }) => {
@@ -298,13 +463,20 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
     let shared = Arc::new(Mutex::new(Shared::default()));
     {
         let tickets = Arc::new(AtomicUsize::new(0));
+        let plan = Arc::new(ClientPlan {
+            addr,
+            variant: *v,
+            pid_dir: pid_dir.clone(),
+            n,
+            deadline: hard_deadline,
+        });
         let mut clients = Vec::with_capacity(conc);
         for i in 0..conc {
             let tickets = Arc::clone(&tickets);
             let shared = Arc::clone(&shared);
-            let reset = v.reset;
+            let plan = Arc::clone(&plan);
             clients.push(thread::spawn(move || {
-                client_loop(i, addr, reset, n, &tickets, hard_deadline, &shared)
+                client_loop(i, &plan, &tickets, &shared)
             }));
         }
         for c in clients {
@@ -340,6 +512,8 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
             .errors
             .push("jobd's stderr still open 5 s after it exited".into());
     }
+    // Every job is over: a pid file left is one no client took.
+    report.pid_files_left = std::fs::read_dir(&pid_dir).map_or(0, |d| d.count());
 
     for r in shared.results {
         match r {
@@ -363,6 +537,9 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
         }
         if line.contains("job cancelled") {
             report.log_cancelled += 1;
+            if field(line, "bytes_sent=") == Some("0") {
+                report.log_cancelled_unsent += 1;
+            }
             if let Some(ms) = field(line, "seen_after_ms=").and_then(|x| x.parse().ok()) {
                 report.log_seen_after_ms.push(ms);
             }
@@ -372,10 +549,18 @@ fn run_variant(v: &Variant, handler: &Path, n: usize, conc: usize, deadline: Dur
                 report.log_seen_scan += 1;
             }
         }
-        if line.contains("job ended") && line.contains("outcome=cancelled") {
-            report.log_ended_cancelled += 1;
-            if line.contains("signal SIGKILL") {
-                report.log_ended_sigkill += 1;
+        if line.contains("job ended") {
+            let reason = field(line, "reason=").unwrap_or("-").to_string();
+            *report.log_end_reasons.entry(reason).or_default() += 1;
+            match field(line, "outcome=") {
+                Some("done") => report.log_ended_done += 1,
+                Some("cancelled") => {
+                    report.log_ended_cancelled += 1;
+                    if line.contains("signal SIGKILL") {
+                        report.log_ended_sigkill += 1;
+                    }
+                }
+                _ => report.log_ended_other += 1,
             }
         }
         if line.contains(" WARN ") || line.contains(" ERROR ") {
@@ -430,7 +615,10 @@ struct StartError {
     log: Vec<String>,
 }
 
-fn jobd_args(v: &Variant, handler: &Path, conc: usize) -> Vec<OsString> {
+/// jobd's default flags but for the listener, the pool, the detector and
+/// the worker watch (and the check interval and stop grace, spelled out);
+/// the handler's one argument is the pid-file directory.
+fn jobd_args(v: &Variant, handler: &Path, pid_dir: &Path, conc: usize) -> Vec<OsString> {
     let mut a: Vec<OsString> = [
         "--listen",
         "127.0.0.1:0",
@@ -450,6 +638,8 @@ fn jobd_args(v: &Variant, handler: &Path, conc: usize) -> Vec<OsString> {
     .map(OsString::from)
     .collect();
     a.push(handler.as_os_str().to_owned());
+    a.push("--".into());
+    a.push(pid_dir.as_os_str().to_owned());
     a
 }
 
@@ -519,15 +709,19 @@ impl Rng {
     }
 }
 
-fn client_loop(
-    idx: usize,
+/// What every client of a variant does.
+struct ClientPlan {
     addr: SocketAddr,
-    reset: bool,
+    variant: Variant,
+    /// Where silent jobs write their pid files.
+    pid_dir: PathBuf,
+    /// Jobs in all (tickets).
     n: usize,
-    tickets: &AtomicUsize,
     deadline: Instant,
-    shared: &Mutex<Shared>,
-) {
+}
+
+fn client_loop(idx: usize, plan: &ClientPlan, tickets: &AtomicUsize, shared: &Mutex<Shared>) {
+    let (n, deadline) = (plan.n, plan.deadline);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -539,8 +733,7 @@ fn client_loop(
         if Instant::now() >= deadline || tickets.fetch_add(1, Ordering::Relaxed) >= n {
             break;
         }
-        let delay = Duration::from_millis(rng.below(MAX_DELAY_MS + 1));
-        let (res, leftover) = one_job(addr, reset, delay, deadline);
+        let (res, leftover) = one_job(plan, &mut rng);
         let mut s = shared.lock().unwrap();
         s.results.push(res);
         s.leftovers.extend(leftover);
@@ -549,25 +742,23 @@ fn client_loop(
 }
 
 /// One client: returns its result and the pidfds of processes that outlived
-/// the wait.
-fn one_job(
-    addr: SocketAddr,
-    reset: bool,
-    delay: Duration,
-    deadline: Instant,
-) -> (ClientResult, Vec<OwnedFd>) {
+/// the wait (or of a job it gave up on).
+fn one_job(plan: &ClientPlan, rng: &mut Rng) -> (ClientResult, Vec<OwnedFd>) {
+    let (v, deadline) = (plan.variant, plan.deadline);
     let err = |what: &str, e: &dyn std::fmt::Display| {
         (ClientResult::Error(format!("{what}: {e}")), Vec::new())
     };
-    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+    let stream = match TcpStream::connect_timeout(&plan.addr, Duration::from_secs(5)) {
         Ok(s) => s,
         Err(e) => return err("connect", &e),
     };
-    if reset && let Err(e) = reset_on_close(&stream) {
+    if v.reset
+        && let Err(e) = reset_on_close(&stream)
+    {
         return err("SO_LINGER", &e);
     }
-    // Wait for the pid line no longer than the deadline (plus a little, as
-    // a job may wait for a free worker).
+    // Wait for the pids no longer than the deadline (plus a little, as a
+    // job may wait for a free worker).
     let read_limit = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1))
@@ -575,12 +766,41 @@ fn one_job(
     if let Err(e) = stream.set_read_timeout(Some(read_limit)) {
         return err("set_read_timeout", &e);
     }
-    let (handler, sleeper) = match read_pid_pair(&stream) {
-        Ok(p) => p,
-        Err(e) => return (ClientResult::Error(e), Vec::new()),
+
+    // The job's pids: from its pid file, its answer, or its first line.
+    let pids: Vec<i32> = match v.kind {
+        Kind::Silent => {
+            let port = match stream.local_addr() {
+                Ok(a) => a.port(),
+                Err(e) => return err("local_addr", &e),
+            };
+            let file = plan.pid_dir.join(port.to_string());
+            match wait_pid_file(&file, &stream, read_limit) {
+                Ok((h, s)) => vec![h, s],
+                Err(e) => return (ClientResult::Error(e), Vec::new()),
+            }
+        }
+        Kind::AnsweredClose => match read_line(&stream) {
+            Ok(l) => match l.trim().parse() {
+                Ok(p) => vec![p],
+                Err(_) => return err("answer line", &format!("{l:?}")),
+            },
+            Err(e) => return err("reading the answer line", &e),
+        },
+        Kind::Streaming => match read_pid_pair(&stream) {
+            Ok((h, s)) => vec![h, s],
+            Err(e) => return (ClientResult::Error(e), Vec::new()),
+        },
     };
-    let mut fds = Vec::with_capacity(2);
-    for pid in [handler, sleeper] {
+    let job = format!(
+        "job {}",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+    let mut fds = Vec::with_capacity(pids.len());
+    for &pid in &pids {
         match pidfd_open(pid) {
             Ok(fd) => fds.push(fd),
             Err(e) => {
@@ -588,54 +808,85 @@ fn one_job(
                 // its client hung up.
                 return (
                     ClientResult::DiedEarly(format!(
-                        "pid {pid} (job {handler}/{sleeper}) gone before the hang-up: {e}"
+                        "pid {pid} ({job}) gone before the hang-up: {e}"
                     )),
                     fds,
                 );
             }
         }
     }
-    // Stay connected for `delay`, watching that the job stays alive.
-    let close_at = Instant::now() + delay;
-    loop {
-        let now = Instant::now();
-        if now >= close_at {
-            break;
+
+    // Up to the hang-up.
+    let before = match v.kind {
+        Kind::Silent => {
+            // Stay connected for a random 0–50 ms, watching that the job
+            // stays alive.
+            let close_at = Instant::now() + Duration::from_millis(rng.below(MAX_DELAY_MS + 1));
+            loop {
+                let now = Instant::now();
+                if now >= close_at {
+                    break Ok(());
+                }
+                let all: Vec<&OwnedFd> = fds.iter().collect();
+                if poll_exited(&all, close_at - now).iter().any(|&x| x) {
+                    break Ok(());
+                }
+            }
         }
-        let all: Vec<&OwnedFd> = fds.iter().collect();
-        let exited = poll_exited(&all, close_at - now);
-        if exited.iter().any(|&x| x) {
-            let rest = fds
-                .into_iter()
-                .zip(&exited)
-                .filter(|(_, e)| !**e)
-                .map(|(f, _)| f)
-                .collect();
-            return (
-                ClientResult::DiedEarly(format!(
-                    "job {handler}/{sleeper}: exited {:?} before the hang-up",
-                    exited
-                )),
-                rest,
-            );
+        Kind::AnsweredClose => read_until_end(&stream),
+        Kind::Streaming => {
+            let lines = 1 + rng.below(MAX_STREAM_LINES);
+            (0..lines).try_for_each(|i| {
+                read_line(&stream)
+                    .map(drop)
+                    .map_err(|e| format!("reading line {} of {lines}: {e}", i + 1))
+            })
         }
+    };
+    // After a failed read, a moment for a job that jobd killed (it shuts
+    // the connection down first, then signals) to be seen dying.
+    let settle = if before.is_err() {
+        Duration::from_secs(1)
+    } else {
+        Duration::ZERO
+    };
+    let all: Vec<&OwnedFd> = fds.iter().collect();
+    let exited = poll_exited(&all, settle);
+    if exited.iter().any(|&x| x) {
+        let rest = fds
+            .into_iter()
+            .zip(&exited)
+            .filter(|(_, e)| !**e)
+            .map(|(f, _)| f)
+            .collect();
+        let why = before.err().map(|e| format!(" ({e})")).unwrap_or_default();
+        return (
+            ClientResult::DiedEarly(format!("{job}: exited {exited:?} before the hang-up{why}")),
+            rest,
+        );
     }
+    if let Err(e) = before {
+        // The stream closes as we return, which cancels the job; its pidfds
+        // go to the cleanup in case it does not go.
+        return (ClientResult::Error(format!("{job}: {e}")), fds);
+    }
+
     let t0 = Instant::now();
     drop(stream); // close(): FIN, or RST with SO_LINGER 0
     let until = t0 + GONE_TIMEOUT;
-    let mut gone = [false; 2];
+    let mut gone = vec![false; fds.len()];
     loop {
         let now = Instant::now();
         if now >= until {
             let rest = fds
                 .into_iter()
-                .zip(gone)
-                .filter(|(_, g)| !*g)
+                .zip(&gone)
+                .filter(|(_, g)| !**g)
                 .map(|(f, _)| f)
                 .collect();
             return (
                 ClientResult::NotGone(format!(
-                    "job {handler}/{sleeper}: alive {} s after the hang-up (gone: {gone:?})",
+                    "{job}: alive {} s after the hang-up (gone: {gone:?})",
                     GONE_TIMEOUT.as_secs()
                 )),
                 rest,
@@ -654,6 +905,56 @@ fn one_job(
     }
 }
 
+/// A silent job's pids: waits (at most `limit`) for its pid file, a line
+/// `$$ $!`, then removes it. Between looks, a `poll` of the connection for
+/// `PID_FILE_POLL`: a silent job sends nothing, so a readable socket means
+/// jobd closed the connection (or the job sent something) and the wait
+/// ends there.
+fn wait_pid_file(file: &Path, stream: &TcpStream, limit: Duration) -> Result<(i32, i32), String> {
+    let until = Instant::now() + limit;
+    let tick = Timespec::try_from(PID_FILE_POLL).unwrap_or_default();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && text.ends_with('\n')
+        {
+            let _ = std::fs::remove_file(file);
+            let pids: Vec<i32> = text
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            return match pids[..] {
+                [h, s] => Ok((h, s)),
+                _ => Err(format!("pid file {}: {text:?}", file.display())),
+            };
+        }
+        if Instant::now() >= until {
+            return Err(format!("no pid file {} within {limit:?}", file.display()));
+        }
+        let mut pfd = [PollFd::new(stream, PollFlags::IN | PollFlags::RDHUP)];
+        if let Ok(n) = poll(&mut pfd, Some(&tick))
+            && n > 0
+        {
+            return Err(format!(
+                "connection readable (closed by jobd?) before the pid file {} (revents {:?})",
+                file.display(),
+                pfd[0].revents()
+            ));
+        }
+    }
+}
+
+/// Reads the answer's lines up to `END`.
+fn read_until_end(stream: &TcpStream) -> Result<(), String> {
+    for _ in 0..MAX_ANSWER_LINES {
+        match read_line(stream) {
+            Ok(l) if l.trim() == "END" => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading the answer up to END: {e}")),
+        }
+    }
+    Err(format!("no END within {MAX_ANSWER_LINES} lines"))
+}
+
 fn print_problems(r: &Report) {
     let show = |what: &str, v: &[String]| {
         if !v.is_empty() {
@@ -667,6 +968,12 @@ fn print_problems(r: &Report) {
     show("job not gone after the hang-up", &r.not_gone);
     show("client errors", &r.errors);
     show("jobd WARN/ERROR log lines", &r.log_problems);
+    if r.pid_files_left > 0 {
+        println!(
+            "  {}: pid files no client took: {}",
+            r.variant.name, r.pid_files_left
+        );
+    }
 }
 
 fn fmt_ms(x: Option<f64>) -> String {
@@ -676,7 +983,7 @@ fn fmt_ms(x: Option<f64>) -> String {
 fn print_table(reports: &[Report]) {
     println!();
     println!(
-        "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>5} {:>8}  result",
+        "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>9} {:>5} {:>8}  result",
         "variant",
         "n",
         "p50 ms",
@@ -686,12 +993,13 @@ fn print_table(reports: &[Report]) {
         "log canc",
         "watch/scan",
         "SIGKILL",
+        "done/canc",
         "bad",
         "target"
     );
     for r in reports {
         println!(
-            "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>5} {:>8}  {}{}",
+            "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>9} {:>5} {:>8}  {}{}",
             r.variant.name,
             r.latencies_ms.len(),
             fmt_ms(r.pct(0.50)),
@@ -701,15 +1009,18 @@ fn print_table(reports: &[Report]) {
             r.log_cancelled,
             format!("{}/{}", r.log_seen_watch, r.log_seen_scan),
             r.log_ended_sigkill,
+            format!("{}/{}", r.log_ended_done, r.log_ended_cancelled),
             r.died_early.len() + r.not_gone.len() + r.errors.len(),
-            format!("≤{:.0}", r.variant.target_ms()),
+            r.variant.target_text(),
             r.verdict(),
             if r.timed_out { " (deadline hit)" } else { "" },
         );
     }
     println!(
-        "columns: log canc = `job cancelled` lines in jobd's log; watch/scan = their seen_by; \
-         SIGKILL = cancelled jobs that ended by SIGKILL (after --kill-grace); \
+        "columns: latency from the client's close() to the job gone (answered-close: to the \
+         handler's exit); log canc = `job cancelled` lines in jobd's log; watch/scan = their \
+         seen_by; SIGKILL = cancelled jobs that ended by SIGKILL (after --kill-grace); \
+         done/canc = `job ended` lines with outcome=done / outcome=cancelled; \
          bad = died early + not gone + client errors"
     );
 }
