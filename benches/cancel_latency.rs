@@ -15,9 +15,10 @@
 //!   file `$TCPREMOTEPORT` of a directory the bench creates (its first
 //!   argument), sends *nothing* on the connection and `wait`s: a tree of two
 //!   processes in a silent phase, which a FIN cancels at once (no FIN
-//!   grace). The client polls for the file named after its own local port
-//!   (every 1 ms, on a `poll` of its socket, so a connection jobd closes is
-//!   seen at once; bounded by the deadline), removes it, waits a random
+//!   grace). The client waits for the file named after its own local port
+//!   (blocked on an inotify watch of the pid directory and on its socket,
+//!   so a connection jobd closes is seen at once; bounded by the deadline;
+//!   no polling loop that would load the CPUs), removes it, waits a random
 //!   0–50 ms and hangs up. Latency: from the `close()` to the exit of the
 //!   last of the two processes.
 //! - **`answered-close`** (sock-diag, worker watch, FIN): the handler sends a
@@ -92,7 +93,6 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(10);
 /// this.
 const MAX_DELAY_MS: u64 = 50;
 /// Silent jobs: how often the client looks for its pid file.
-const PID_FILE_POLL: Duration = Duration::from_millis(1);
 /// Streaming jobs: the client reads 1 to this many lines after the pids.
 const MAX_STREAM_LINES: u64 = 3;
 /// `answered-close`: the most lines read looking for `END`.
@@ -906,14 +906,27 @@ fn one_job(plan: &ClientPlan, rng: &mut Rng) -> (ClientResult, Vec<OwnedFd>) {
 }
 
 /// A silent job's pids: waits (at most `limit`) for its pid file, a line
-/// `$$ $!`, then removes it. Between looks, a `poll` of the connection for
-/// `PID_FILE_POLL`: a silent job sends nothing, so a readable socket means
-/// jobd closed the connection (or the job sent something) and the wait
-/// ends there.
+/// `$$ $!`, then removes it. The wait blocks on an inotify watch of the
+/// pid directory (no polling loop: 32 waiting clients must not load the
+/// two CPUs the measurement runs on) and on the connection: a silent job
+/// sends nothing, so a readable socket means jobd closed the connection
+/// (or the job sent something) and the wait ends there.
 fn wait_pid_file(file: &Path, stream: &TcpStream, limit: Duration) -> Result<(i32, i32), String> {
+    use rustix::fs::inotify;
     let until = Instant::now() + limit;
-    let tick = Timespec::try_from(PID_FILE_POLL).unwrap_or_default();
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+        .map_err(|e| format!("inotify_init: {e}"))?;
+    inotify::add_watch(
+        &ino,
+        dir,
+        inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::MOVED_TO,
+    )
+    .map_err(|e| format!("inotify_add_watch {}: {e}", dir.display()))?;
+    let mut buf = [0u8; 4096];
     loop {
+        // Looked at after the watch is in place: a file written before it
+        // is seen here, one written after wakes the poll.
         if let Ok(text) = std::fs::read_to_string(file)
             && text.ends_with('\n')
         {
@@ -927,19 +940,24 @@ fn wait_pid_file(file: &Path, stream: &TcpStream, limit: Duration) -> Result<(i3
                 _ => Err(format!("pid file {}: {text:?}", file.display())),
             };
         }
-        if Instant::now() >= until {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(format!("no pid file {} within {limit:?}", file.display()));
         }
-        let mut pfd = [PollFd::new(stream, PollFlags::IN | PollFlags::RDHUP)];
-        if let Ok(n) = poll(&mut pfd, Some(&tick))
-            && n > 0
-        {
+        let tick = Timespec::try_from(left).unwrap_or_default();
+        let mut pfd = [
+            PollFd::new(&ino, PollFlags::IN),
+            PollFd::new(stream, PollFlags::IN | PollFlags::RDHUP),
+        ];
+        if poll(&mut pfd, Some(&tick)).is_ok() && !pfd[1].revents().is_empty() {
             return Err(format!(
                 "connection readable (closed by jobd?) before the pid file {} (revents {:?})",
                 file.display(),
-                pfd[0].revents()
+                pfd[1].revents()
             ));
         }
+        // Drain the events; which file they name does not matter.
+        while rustix::io::read(&ino, &mut buf).is_ok_and(|n| n > 0) {}
     }
 }
 

@@ -120,21 +120,29 @@ pub fn group_and_session(pid: Pid) -> Option<(i32, i32)> {
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
-/// This process's children, from `/proc/self/task/*/children` (jobd's
-/// processes are single-threaded: one task), zombies included.
+/// This process's children, from `/proc/thread-self/children` (jobd's
+/// processes are single-threaded: the one task has them all), zombies
+/// included.
 pub fn children() -> Vec<Pid> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    // One task: its children file, three system calls (no directory walk:
+    // this runs at the end of every job).
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open("/proc/thread-self/children") else {
         return Vec::new();
     };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .map(Pid::from_raw)
-                .collect::<Vec<_>>()
-        })
+    // Read without asking the size first (procfs files have none).
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&text)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .map(Pid::from_raw)
         .collect()
 }
 

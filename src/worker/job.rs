@@ -512,7 +512,18 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         }
         let pgid = self.child;
         let ran_ms = self.started.elapsed().as_millis() as u64;
+        // What the client had, read before the shutdown adds our FIN.
         let progress = sys::tcp_progress(self.conn.as_fd()).ok();
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        if hard {
+            let _ = sys::kill_group(pgid, Signal::SIGKILL);
+        } else {
+            let _ = sys::kill_group(pgid, Signal::SIGTERM);
+            let _ = sys::kill_group(pgid, Signal::SIGCONT);
+            self.kill_at = Some(Instant::now() + self.cfg().kill_grace);
+        }
+        // Logged once the signals are on their way (still before the job's
+        // end line, which comes after the handler is reaped).
         log_cancelled(
             self.runner.slot,
             std::process::id() as i32,
@@ -522,14 +533,6 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             ran_ms,
             progress,
         );
-        let _ = self.conn.shutdown(std::net::Shutdown::Both);
-        if hard {
-            let _ = sys::kill_group(pgid, Signal::SIGKILL);
-        } else {
-            let _ = sys::kill_group(pgid, Signal::SIGTERM);
-            let _ = sys::kill_group(pgid, Signal::SIGCONT);
-            self.kill_at = Some(Instant::now() + self.cfg().kill_grace);
-        }
         self.cancel = Some(req);
         self.progress_at_cancel = progress;
         self.deferred = None;
@@ -694,6 +697,16 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
     /// children.
     fn sweep(&self) -> ChildUsage {
         let mut usage = ChildUsage::default();
+        // The common case, no child left at all, in one system call.
+        if matches!(
+            nix::sys::wait::waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            ),
+            Err(nix::errno::Errno::ECHILD)
+        ) {
+            return usage;
+        }
         let mut swept = 0;
         for _ in 0..64 {
             let left: Vec<Pid> = sys::children()
