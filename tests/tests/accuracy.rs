@@ -288,25 +288,7 @@ fn access_log_job_end_lines_and_status_totals_agree() {
     let (_hold, _) = j.request_line("slow\n");
     let ends = j.wait_log_n(5, &|l| l.contains("job ended"));
     let lines = util::wait_file_lines(&access, 5);
-    let outcome = |l: &str| {
-        let o = l
-            .split("outcome=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        let r = l
-            .split("reason=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        (o, r.trim_matches('"').to_string())
-    };
+    let outcome = |l: &str| (util::field(l, "outcome"), util::field(l, "reason"));
     let mut from_log: Vec<_> = ends.iter().map(|l| outcome(l)).collect();
     let mut from_access: Vec<_> = lines.iter().map(|l| outcome(l)).collect();
     from_log.sort();

@@ -229,12 +229,7 @@ fn a_job_reports_its_cpu_time_and_peak_memory() {
     assert_eq!(j.request_all("mem\n").trim(), "ok");
     let lines = util::wait_file_lines(&access, 2);
     let field = |l: &str, k: &str| -> u64 {
-        l.split(&format!(" {k}="))
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
+        util::field(l, k)
             .parse()
             .unwrap_or_else(|_| panic!("{k} in {l}"))
     };

@@ -4,17 +4,11 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::util::{self, Jobd, alive, read_pid, script, tempdir, wait_gone, wait_until};
+use crate::util::{self, Jobd, alive, field, read_pid, script, tempdir, wait_gone, wait_until};
 
 /// A handler that answers one line with the line and its environment.
 const ENV_ECHO: &str = r#"IFS= read -r line
 echo "got=$line proto=$PROTO lip=$TCPLOCALIP lport=$TCPLOCALPORT rip=$TCPREMOTEIP rport=$TCPREMOTEPORT job=$JOBD_JOB_ID slot=$JOBD_SLOT""#;
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-}
 
 #[test]
 fn echo_and_tcpserver_environment_ipv4() {

@@ -6,26 +6,9 @@
 use std::os::unix::fs::PermissionsExt;
 
 use crate::util::{
-    self, Daemon, Jobd, alive, run_jobd, run_tagged, script, tempdir, wait_file_line, wait_until,
+    self, Daemon, Jobd, alive, field, run_jobd, run_tagged, script, tempdir, wait_file_line,
+    wait_until,
 };
-
-/// The value of `key=` in a text line (bare or quoted).
-fn field(line: &str, key: &str) -> String {
-    let start = line
-        .find(&format!(" {key}="))
-        .map(|i| i + key.len() + 2)
-        .or_else(|| {
-            line.starts_with(&format!("{key}="))
-                .then_some(key.len() + 1)
-        })
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"));
-    let rest = &line[start..];
-    if let Some(q) = rest.strip_prefix('"') {
-        q[..q.find('"').unwrap()].to_string()
-    } else {
-        rest.split_whitespace().next().unwrap().to_string()
-    }
-}
 
 #[test]
 fn daemonize_with_pid_file_and_logs() {

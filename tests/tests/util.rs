@@ -467,6 +467,24 @@ pub fn wait_file_line(path: &Path, pred: impl Fn(&str) -> bool) -> String {
     found.unwrap()
 }
 
+/// The value of `key=` in a text line (bare or quoted).
+pub fn field(line: &str, key: &str) -> String {
+    let start = line
+        .find(&format!(" {key}="))
+        .map(|i| i + key.len() + 2)
+        .or_else(|| {
+            line.starts_with(&format!("{key}="))
+                .then_some(key.len() + 1)
+        })
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+    let rest = &line[start..];
+    if let Some(q) = rest.strip_prefix('"') {
+        q[..q.find('"').unwrap()].to_string()
+    } else {
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+}
+
 /// Waits until `path` has at least `n` lines; returns them.
 pub fn wait_file_lines(path: &Path, n: usize) -> Vec<String> {
     let mut lines = Vec::new();
