@@ -75,6 +75,17 @@ pub enum DisconnectPolicy {
     Log,
 }
 
+/// How a job's whole process tree is contained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Containment {
+    /// A cgroup v2 per slot when jobd can create cgroups, else subreaper.
+    Auto,
+    /// A cgroup v2 per slot (`cgroup.kill`); refuse to start without.
+    Cgroup,
+    /// The worker is its jobs' child subreaper and kills what they leave.
+    Subreaper,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -114,6 +125,8 @@ pub struct Config {
     /// how long the handler may go on to exit by itself before it is
     /// cancelled (zero: a FIN cancels at once).
     pub fin_grace: Duration,
+    /// How a job's process tree is contained.
+    pub containment: Containment,
     /// Keepalive idle time and TCP_USER_TIMEOUT for accepted sockets
     /// (zero disables both).
     pub keepalive: Duration,
@@ -262,6 +275,7 @@ impl Config {
             worker_watch: true,
             on_fin: FinPolicy::Cancel,
             fin_grace: DEFAULT_FIN_GRACE,
+            containment: Containment::Auto,
             keepalive: Duration::from_secs(60),
             on_disconnect: DisconnectPolicy::Cancel,
             disconnect_hook: None,

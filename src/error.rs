@@ -48,6 +48,9 @@ pub enum Error {
     /// foreground process returns this; the daemon logged it too).
     #[error("the daemon failed to start: {0}")]
     DaemonFailed(String),
+    /// `--containment cgroup`, and cgroups are not usable here (exit 2).
+    #[error("--containment cgroup: {0}")]
+    Containment(String),
     /// `--user` / `--group`: the privileges could not be dropped.
     #[error("failed to switch to user {user} and group {group}")]
     Privileges {
@@ -66,7 +69,7 @@ impl Error {
     /// configuration errors, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::Containment(_) => 2,
             _ => 1,
         }
     }

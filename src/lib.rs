@@ -112,6 +112,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod cgroup;
 pub mod config;
 pub mod control;
 pub mod detect;
@@ -132,7 +133,7 @@ mod worker;
 pub use control::status;
 
 pub use config::{
-    Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat,
+    Config, ConfigError, Containment, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat,
 };
 pub use error::Error;
 pub use hooks::{DisconnectEvent, DisconnectReason, InitInfo, JobContext, Verdict};

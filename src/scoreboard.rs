@@ -429,6 +429,8 @@ crate::sys::shared_struct! {
         cancelled_client_closed: AtomicU64,
         cancelled_client_reset: AtomicU64,
         cancelled_client_unresponsive: AtomicU64,
+        /// 1: subreaper, 2: cgroup.
+        containment: AtomicU32,
     }
 }
 
@@ -540,6 +542,21 @@ impl Header {
     /// The current worker generation.
     pub(crate) fn generation(&self) -> u32 {
         self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Records the containment in force (cgroup or subreaper).
+    pub(crate) fn set_containment(&self, cgroup: bool) {
+        self.containment
+            .store(if cgroup { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// The containment in force: `cgroup`, `subreaper`, or `unknown`.
+    pub(crate) fn containment(&self) -> &'static str {
+        match self.containment.load(Ordering::Relaxed) {
+            2 => "cgroup",
+            1 => "subreaper",
+            _ => "unknown",
+        }
     }
 
     /// Records `--max-children`.

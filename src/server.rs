@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec};
+use crate::cgroup::CgroupTree;
+use crate::config::{
+    Config, ConfigError, Containment, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec,
+};
 use crate::error::Error;
 use crate::hooks::{DisconnectEvent, Hooks, InitInfo, JobContext, Verdict};
 use crate::logfiles;
@@ -132,6 +135,13 @@ impl ServerBuilder {
     /// a FIN cancels at once).
     pub fn fin_grace(mut self, d: Duration) -> Self {
         self.cfg.fin_grace = d;
+        self
+    }
+
+    /// How a job's process tree is contained (default auto: a cgroup v2
+    /// per slot when jobd can create cgroups, else subreaper).
+    pub fn containment(mut self, c: crate::config::Containment) -> Self {
+        self.cfg.containment = c;
         self
     }
 
@@ -415,6 +425,8 @@ impl Server {
             f(&InitInfo { local_addr: local });
         }
         let result = if cfg.prefork == 0 {
+            // The one process contains its jobs as their subreaper.
+            sb.header().set_containment(false);
             let code = run_inline(cfg, &self.hooks, &sb, &listener);
             sb.header().set_supervisor_pid(0);
             if code == 0 {
@@ -423,14 +435,48 @@ impl Server {
                 Err(Error::Setup(std::io::Error::other("worker loop failed")))
             }
         } else {
-            let sup = Supervisor::new(cfg, &self.hooks, &sb, &listener).map_err(Error::Setup)?;
-            sup.run();
-            Ok(())
+            let cgroups = resolve_containment(cfg)?;
+            sb.header().set_containment(cgroups.is_some());
+            let sup = Supervisor::new(cfg, &self.hooks, &sb, &listener, cgroups.as_ref());
+            let result = sup.map_err(Error::Setup).map(Supervisor::run);
+            if let Some(t) = &cgroups {
+                t.remove();
+            }
+            result.map(|_| ())
         };
         if let Some(p) = pid_file {
             p.remove();
         }
         result
+    }
+}
+
+/// `--containment`: the cgroup tree when cgroups are used (auto: when they
+/// can be; cgroup: or fail), None for the subreaper fallback. Logged with
+/// the reason when cgroups are not used.
+fn resolve_containment(cfg: &Config) -> Result<Option<CgroupTree>, Error> {
+    if cfg.containment == Containment::Subreaper {
+        tracing::info!(
+            containment = "subreaper",
+            "job containment: the worker is its jobs' subreaper"
+        );
+        return Ok(None);
+    }
+    let tree = if cfg.user.is_some() {
+        Err("jobd cannot manage cgroups after dropping privileges (--user)".to_string())
+    } else {
+        CgroupTree::create()
+    };
+    match (tree, cfg.containment) {
+        (Ok(t), _) => {
+            tracing::info!(containment = "cgroup", cgroup = %t.base().display(), "job containment: a cgroup per slot");
+            Ok(Some(t))
+        }
+        (Err(why), Containment::Cgroup) => Err(Error::Containment(why)),
+        (Err(why), _) => {
+            tracing::info!(containment = "subreaper", why = %why, "job containment: cgroups not usable; the worker is its jobs' subreaper");
+            Ok(None)
+        }
     }
 }
 

@@ -85,6 +85,9 @@ pub struct Status {
     pub listen: Option<String>,
     /// Current worker generation.
     pub generation: u32,
+    /// Job containment in force: `cgroup` or `subreaper` (`unknown` with
+    /// `--prefork 0` or before the pool starts).
+    pub containment: &'static str,
     /// Totals.
     pub totals: Totals,
     /// Slots (empty slots omitted).
@@ -139,6 +142,7 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
         running,
         listen: sb.listen().map(|a| a.to_string()),
         generation: h.generation(),
+        containment: h.containment(),
         totals: Totals {
             workers: slots.len(),
             idle,
@@ -197,11 +201,12 @@ impl Status {
             "not running"
         };
         out.push_str(&format!(
-            "jobd {} (pid {}) on {}, generation {}\n",
+            "jobd {} (pid {}) on {}, generation {}, containment {}\n",
             state,
             self.supervisor_pid,
             self.listen.as_deref().unwrap_or("?"),
-            self.generation
+            self.generation,
+            self.containment
         ));
         let t = &self.totals;
         out.push_str(&format!(

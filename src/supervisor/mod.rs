@@ -32,6 +32,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use crate::cgroup::CgroupTree;
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::scoreboard::{Counter, Scoreboard, SlotState};
@@ -117,6 +118,8 @@ pub(crate) struct Supervisor<'a> {
     /// After a worker died: when to look again for processes of its job
     /// reparented to us since.
     sweep_orphans_at: Option<Instant>,
+    /// `--containment cgroup`: jobd's cgroup tree (a cgroup per slot).
+    cgroups: Option<&'a CgroupTree>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -125,6 +128,7 @@ impl<'a> Supervisor<'a> {
         hooks: &'a Hooks,
         sb: &'a Scoreboard,
         listener: &'a TcpListener,
+        cgroups: Option<&'a CgroupTree>,
     ) -> std::io::Result<Supervisor<'a>> {
         let sigfd = sys::handled_signalfd()?;
         let wake = EventFd::from_value_and_flags(
@@ -159,6 +163,7 @@ impl<'a> Supervisor<'a> {
             reload_watch,
             child_exited: false,
             sweep_orphans_at: None,
+            cgroups,
         })
     }
 
@@ -537,8 +542,16 @@ impl<'a> Supervisor<'a> {
         let board = self.sb.slot(i);
         board.claim(0, self.generation);
         let (cfg, sb, listener, wake, me) = (self.cfg, self.sb, self.listener, &self.wake, self.me);
+        // The slot's cgroups, from our own slot index (never the scoreboard).
+        let cg = self.cgroups.map(|t| t.slot(i)).and_then(|c| match c.create() {
+            Ok(()) => Some(c),
+            Err(e) => {
+                tracing::error!(slot = i, error = %e, "failed to create the slot's cgroups; this worker's jobs are contained by subreaper only");
+                None
+            }
+        });
         match children::fork_worker(i, || {
-            crate::worker::worker_main(cfg, sb, i, listener, wake, me)
+            crate::worker::worker_main(cfg, sb, i, listener, wake, me, cg)
         }) {
             Ok((pid, pidfd)) => {
                 board.set_pid(pid.as_raw());
@@ -635,7 +648,12 @@ impl<'a> Supervisor<'a> {
         let board = self.sb.slot(i);
         // A worker that died in the middle of a job: its handler was
         // reparented to us (the subreaper). It is found among our own
-        // children, never from the slot, and killed with its group.
+        // children, never from the slot, and killed with its group; with
+        // cgroups, the slot's job cgroup (named from our own slot index) is
+        // killed whole.
+        if let Some(t) = self.cgroups {
+            let _ = t.slot(i).kill_job();
+        }
         self.kill_orphaned_jobs();
         let job = board.job();
         let reading = children::read_exit(

@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 
 use super::inline::InlineWatch;
 use super::signals::{self, AfterJob};
+use crate::cgroup::SlotCgroups;
 use crate::config::{Config, FinPolicy, JobSpec};
 use crate::hooks::JobContext;
 use crate::job_end::{EndReason, Finish, JobEnd, Outcome, log_cancelled};
@@ -94,6 +95,9 @@ pub(crate) struct Runner<'a, 'w> {
     pub(crate) overseer: Overseer<'a, 'w>,
     /// Prepared handler spawning (None for closure jobs).
     pub(crate) spawner: Option<&'a Spawner>,
+    /// The slot's cgroups (`--containment cgroup`), None with subreaper
+    /// containment alone.
+    pub(crate) cgroup: Option<SlotCgroups>,
 }
 
 /// How the job's own work finished: the process (or closure) result, the
@@ -301,6 +305,15 @@ impl Runner<'_, '_> {
     ) -> Ran {
         let (slot, pid) = (self.slot, std::process::id());
         let peer = job.peer.expect("a job has a peer");
+        // With cgroups, the handler is born in the slot's job cgroup: the
+        // worker steps in for the spawn and out right after.
+        let in_job_cgroup = self.cgroup.as_ref().is_some_and(|c| match c.enter_job() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(slot, cgroup = %c.job_path().display(), error = %e, "failed to enter the job cgroup; this job is contained by subreaper only");
+                false
+            }
+        });
         let spawned = self
             .spawner
             .ok_or_else(|| io::Error::other("no handler program"))
@@ -313,6 +326,12 @@ impl Runner<'_, '_> {
                     job.local.expect("a job has a local address"),
                 )
             });
+        if in_job_cgroup
+            && let Some(c) = &self.cgroup
+            && let Err(e) = c.enter_worker()
+        {
+            tracing::error!(slot, error = %e, "failed to leave the job cgroup");
+        }
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -326,7 +345,8 @@ impl Runner<'_, '_> {
         };
         job.pgid = child.as_raw();
         self.board().begin_job(&job, self.cfg.worker_watch);
-        tracing::info!(slot, pid, job = job.job_id, peer = %peer, handler_pid = child.as_raw(), "job started");
+        let containment = if in_job_cgroup { "cgroup" } else { "subreaper" };
+        tracing::info!(slot, pid, job = job.job_id, peer = %peer, handler_pid = child.as_raw(), containment, "job started");
         if half_closed {
             self.log_kept_fin(job.job_id);
         }
@@ -517,6 +537,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
         if hard {
             let _ = sys::kill_group(pgid, Signal::SIGKILL);
+            self.kill_cgroup();
         } else {
             let _ = sys::kill_group(pgid, Signal::SIGTERM);
             let _ = sys::kill_group(pgid, Signal::SIGCONT);
@@ -536,6 +557,15 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         self.cancel = Some(req);
         self.progress_at_cancel = progress;
         self.deferred = None;
+    }
+
+    /// `cgroup.kill` of the slot's job cgroup, when there is one.
+    fn kill_cgroup(&self) {
+        if let Some(c) = &self.runner.cgroup
+            && let Err(e) = c.kill_job()
+        {
+            tracing::warn!(slot = self.runner.slot, error = %e, "cgroup.kill failed");
+        }
     }
 
     /// A hang-up seen on the client socket.
@@ -681,6 +711,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                 && Instant::now() >= t
             {
                 let _ = sys::kill_group(self.child, Signal::SIGKILL);
+                self.kill_cgroup();
                 self.kill_at = None;
             }
             match self.exited() {
@@ -752,7 +783,23 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                 ChildUsage::default(),
             ),
         };
+        // Everything left in the job's cgroup goes (wherever it moved in
+        // the process tree); then the worker reaps what it adopted.
+        let cgroup_left = self
+            .runner
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.job_populated());
+        if cgroup_left {
+            self.kill_cgroup();
+        }
         usage.add(self.sweep());
+        if cgroup_left
+            && let Some(c) = &self.runner.cgroup
+            && !c.wait_job_empty(Instant::now() + Duration::from_secs(2))
+        {
+            tracing::warn!(slot = self.runner.slot, job = self.job.job_id, cgroup = %c.job_path().display(), "processes of the job are still in its cgroup 2 s after cgroup.kill");
+        }
         let finish = match peeked {
             Ok(_) => Finish::from_wait(&status),
             Err(e) => Finish::Other(format!("wait error: {e}")),

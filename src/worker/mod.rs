@@ -23,6 +23,7 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
+use crate::cgroup::SlotCgroups;
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::scoreboard::{Scoreboard, SlotState};
@@ -39,6 +40,7 @@ pub(crate) fn worker_main(
     listener: &TcpListener,
     wake: &EventFd,
     supervisor: Pid,
+    cgroup: Option<SlotCgroups>,
 ) -> i32 {
     if let Err(e) = sys::reset_signals() {
         tracing::error!(slot, error = %e, "worker failed to set its signal mask");
@@ -66,7 +68,22 @@ pub(crate) fn worker_main(
         }
     };
     sb.slot(slot).set_pid(std::process::id() as i32);
-    run(cfg, sb, slot, listener, &sigfd, Overseer::Supervisor(wake))
+    let cgroup = cgroup.and_then(|c| match c.enter_worker() {
+        Ok(()) => Some(c),
+        Err(e) => {
+            tracing::error!(slot, error = %e, "worker failed to enter its cgroup; its jobs are contained by subreaper only");
+            None
+        }
+    });
+    run(
+        cfg,
+        sb,
+        slot,
+        listener,
+        &sigfd,
+        Overseer::Supervisor(wake),
+        cgroup,
+    )
 }
 
 /// `--prefork 0`: one process accepts and runs jobs one at a time, and
@@ -96,7 +113,7 @@ pub(crate) fn run_inline(
     };
     let slot = sb.slot(0);
     slot.claim(std::process::id() as i32, 1);
-    let code = run(cfg, sb, 0, listener, &sigfd, Overseer::Inline(&watch));
+    let code = run(cfg, sb, 0, listener, &sigfd, Overseer::Inline(&watch), None);
     if let Some(h) = &hooks.before_shutdown {
         h();
     }
@@ -117,6 +134,7 @@ fn run(
     listener: &TcpListener,
     sigfd: &SignalFd,
     overseer: Overseer<'_, '_>,
+    cgroup: Option<SlotCgroups>,
 ) -> i32 {
     let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(e) => e,
@@ -153,6 +171,7 @@ fn run(
         sigfd,
         overseer,
         spawner: spawner.as_ref(),
+        cgroup,
     };
     let board = sb.slot(slot);
     let mut after = AfterJob::default();

@@ -4,10 +4,26 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
 use crate::util::{self, Jobd, alive, wait_until};
+
+/// The cgroup v2 directory jobd would create its tree in (this process's
+/// own cgroup), when the tests run as root on a machine with cgroup v2.
+fn cgroup_root() -> Option<std::path::PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mi.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(std::path::Path::new(mount).join(own.trim_start_matches('/')))
+}
 
 /// The live children of `pid` (from `/proc/<pid>/task/*/children`).
 fn children_of(pid: i32) -> Vec<i32> {
@@ -143,9 +159,16 @@ fn ids(line: &str) -> (i32, i32, i32, u64) {
 /// ends; the supervisor does the same for the jobs of a dead worker.
 #[test]
 fn a_job_that_escapes_its_process_group_is_still_killed() {
-    for double in [false, true] {
+    let mut modes = vec!["subreaper"];
+    if cgroup_root().is_some() {
+        modes.push("cgroup");
+    } else {
+        eprintln!("no cgroup v2 as root here: --containment cgroup not tested");
+    }
+    for (mode, double) in modes.iter().flat_map(|m| [(*m, false), (*m, true)]) {
+        let args = ["--prefork", "1", "--containment", mode];
         // (a) The job ends by itself.
-        let mut j = Jobd::with_script(&escaping_handler(double, "exit 0"), &["--prefork", "1"]);
+        let mut j = Jobd::with_script(&escaping_handler(double, "exit 0"), &args);
         let (s, line) = j.request_line("");
         let (esc, _, _, job) = ids(&line);
         drop(s);
@@ -154,7 +177,7 @@ fn a_job_that_escapes_its_process_group_is_still_killed() {
         // (b) The job is cancelled (its client resets).
         let j2 = escaping_handler(double, "exec sleep 300");
         j.stop_clean();
-        let mut j = Jobd::with_script(&j2, &["--prefork", "1"]);
+        let mut j = Jobd::with_script(&j2, &args);
         let (s, line) = j.request_line("");
         let (esc, handler, _, _) = ids(&line);
         util::reset(s);
@@ -171,7 +194,7 @@ fn a_job_that_escapes_its_process_group_is_still_killed() {
         });
         assert!(
             gone,
-            "double={double}: handler {handler} alive {}, escapee {esc} alive {}; log:\n{}",
+            "{mode} double={double}: handler {handler} alive {}, escapee {esc} alive {}; log:\n{}",
             alive(handler),
             alive(esc),
             j.dump()
@@ -240,4 +263,76 @@ fn a_job_reports_its_cpu_time_and_peak_memory() {
     let end = j.wait_log(|l| l.contains("job ended") && l.contains("job=2 "));
     assert!(end.contains("max_rss_kib="), "{end}");
     j.stop_clean();
+}
+
+/// Removes a cgroup tree this test made jobd leave, if the test fails
+/// before jobd does: kills what is in it, removes it deepest first.
+struct RemoveTree(std::path::PathBuf);
+
+impl Drop for RemoveTree {
+    fn drop(&mut self) {
+        fn rm(d: &std::path::Path) {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        rm(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::write(d.join("cgroup.kill"), "1");
+            let _ = util::poll_until(std::time::Instant::now() + util::DEADLINE, || {
+                std::fs::read_to_string(d.join("cgroup.events"))
+                    .map_or(true, |t| t.contains("populated 0"))
+            });
+            let _ = std::fs::remove_dir(d);
+        }
+        rm(&self.0);
+    }
+}
+
+/// `--containment cgroup`: a supervisor SIGKILLed leaves its cgroup tree
+/// (and an escaped job process in it); the next jobd kills what is in it
+/// and removes it, and a clean stop leaves no tree behind.
+#[test]
+fn cgroups_left_by_a_killed_jobd_are_removed_at_the_next_start() {
+    let Some(root) = cgroup_root() else {
+        eprintln!("no cgroup v2 as root here: skipped");
+        return;
+    };
+    let body = escaping_handler(false, "exec sleep 300");
+    let mut j = Jobd::with_script(&body, &["--prefork", "1", "--containment", "cgroup"]);
+    j.wait_log(|l| l.contains("job containment: a cgroup per slot"));
+    let tree = root.join(format!("jobd-{}", j.pid()));
+    let _guard = RemoveTree(tree.clone());
+    assert!(tree.is_dir(), "{} missing", tree.display());
+    let (_s, line) = j.request_line("");
+    let (esc, _, _, job) = ids(&line);
+    j.wait_log(|l| {
+        l.contains("job started")
+            && l.contains(&format!("job={job} "))
+            && l.contains("containment=\"cgroup\"")
+    });
+    util::send(j.pid(), "KILL");
+    let _ = j.wait_exit();
+    assert!(tree.is_dir(), "the killed jobd cleaned up: nothing to test");
+    // Its workers die with it and kill their jobs (the escapee too: it is
+    // in the job's cgroup); a process is left in the old tree by hand.
+    wait_until("the escapee killed with its job", || !alive(esc));
+    let mut stray = Command::new("sleep")
+        .arg("1000")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::write(tree.join("slot-0/job/cgroup.procs"), stray.id().to_string()).unwrap();
+    let mut next = Jobd::with_script("echo hi", &["--prefork", "1", "--containment", "cgroup"]);
+    wait_until("the stale tree removed", || !tree.exists());
+    assert!(
+        stray.wait().unwrap().signal().is_some(),
+        "the stray process was killed"
+    );
+    next.wait_log(|l| l.contains("job containment: a cgroup per slot"));
+    let mine = root.join(format!("jobd-{}", next.pid()));
+    assert!(mine.is_dir());
+    next.stop_clean();
+    assert!(!mine.exists(), "a clean stop removes the tree");
 }

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use clap::ValueEnum;
 use jobd::config::{
-    Config, ConfigError, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec, LogFormat,
-    parse_duration,
+    Config, ConfigError, Containment, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec,
+    LogFormat, parse_duration,
 };
 use jobd::control::ctl;
 
@@ -170,6 +170,27 @@ impl From<DisconnectArg> for DisconnectPolicy {
     }
 }
 
+/// `--containment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainmentArg {
+    /// cgroup when usable, else subreaper.
+    Auto,
+    /// A cgroup v2 per slot; refuse to start without.
+    Cgroup,
+    /// The worker is its jobs' subreaper.
+    Subreaper,
+}
+
+impl From<ContainmentArg> for Containment {
+    fn from(a: ContainmentArg) -> Containment {
+        match a {
+            ContainmentArg::Auto => Containment::Auto,
+            ContainmentArg::Cgroup => Containment::Cgroup,
+            ContainmentArg::Subreaper => Containment::Subreaper,
+        }
+    }
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormatArg {
@@ -271,6 +292,13 @@ pub struct RunArgs {
     /// during a silent phase, and any reset, cancel at once.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration, allow_hyphen_values = true)]
     pub fin_grace: Duration,
+
+    /// How a job's whole process tree is contained: a cgroup v2 per slot,
+    /// killed with cgroup.kill (auto: when jobd can create cgroups, as root
+    /// or in a delegated subtree, and does not drop privileges), or the
+    /// worker as its jobs' subreaper.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub containment: ContainmentArg,
 
     /// TCP keepalive idle time and TCP_USER_TIMEOUT for clients (0: off).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
@@ -388,6 +416,7 @@ impl RunArgs {
         c.worker_watch = self.worker_watch;
         c.on_fin = self.on_fin.into();
         c.fin_grace = self.fin_grace;
+        c.containment = self.containment.into();
         c.keepalive = self.keepalive;
         c.on_disconnect = self.on_disconnect.into();
         c.disconnect_hook = self.disconnect_hook.clone();

@@ -1,0 +1,254 @@
+//! Job containment in cgroup v2: each slot has a `worker` cgroup (its
+//! worker lives there) and a `job` cgroup (its jobs run there), under
+//! `<jobd's own cgroup>/jobd-<supervisor pid>/slot-<n>/`. The worker moves
+//! itself into `job` just for the spawn of a handler (so that the handler
+//! is born inside it, with no window in which it could fork outside) and
+//! back right after. Ending or cancelling a job writes `cgroup.kill`,
+//! which kills every process in it, however it left its process group;
+//! "the job is gone" is `populated 0` in `cgroup.events`.
+//!
+//! The cgroup v2 mount is read from `/proc/self/mountinfo` and jobd's own
+//! cgroup from `/proc/self/cgroup`, never assumed. Trees left by a jobd
+//! that was SIGKILLed (`jobd-<pid>` of a pid that no longer exists) are
+//! killed and removed at the next start. Paths come from the caller's own
+//! slot index, never from the scoreboard.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The cgroup v2 mount point in a `/proc/self/mountinfo` text.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+/// This process's cgroup v2 path in a `/proc/self/cgroup` text (the
+/// `0::PATH` line).
+fn own_cgroup(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Writes `value` to a cgroup control file.
+fn write_control(path: &Path, value: &str) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(value.as_bytes())
+}
+
+/// Kills everything in the cgroup `dir` and its descendants, waits (at
+/// most `patience`) until they are gone, and removes the directories,
+/// deepest first. Errors are ignored: it is cleanup.
+fn kill_and_remove(dir: &Path, patience: Duration) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_and_remove(&e.path(), patience);
+            }
+        }
+    }
+    let _ = write_control(&dir.join("cgroup.kill"), "1");
+    wait_empty(dir, Instant::now() + patience);
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Whether the cgroup `dir` holds no process (`populated 0`).
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l == "populated 0"))
+        .unwrap_or(true)
+}
+
+/// Waits until the cgroup `dir` is empty or `deadline` passes; returns
+/// whether it is empty. `cgroup.events` signals changes with POLLPRI.
+fn wait_empty(dir: &Path, deadline: Instant) -> bool {
+    let Ok(events) = std::fs::File::open(dir.join("cgroup.events")) else {
+        return true;
+    };
+    loop {
+        if is_empty(dir) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [crate::sys::PollFd::new(
+            &events,
+            crate::sys::PollFlags::PRI | crate::sys::PollFlags::ERR,
+        )];
+        // A change wakes the poll; so does the timeout, bounded by 50 ms in
+        // case a change came between the read and the poll.
+        let _ = crate::sys::poll(&mut fds, Some(left.min(Duration::from_millis(50))));
+    }
+}
+
+/// Whether `name` is a `jobd-<pid>` tree whose process is gone. A tree
+/// whose pid is alive is never touched, whatever runs under that pid now:
+/// a recycled pid leaves a stale tree in place, which is a leak, never a
+/// kill of someone else's jobs.
+fn stale(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix("jobd-")
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// jobd's cgroup tree: `<own cgroup>/jobd-<pid>`.
+#[derive(Debug)]
+pub(crate) struct CgroupTree {
+    base: PathBuf,
+}
+
+impl CgroupTree {
+    /// Creates the tree under this process's own cgroup, after removing the
+    /// trees of jobds that died without cleaning up. `Err` says why cgroup
+    /// containment is not usable here.
+    pub(crate) fn create() -> Result<CgroupTree, String> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| own_cgroup(&t))
+            .ok_or("this process has no cgroup v2 path in /proc/self/cgroup")?;
+        let parent = mount.join(own.trim_start_matches('/'));
+        if let Ok(rd) = std::fs::read_dir(&parent) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if stale(&name) {
+                    tracing::info!(cgroup = %e.path().display(), "removing the cgroups of a jobd that is gone");
+                    kill_and_remove(&e.path(), Duration::from_secs(2));
+                }
+            }
+        }
+        let base = parent.join(format!("jobd-{}", std::process::id()));
+        std::fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        if !base.join("cgroup.kill").exists() {
+            let _ = std::fs::remove_dir(&base);
+            return Err(format!(
+                "{} has no cgroup.kill (Linux 5.14 or later is needed)",
+                base.display()
+            ));
+        }
+        Ok(CgroupTree { base })
+    }
+
+    /// The root of the tree.
+    pub(crate) fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The cgroups of slot `i` (from the caller's own slot index).
+    pub(crate) fn slot(&self, i: usize) -> SlotCgroups {
+        let dir = self.base.join(format!("slot-{i}"));
+        SlotCgroups {
+            worker: dir.join("worker"),
+            job: dir.join("job"),
+            dir,
+        }
+    }
+
+    /// Kills what is left in the tree and removes it.
+    pub(crate) fn remove(&self) {
+        kill_and_remove(&self.base, Duration::from_secs(2));
+    }
+}
+
+/// The two cgroups of one slot.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotCgroups {
+    dir: PathBuf,
+    worker: PathBuf,
+    job: PathBuf,
+}
+
+impl SlotCgroups {
+    /// Creates the slot's cgroups (they may exist from an earlier worker).
+    pub(crate) fn create(&self) -> io::Result<()> {
+        for d in [&self.dir, &self.worker, &self.job] {
+            match std::fs::create_dir(d) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the calling process into the slot's `worker` cgroup.
+    pub(crate) fn enter_worker(&self) -> io::Result<()> {
+        write_control(&self.worker.join("cgroup.procs"), "0")
+    }
+
+    /// Moves the calling process into the slot's `job` cgroup (for the
+    /// spawn of a handler).
+    pub(crate) fn enter_job(&self) -> io::Result<()> {
+        write_control(&self.job.join("cgroup.procs"), "0")
+    }
+
+    /// Kills every process in the slot's `job` cgroup.
+    pub(crate) fn kill_job(&self) -> io::Result<()> {
+        write_control(&self.job.join("cgroup.kill"), "1")
+    }
+
+    /// Whether the `job` cgroup still holds a process.
+    pub(crate) fn job_populated(&self) -> bool {
+        !is_empty(&self.job)
+    }
+
+    /// Waits until the `job` cgroup is empty; false at the deadline.
+    pub(crate) fn wait_job_empty(&self, deadline: Instant) -> bool {
+        wait_empty(&self.job, deadline)
+    }
+
+    /// The `job` cgroup's path (for logs).
+    pub(crate) fn job_path(&self) -> &Path {
+        &self.job
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v2_mount_and_the_own_path() {
+        let mi = "\
+35 24 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("35 24 0:30 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
+        let pc = "4:memory:/a/b\n0::/system.slice/jobd.service\n";
+        assert_eq!(
+            own_cgroup(pc).as_deref(),
+            Some("/system.slice/jobd.service")
+        );
+        assert_eq!(own_cgroup("4:memory:/a\n"), None);
+    }
+
+    #[test]
+    fn only_trees_of_gone_jobds_are_stale() {
+        assert!(!stale("slot-1"));
+        assert!(!stale("jobd-x"));
+        assert!(!stale(&format!("jobd-{}", std::process::id())));
+        assert!(!stale("jobd-1"), "pid 1 lives");
+        assert!(stale("jobd-4194304"), "beyond pid_max: no such process");
+    }
+}
