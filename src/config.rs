@@ -86,6 +86,87 @@ pub enum Containment {
     Subreaper,
 }
 
+/// A per-job resource limit (`--job-limit KEY=VALUE`), applied to the
+/// handler as an rlimit before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobLimit {
+    /// `cpu=DURATION`: CPU time, whole seconds (rounded up); the handler
+    /// gets SIGXCPU at the limit and SIGKILL a second later.
+    Cpu(u64),
+    /// `as=SIZE`: address space, bytes.
+    As(u64),
+    /// `nofile=N`: open files.
+    Nofile(u64),
+    /// `nproc=N`: processes of the handler's user (not enforced for root).
+    Nproc(u64),
+    /// `core=SIZE`: core file size, bytes.
+    Core(u64),
+    /// `fsize=SIZE`: file size, bytes (SIGXFSZ past it).
+    Fsize(u64),
+}
+
+impl JobLimit {
+    /// The key as given on the command line.
+    pub fn key(&self) -> &'static str {
+        match self {
+            JobLimit::Cpu(_) => "cpu",
+            JobLimit::As(_) => "as",
+            JobLimit::Nofile(_) => "nofile",
+            JobLimit::Nproc(_) => "nproc",
+            JobLimit::Core(_) => "core",
+            JobLimit::Fsize(_) => "fsize",
+        }
+    }
+}
+
+/// A size: a number with an optional `K`, `M`, `G` or `T` (powers of 1024).
+fn parse_size(s: &str) -> Option<u64> {
+    let (num, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        't' | 'T' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Parses `KEY=VALUE` for `--job-limit`.
+///
+/// # Errors
+///
+/// A message naming the text and what is wrong; `memory=` and `pids=` are
+/// refused: they need cgroup controllers that jobd does not manage yet.
+pub fn parse_job_limit(s: &str) -> Result<JobLimit, String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected KEY=VALUE (cpu, as, nofile, nproc, core, fsize)")
+    })?;
+    let bad = |what: &str| format!("{s:?}: {what}");
+    let size = || parse_size(v).ok_or_else(|| bad("expected a size such as 512M or 2G"));
+    let count = || v.parse::<u64>().map_err(|_| bad("expected a whole number"));
+    Ok(match k {
+        "cpu" => {
+            let d = parse_duration(v).map_err(|_| bad("expected a duration such as 60s"))?;
+            if d.is_zero() {
+                return Err(bad("must be greater than zero"));
+            }
+            JobLimit::Cpu(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        }
+        "as" => JobLimit::As(size()?),
+        "nofile" => JobLimit::Nofile(count()?),
+        "nproc" => JobLimit::Nproc(count()?),
+        "core" => JobLimit::Core(size()?),
+        "fsize" => JobLimit::Fsize(size()?),
+        "memory" | "pids" => {
+            return Err(bad(
+                "needs the memory / pids controller of cgroup v2, which jobd does not manage yet; \
+                 use as= or nproc= (rlimits)",
+            ));
+        }
+        _ => return Err(bad("unknown limit (cpu, as, nofile, nproc, core, fsize)")),
+    })
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -127,6 +208,8 @@ pub struct Config {
     pub fin_grace: Duration,
     /// How a job's process tree is contained.
     pub containment: Containment,
+    /// Per-job rlimits, applied to each handler before it runs.
+    pub job_limits: Vec<JobLimit>,
     /// Keepalive idle time and TCP_USER_TIMEOUT for accepted sockets
     /// (zero disables both).
     pub keepalive: Duration,
@@ -251,6 +334,9 @@ pub enum ConfigError {
         "prefork 0 runs a closure job in the calling process, where no disconnect watch can run while it works; use prefork 1 or more"
     )]
     InlineClosure,
+    /// `--job-limit` with a closure job: limits apply to handler programs.
+    #[error("--job-limit applies to handler programs; a closure job runs inside its worker")]
+    LimitsNeedHandler,
     /// The disconnect hook program is unusable.
     #[error("--disconnect-hook {path}: {why}")]
     Hook {
@@ -276,6 +362,7 @@ impl Config {
             on_fin: FinPolicy::Cancel,
             fin_grace: DEFAULT_FIN_GRACE,
             containment: Containment::Auto,
+            job_limits: Vec::new(),
             keepalive: Duration::from_secs(60),
             on_disconnect: DisconnectPolicy::Cancel,
             disconnect_hook: None,
@@ -337,6 +424,9 @@ impl Config {
         self.check_handler()?;
         if self.prefork == 0 && matches!(self.job, JobSpec::Closure(_)) {
             return Err(ConfigError::InlineClosure);
+        }
+        if !self.job_limits.is_empty() && matches!(self.job, JobSpec::Closure(_)) {
+            return Err(ConfigError::LimitsNeedHandler);
         }
         if let Some(hook) = &self.disconnect_hook {
             check_program(hook).map_err(|e| ConfigError::Hook {
@@ -517,6 +607,28 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn job_limits_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_job_limit("cpu=60s"), Ok(JobLimit::Cpu(60)));
+        assert_eq!(parse_job_limit("cpu=1.5s"), Ok(JobLimit::Cpu(2)));
+        assert_eq!(parse_job_limit("as=2G"), Ok(JobLimit::As(2 << 30)));
+        assert_eq!(parse_job_limit("nofile=1024"), Ok(JobLimit::Nofile(1024)));
+        assert_eq!(parse_job_limit("core=0"), Ok(JobLimit::Core(0)));
+        assert_eq!(parse_job_limit("fsize=1M"), Ok(JobLimit::Fsize(1 << 20)));
+        for bad in [
+            "cpu",
+            "cpu=0",
+            "as=lots",
+            "nofile=-1",
+            "color=red",
+            "memory=2G",
+            "pids=10",
+        ] {
+            let e = parse_job_limit(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     /// Regression guard: prefork 0 with a closure job would run the closure

@@ -33,6 +33,10 @@ pub(crate) enum EndReason {
     Cancel(CancelReason),
     /// Its worker died in the middle of it.
     WorkerDied,
+    /// Killed by its `--job-limit cpu=` (SIGXCPU, or SIGKILL past it).
+    LimitCpu,
+    /// Killed by its `--job-limit fsize=` (SIGXFSZ).
+    LimitFsize,
 }
 
 impl EndReason {
@@ -40,6 +44,8 @@ impl EndReason {
         match self {
             EndReason::Cancel(r) => r.as_str(),
             EndReason::WorkerDied => "worker-died",
+            EndReason::LimitCpu => "limit-cpu",
+            EndReason::LimitFsize => "limit-fsize",
         }
     }
 }

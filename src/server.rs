@@ -138,6 +138,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds a per-job rlimit for each handler (see [`crate::config::JobLimit`]).
+    pub fn job_limit(mut self, l: crate::config::JobLimit) -> Self {
+        self.cfg.job_limits.push(l);
+        self
+    }
+
     /// How a job's process tree is contained (default auto: a cgroup v2
     /// per slot when jobd can create cgroups, else subreaper).
     pub fn containment(mut self, c: crate::config::Containment) -> Self {

@@ -15,7 +15,7 @@ use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 
-use crate::config::JobSpec;
+use crate::config::{JobLimit, JobSpec};
 
 /// This process's environment as `KEY=VALUE` strings for a child, without
 /// the keys in `except`.
@@ -60,11 +60,14 @@ pub(crate) struct Spawner {
     argv: Vec<CString>,
     base_env: Vec<CString>,
     attr: PosixSpawnAttr,
+    /// `--job-limit`: rlimits set in a forked child before the exec (no
+    /// posix_spawn attribute sets rlimits).
+    limits: Vec<JobLimit>,
 }
 
 impl Spawner {
     /// Prepares spawning the handler program (None for closure jobs).
-    pub(crate) fn new(job: &JobSpec) -> io::Result<Option<Spawner>> {
+    pub(crate) fn new(job: &JobSpec, limits: &[JobLimit]) -> io::Result<Option<Spawner>> {
         let JobSpec::Handler { program, args } = job else {
             return Ok(None);
         };
@@ -93,6 +96,7 @@ impl Spawner {
             argv,
             base_env,
             attr,
+            limits: limits.to_vec(),
         }))
     }
 
@@ -121,6 +125,9 @@ impl Spawner {
         var("TCPREMOTEPORT", &peer.port().to_string());
         var("JOBD_JOB_ID", &job_id.to_string());
         var("JOBD_SLOT", &slot.to_string());
+        if !self.limits.is_empty() {
+            return self.spawn_limited(conn, &env);
+        }
         let mut fa = PosixSpawnFileActions::init()?;
         fa.add_dup2(conn.as_raw_fd(), 0)?;
         fa.add_dup2(conn.as_raw_fd(), 1)?;
@@ -131,6 +138,49 @@ impl Spawner {
             &self.argv,
             &env,
         )?)
+    }
+
+    /// The spawn with `--job-limit`: a fork of the (single-threaded)
+    /// worker that sets up what posix_spawn would (its own process group,
+    /// an empty signal mask, SIGPIPE by default, the connection on fds 0
+    /// and 1), sets the rlimits, and execs the handler; exit 127 when any
+    /// step fails. Slower than posix_spawn (a full fork), so only then.
+    fn spawn_limited(&self, conn: BorrowedFd<'_>, env: &[CString]) -> io::Result<Pid> {
+        use nix::sys::resource::{Resource, setrlimit};
+        match crate::sys::fork()? {
+            crate::sys::Forked::Parent(pid) => Ok(pid),
+            crate::sys::Forked::Child => {
+                let setup = || -> nix::Result<()> {
+                    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                    nix::sys::signal::sigprocmask(
+                        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                        Some(&SigSet::empty()),
+                        None,
+                    )?;
+                    crate::sys::default_sigpipe().map_err(|_| nix::errno::Errno::EINVAL)?;
+                    nix::unistd::dup2_stdin(conn)?;
+                    nix::unistd::dup2_stdout(conn)?;
+                    for l in &self.limits {
+                        let (res, soft, hard) = match *l {
+                            // SIGXCPU at the limit, SIGKILL one second on.
+                            JobLimit::Cpu(s) => (Resource::RLIMIT_CPU, s, s + 1),
+                            JobLimit::As(b) => (Resource::RLIMIT_AS, b, b),
+                            JobLimit::Nofile(n) => (Resource::RLIMIT_NOFILE, n, n),
+                            JobLimit::Nproc(n) => (Resource::RLIMIT_NPROC, n, n),
+                            JobLimit::Core(b) => (Resource::RLIMIT_CORE, b, b),
+                            JobLimit::Fsize(b) => (Resource::RLIMIT_FSIZE, b, b),
+                        };
+                        setrlimit(res, soft, hard)?;
+                    }
+                    nix::unistd::execve(self.program.as_c_str(), &self.argv, env)?;
+                    Ok(())
+                };
+                let _ = setup();
+                // The exec failed: no destructors, no atexit handlers of the
+                // worker may run in this copy of it.
+                crate::sys::daemon::exit_now(127)
+            }
+        }
     }
 }
 

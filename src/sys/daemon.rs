@@ -167,9 +167,10 @@ pub fn daemonize(stderr: BorrowedFd<'_>) -> io::Result<Daemonized> {
     }
 }
 
-/// Ends a child of [`daemonize`] at once, without running destructors or
-/// `atexit` handlers (they belong to the original process).
-fn exit_now(code: i32) -> ! {
+/// Ends a forked child at once (of [`daemonize`], or a handler whose exec
+/// failed), without running destructors or `atexit` handlers (they belong
+/// to the original process).
+pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit ends the process; it touches no memory of ours.
     unsafe { libc::_exit(code) }
 }

@@ -17,7 +17,8 @@ mod signals;
 pub use shm::SharedMap;
 pub(crate) use shm::shared_struct;
 pub use signals::{
-    SelfKillGuard, arm_self_kill, handled_set, handled_signalfd, ignore_sigpipe, reset_signals,
+    SelfKillGuard, arm_self_kill, default_sigpipe, handled_set, handled_signalfd, ignore_sigpipe,
+    reset_signals,
 };
 
 use std::io;

@@ -59,6 +59,16 @@ pub fn reset_signals() -> io::Result<()> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None).map_err(io::Error::from)
 }
 
+/// Puts SIGPIPE back to its default action (in a forked child about to
+/// exec a handler).
+pub fn default_sigpipe() -> io::Result<()> {
+    use nix::sys::signal::SigHandler;
+    // SAFETY: SIG_DFL runs no code in signal context.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
 /// Ignores SIGPIPE (a write to a hung-up client must be an EPIPE error,
 /// not the death of a worker).
 pub fn ignore_sigpipe() -> io::Result<()> {

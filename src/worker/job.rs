@@ -206,7 +206,7 @@ impl Runner<'_, '_> {
         let (outcome, reason) = match (ran.cancel, ran.success) {
             (Some(c), _) => (Outcome::Cancelled, Some(EndReason::Cancel(c.reason))),
             (None, true) => (Outcome::Done, None),
-            (None, false) => (Outcome::Failed, None),
+            (None, false) => (Outcome::Failed, self.limit_hit(&ran)),
         };
         let progress = ran
             .progress
@@ -248,6 +248,29 @@ impl Runner<'_, '_> {
         board.end_job();
         end.record(self.sb.header());
         ran.after
+    }
+
+    /// The `--job-limit` that killed a failed job, when one did: SIGXCPU
+    /// (or SIGKILL with the CPU limit used up, jobd having sent none),
+    /// SIGXFSZ, of the handler or, as a shell reports it, of its child.
+    fn limit_hit(&self, ran: &Ran) -> Option<EndReason> {
+        let cpu_limit = self.cfg.job_limits.iter().find_map(|l| match l {
+            crate::config::JobLimit::Cpu(s) => Some(*s),
+            _ => None,
+        });
+        let used_s = ran.usage.map_or(0, |u| (u.user_us + u.sys_us) / 1_000_000);
+        // A shell handler reports its child's death by signal N as exit
+        // 128 + N.
+        const XCPU: i32 = 128 + Signal::SIGXCPU as i32;
+        const XFSZ: i32 = 128 + Signal::SIGXFSZ as i32;
+        match ran.finish {
+            Finish::Signaled(Signal::SIGXCPU) | Finish::Exited(XCPU) => Some(EndReason::LimitCpu),
+            Finish::Signaled(Signal::SIGKILL) if cpu_limit.is_some_and(|l| used_s >= l) => {
+                Some(EndReason::LimitCpu)
+            }
+            Finish::Signaled(Signal::SIGXFSZ) | Finish::Exited(XFSZ) => Some(EndReason::LimitFsize),
+            _ => None,
+        }
     }
 
     /// The job's record (and whether its client already half-closed),

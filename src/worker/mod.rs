@@ -153,7 +153,7 @@ fn run(
         tracing::error!(slot, error = %e, "failed to register fds in worker epoll");
         return 1;
     }
-    let spawner = match crate::spawn::Spawner::new(&cfg.job) {
+    let spawner = match crate::spawn::Spawner::new(&cfg.job, &cfg.job_limits) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(slot, error = %e, "cannot prepare the handler command");

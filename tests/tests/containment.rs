@@ -336,3 +336,78 @@ fn cgroups_left_by_a_killed_jobd_are_removed_at_the_next_start() {
     next.stop_clean();
     assert!(!mine.exists(), "a clean stop removes the tree");
 }
+
+/// `--job-limit`: a CPU limit ends a busy loop (reason limit-cpu), an
+/// address-space limit makes a large allocation fail inside the job, a
+/// file-size limit ends a job that writes past it (reason limit-fsize).
+#[test]
+fn job_limits_are_applied_to_the_handler() {
+    let dir = util::tempdir();
+    let out = dir.path().join("big");
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        &format!(
+            concat!(
+                "IFS= read -r what\n",
+                "case $what in\n",
+                " cpu) awk 'BEGIN {{ while (1) {{}} }}' ;;\n",
+                " mem) if dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null; then echo allocated; else echo refused; fi ;;\n",
+                " file) head -c 65536 /dev/zero > {} ;;\n",
+                "esac"
+            ),
+            out.display()
+        ),
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--job-limit",
+            "cpu=1s",
+            "--job-limit",
+            "as=100M",
+            "--job-limit",
+            "fsize=4K",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(j.request_all("mem\n").trim(), "refused");
+    assert_eq!(j.request_all("cpu\n"), "");
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains("job=2 "));
+    assert!(
+        end.contains("outcome=failed") && end.contains("reason=limit-cpu"),
+        "{end}"
+    );
+    let cpu: u64 = util::field(&end, "cpu_user_ms").parse::<u64>().unwrap()
+        + util::field(&end, "cpu_sys_ms").parse::<u64>().unwrap();
+    assert!(
+        cpu >= 900,
+        "the loop ran {cpu} ms of CPU before its limit: {end}"
+    );
+    assert_eq!(j.request_all("file\n"), "");
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains("job=3 "));
+    assert!(end.contains("reason=limit-fsize"), "{end}");
+    j.stop_clean();
+}
+
+/// Bad `--job-limit` values, and limits that need cgroup controllers jobd
+/// does not manage, are refused with exit status 2 and a message naming
+/// the value.
+#[test]
+fn bad_job_limits_are_refused() {
+    for bad in [
+        "cpu=forever",
+        "as=lots",
+        "memory=2G",
+        "pids=100",
+        "color=red",
+        "cpu",
+    ] {
+        let (st, _out, err) = util::run_jobd(&["--job-limit", bad, "--script", "/bin/cat"]);
+        assert_eq!(st.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(bad), "{bad}: {err}");
+    }
+}

@@ -293,6 +293,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration, allow_hyphen_values = true)]
     pub fin_grace: Duration,
 
+    /// A per-job limit, applied to each handler as an rlimit before it runs
+    /// (repeatable): cpu=DURATION, as=SIZE, nofile=N, nproc=N, core=SIZE,
+    /// fsize=SIZE (sizes with K, M, G). A job killed by its CPU or file
+    /// size limit ends reason=limit-cpu / limit-fsize.
+    #[arg(long = "job-limit", value_name = "KEY=VALUE", value_parser = jobd::config::parse_job_limit)]
+    pub job_limits: Vec<jobd::config::JobLimit>,
+
     /// How a job's whole process tree is contained: a cgroup v2 per slot,
     /// killed with cgroup.kill (auto: when jobd can create cgroups, as root
     /// or in a delegated subtree, and does not drop privileges), or the
@@ -417,6 +424,7 @@ impl RunArgs {
         c.on_fin = self.on_fin.into();
         c.fin_grace = self.fin_grace;
         c.containment = self.containment.into();
+        c.job_limits = self.job_limits.clone();
         c.keepalive = self.keepalive;
         c.on_disconnect = self.on_disconnect.into();
         c.disconnect_hook = self.disconnect_hook.clone();
