@@ -8,7 +8,10 @@
 //! its latency runs from the start of `connect` to EOF.
 //!
 //! Servers (all on loopback, all started here and stopped by pid):
-//! - `jobd/sh`, `jobd/c`: `jobd --prefork 4 --script H` (defaults otherwise)
+//! - `jobd/sh`, `jobd/c`: `jobd --prefork 4 --script H` (defaults otherwise:
+//!   containment by cgroup when jobd can create cgroups, as root);
+//! - `jobd-subreaper/sh`, `jobd-subreaper/c`: the same with
+//!   `--containment subreaper`, compared with `jobd/*` (the cost of cgroups)
 //!   with H the shell echo handler (`read -r l; echo "$l"`) or a tiny C echo
 //!   program built here with `cc -O2 -static`;
 //! - `tcpserver-c4/*`, `tcpserver-c64/*`: `tcpserver -c N -b 1024 -H -R -l 0`
@@ -116,6 +119,9 @@ impl Handler {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Jobd(Handler),
+    /// jobd with `--containment subreaper`: the cost of cgroup containment
+    /// is the difference from `jobd/*` (which uses cgroups when it can).
+    JobdSubreaper(Handler),
     Tcpserver(u32, Handler),
     Socat(Handler),
     Closure,
@@ -126,6 +132,7 @@ impl Kind {
     fn name(self) -> String {
         match self {
             Kind::Jobd(h) => format!("jobd/{}", h.name()),
+            Kind::JobdSubreaper(h) => format!("jobd-subreaper/{}", h.name()),
             Kind::Tcpserver(c, h) => format!("tcpserver-c{c}/{}", h.name()),
             Kind::Socat(h) => format!("socat/{}", h.name()),
             Kind::Closure => "jobd-closure".into(),
@@ -136,10 +143,12 @@ impl Kind {
 
 const ALL: &[Kind] = &[
     Kind::Jobd(Handler::Sh),
+    Kind::JobdSubreaper(Handler::Sh),
     Kind::Tcpserver(4, Handler::Sh),
     Kind::Tcpserver(64, Handler::Sh),
     Kind::Socat(Handler::Sh),
     Kind::Jobd(Handler::C),
+    Kind::JobdSubreaper(Handler::C),
     Kind::Tcpserver(4, Handler::C),
     Kind::Tcpserver(64, Handler::C),
     Kind::Socat(Handler::C),
@@ -386,13 +395,17 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
     };
     let name = kind.name();
     let spawned = match kind {
-        Kind::Jobd(hd) => {
+        Kind::Jobd(hd) | Kind::JobdSubreaper(hd) => {
             let mut args: Vec<OsString> = vec![
                 "--listen".into(),
                 "127.0.0.1:0".into(),
                 "--prefork".into(),
                 "4".into(),
             ];
+            if matches!(kind, Kind::JobdSubreaper(_)) {
+                args.push("--containment".into());
+                args.push("subreaper".into());
+            }
             args.extend(extra_jobd_args());
             args.push("--script".into());
             args.push(h(hd)?.into());
@@ -725,6 +738,8 @@ fn find(sum: &[Summary], kind: Kind, conc: usize) -> Option<&Summary> {
 fn reference(kind: Kind) -> Option<Kind> {
     match kind {
         Kind::Jobd(h) | Kind::Socat(h) => Some(Kind::Tcpserver(4, h)),
+        // Against jobd with cgroups: the ratio is cgroup containment's cost.
+        Kind::JobdSubreaper(h) => Some(Kind::Jobd(h)),
         Kind::Tcpserver(c, h) if c != 4 => Some(Kind::Tcpserver(4, h)),
         Kind::Closure => Some(Kind::Bare),
         _ => None,

@@ -1,9 +1,8 @@
 //! Job containment in cgroup v2: each slot has a `worker` cgroup (its
 //! worker lives there) and a `job` cgroup (its jobs run there), under
-//! `<jobd's own cgroup>/jobd-<supervisor pid>/slot-<n>/`. The worker moves
-//! itself into `job` just for the spawn of a handler (so that the handler
-//! is born inside it, with no window in which it could fork outside) and
-//! back right after. Ending or cancelling a job writes `cgroup.kill`,
+//! `<jobd's own cgroup>/jobd-<supervisor pid>/slot-<n>/`. A handler is
+//! born inside `job` (`clone3` with `CLONE_INTO_CGROUP`: no window in which
+//! it could fork outside, and no migration, which costs milliseconds). Ending or cancelling a job writes `cgroup.kill`,
 //! which kills every process in it, however it left its process group;
 //! "the job is gone" is `populated 0` in `cgroup.events`.
 //!
@@ -151,11 +150,8 @@ impl CgroupTree {
 
     /// The cgroups of slot `i` (from the caller's own slot index).
     pub(crate) fn slot(&self, i: usize) -> SlotCgroups {
-        let dir = self.base.join(format!("slot-{i}"));
         SlotCgroups {
-            worker: dir.join("worker"),
-            job: dir.join("job"),
-            dir,
+            dir: self.base.join(format!("slot-{i}")),
         }
     }
 
@@ -165,55 +161,121 @@ impl CgroupTree {
     }
 }
 
-/// The two cgroups of one slot.
+/// The cgroup directory of one slot: `slot-N/`, holding the job cgroup of
+/// the slot's current worker (`job-<worker pid>`), and those of earlier
+/// workers until they are empty.
 #[derive(Debug, Clone)]
 pub(crate) struct SlotCgroups {
     dir: PathBuf,
-    worker: PathBuf,
-    job: PathBuf,
 }
 
 impl SlotCgroups {
-    /// Creates the slot's cgroups (they may exist from an earlier worker).
+    /// Creates the slot's directory (it may exist from an earlier worker).
     pub(crate) fn create(&self) -> io::Result<()> {
-        for d in [&self.dir, &self.worker, &self.job] {
-            match std::fs::create_dir(d) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                _ => {}
+        match std::fs::create_dir(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the job cgroup `job-<name>` and moves the calling worker
+    /// into it for good: every handler it spawns is then born inside (no
+    /// migration per job, no window outside). Removes the empty job
+    /// cgroups of earlier workers of the slot.
+    pub(crate) fn enter_job(&self, name: &str) -> io::Result<JobCgroup> {
+        let path = self.dir.join(format!("job-{name}"));
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        write_control(&path.join("cgroup.procs"), "0")?;
+        for d in self.job_dirs().into_iter().filter(|d| *d != path) {
+            let _ = std::fs::remove_dir(d);
+        }
+        Ok(JobCgroup { path })
+    }
+
+    /// The slot's job cgroups.
+    fn job_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kills every process in the slot's job cgroups: their worker died,
+    /// so `cgroup.kill` takes only what its jobs left.
+    pub(crate) fn kill_jobs(&self) {
+        for d in self.job_dirs() {
+            let _ = write_control(&d.join("cgroup.kill"), "1");
+        }
+    }
+}
+
+/// A worker's job cgroup: the worker and its jobs. `cgroup.kill` would
+/// take the worker too, so what a job leaves is killed process by process:
+/// each pid listed in `cgroup.procs` (by the kernel, not the scoreboard) is
+/// pinned with a pidfd, checked to be still in the cgroup, and signalled
+/// through the pidfd, so a recycled pid is never hit.
+#[derive(Debug)]
+pub(crate) struct JobCgroup {
+    path: PathBuf,
+}
+
+impl JobCgroup {
+    /// The path (for logs).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The processes in the cgroup other than `me`.
+    pub(crate) fn others(&self, me: u32) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .filter(|&p| p != me as i32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// SIGKILLs every process in the cgroup but `me`, and waits (at most
+    /// `patience`) until they are gone, repeating while new ones appear.
+    /// Returns how many were killed.
+    pub(crate) fn kill_others(&self, me: u32, patience: Duration) -> usize {
+        let deadline = Instant::now() + patience;
+        let mut killed = 0;
+        while Instant::now() < deadline {
+            let left = self.others(me);
+            if left.is_empty() {
+                break;
+            }
+            let mut pinned = Vec::new();
+            for p in left {
+                let Ok(fd) = crate::sys::PidFd::open(nix::unistd::Pid::from_raw(p)) else {
+                    continue; // gone already
+                };
+                // Still ours now that it is pinned: the pidfd names it.
+                if self.others(me).contains(&p)
+                    && fd.signal(nix::sys::signal::Signal::SIGKILL).is_ok()
+                {
+                    killed += 1;
+                    pinned.push(fd);
+                }
+            }
+            // A pidfd turns readable when its process exits.
+            for fd in &pinned {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let mut fds = [crate::sys::PollFd::new(fd, crate::sys::PollFlags::IN)];
+                let _ = crate::sys::poll(&mut fds, Some(left));
             }
         }
-        Ok(())
-    }
-
-    /// Moves the calling process into the slot's `worker` cgroup.
-    pub(crate) fn enter_worker(&self) -> io::Result<()> {
-        write_control(&self.worker.join("cgroup.procs"), "0")
-    }
-
-    /// Moves the calling process into the slot's `job` cgroup (for the
-    /// spawn of a handler).
-    pub(crate) fn enter_job(&self) -> io::Result<()> {
-        write_control(&self.job.join("cgroup.procs"), "0")
-    }
-
-    /// Kills every process in the slot's `job` cgroup.
-    pub(crate) fn kill_job(&self) -> io::Result<()> {
-        write_control(&self.job.join("cgroup.kill"), "1")
-    }
-
-    /// Whether the `job` cgroup still holds a process.
-    pub(crate) fn job_populated(&self) -> bool {
-        !is_empty(&self.job)
-    }
-
-    /// Waits until the `job` cgroup is empty; false at the deadline.
-    pub(crate) fn wait_job_empty(&self, deadline: Instant) -> bool {
-        wait_empty(&self.job, deadline)
-    }
-
-    /// The `job` cgroup's path (for logs).
-    pub(crate) fn job_path(&self) -> &Path {
-        &self.job
+        killed
     }
 }
 

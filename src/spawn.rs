@@ -143,13 +143,36 @@ impl Spawner {
     /// The spawn with `--job-limit`: a fork of the (single-threaded)
     /// worker that sets up what posix_spawn would (its own process group,
     /// an empty signal mask, SIGPIPE by default, the connection on fds 0
-    /// and 1), sets the rlimits, and execs the handler; exit 127 when any
-    /// step fails. Slower than posix_spawn (a full fork), so only then.
+    /// and 1), sets the rlimits, and execs the handler. A failed setup or
+    /// exec is reported as posix_spawn reports it. Slower than posix_spawn
+    /// (a full fork), so only then.
     fn spawn_limited(&self, conn: BorrowedFd<'_>, env: &[CString]) -> io::Result<Pid> {
         use nix::sys::resource::{Resource, setrlimit};
+        // A close-on-exec pipe reports a failed setup or exec to the
+        // parent (as posix_spawn does): EOF means the exec happened.
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         match crate::sys::fork()? {
-            crate::sys::Forked::Parent(pid) => Ok(pid),
+            crate::sys::Forked::Parent(pid) => {
+                drop(wr);
+                let mut errno = [0u8; 4];
+                let mut got = 0;
+                while got < errno.len() {
+                    match nix::unistd::read(&rd, &mut errno[got..]) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(_) => break,
+                    }
+                }
+                if got < errno.len() {
+                    return Ok(pid);
+                }
+                // The child exits at once: reap it here, it never ran.
+                let _ = nix::sys::wait::waitpid(pid, None);
+                Err(io::Error::from_raw_os_error(i32::from_le_bytes(errno)))
+            }
             crate::sys::Forked::Child => {
+                drop(rd);
                 let setup = || -> nix::Result<()> {
                     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
                     nix::sys::signal::sigprocmask(
@@ -175,7 +198,9 @@ impl Spawner {
                     nix::unistd::execve(self.program.as_c_str(), &self.argv, env)?;
                     Ok(())
                 };
-                let _ = setup();
+                if let Err(e) = setup() {
+                    let _ = nix::unistd::write(&wr, &(e as i32).to_le_bytes());
+                }
                 // The exec failed: no destructors, no atexit handlers of the
                 // worker may run in this copy of it.
                 crate::sys::daemon::exit_now(127)

@@ -652,7 +652,7 @@ impl<'a> Supervisor<'a> {
         // cgroups, the slot's job cgroup (named from our own slot index) is
         // killed whole.
         if let Some(t) = self.cgroups {
-            let _ = t.slot(i).kill_job();
+            t.slot(i).kill_jobs();
         }
         self.kill_orphaned_jobs();
         let job = board.job();

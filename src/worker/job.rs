@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 
 use super::inline::InlineWatch;
 use super::signals::{self, AfterJob};
-use crate::cgroup::SlotCgroups;
+use crate::cgroup::JobCgroup;
 use crate::config::{Config, FinPolicy, JobSpec};
 use crate::hooks::JobContext;
 use crate::job_end::{EndReason, Finish, JobEnd, Outcome, log_cancelled};
@@ -95,9 +95,9 @@ pub(crate) struct Runner<'a, 'w> {
     pub(crate) overseer: Overseer<'a, 'w>,
     /// Prepared handler spawning (None for closure jobs).
     pub(crate) spawner: Option<&'a Spawner>,
-    /// The slot's cgroups (`--containment cgroup`), None with subreaper
-    /// containment alone.
-    pub(crate) cgroup: Option<SlotCgroups>,
+    /// This worker's job cgroup (it lives in it; its handlers are born
+    /// in it).
+    pub(crate) job_cgroup: Option<JobCgroup>,
 }
 
 /// How the job's own work finished: the process (or closure) result, the
@@ -328,15 +328,8 @@ impl Runner<'_, '_> {
     ) -> Ran {
         let (slot, pid) = (self.slot, std::process::id());
         let peer = job.peer.expect("a job has a peer");
-        // With cgroups, the handler is born in the slot's job cgroup: the
-        // worker steps in for the spawn and out right after.
-        let in_job_cgroup = self.cgroup.as_ref().is_some_and(|c| match c.enter_job() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(slot, cgroup = %c.job_path().display(), error = %e, "failed to enter the job cgroup; this job is contained by subreaper only");
-                false
-            }
-        });
+        // With cgroups, the handler is born in the worker's job cgroup.
+        let in_job_cgroup = self.job_cgroup.is_some();
         let spawned = self
             .spawner
             .ok_or_else(|| io::Error::other("no handler program"))
@@ -349,12 +342,6 @@ impl Runner<'_, '_> {
                     job.local.expect("a job has a local address"),
                 )
             });
-        if in_job_cgroup
-            && let Some(c) = &self.cgroup
-            && let Err(e) = c.enter_worker()
-        {
-            tracing::error!(slot, error = %e, "failed to leave the job cgroup");
-        }
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -582,12 +569,12 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         self.deferred = None;
     }
 
-    /// `cgroup.kill` of the slot's job cgroup, when there is one.
-    fn kill_cgroup(&self) {
-        if let Some(c) = &self.runner.cgroup
-            && let Err(e) = c.kill_job()
-        {
-            tracing::warn!(slot = self.runner.slot, error = %e, "cgroup.kill failed");
+    /// Kills every process of the worker's job cgroup but the worker, when
+    /// there is a job cgroup; returns how many.
+    fn kill_cgroup(&self) -> usize {
+        match &self.runner.job_cgroup {
+            Some(c) => c.kill_others(std::process::id(), Duration::from_secs(2)),
+            None => 0,
         }
     }
 
@@ -808,20 +795,18 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         };
         // Everything left in the job's cgroup goes (wherever it moved in
         // the process tree); then the worker reaps what it adopted.
-        let cgroup_left = self
-            .runner
-            .cgroup
-            .as_ref()
-            .is_some_and(|c| c.job_populated());
-        if cgroup_left {
-            self.kill_cgroup();
-        }
+        // Everything left in the job's cgroup goes (wherever it moved in
+        // the process tree); then the worker reaps what it adopted.
+        let killed = match &self.runner.job_cgroup {
+            Some(c) if !c.others(std::process::id()).is_empty() => self.kill_cgroup(),
+            _ => 0,
+        };
         usage.add(self.sweep());
-        if cgroup_left
-            && let Some(c) = &self.runner.cgroup
-            && !c.wait_job_empty(Instant::now() + Duration::from_secs(2))
+        if killed > 0
+            && let Some(c) = &self.runner.job_cgroup
+            && !c.others(std::process::id()).is_empty()
         {
-            tracing::warn!(slot = self.runner.slot, job = self.job.job_id, cgroup = %c.job_path().display(), "processes of the job are still in its cgroup 2 s after cgroup.kill");
+            tracing::warn!(slot = self.runner.slot, job = self.job.job_id, cgroup = %c.path().display(), "processes of the job are still in its cgroup after 2 s");
         }
         let finish = match peeked {
             Ok(_) => Finish::from_wait(&status),

@@ -23,7 +23,7 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
-use crate::cgroup::SlotCgroups;
+use crate::cgroup::{JobCgroup, SlotCgroups};
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::scoreboard::{Scoreboard, SlotState};
@@ -68,11 +68,14 @@ pub(crate) fn worker_main(
         }
     };
     sb.slot(slot).set_pid(std::process::id() as i32);
-    let cgroup = cgroup.and_then(|c| match c.enter_worker() {
-        Ok(()) => Some(c),
-        Err(e) => {
-            tracing::error!(slot, error = %e, "worker failed to enter its cgroup; its jobs are contained by subreaper only");
-            None
+    // The worker lives in its job cgroup: its handlers are born there.
+    let job_cgroup = cgroup.as_ref().and_then(|c| {
+        match c.enter_job(&std::process::id().to_string()) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::error!(slot, error = %e, "worker failed to enter its job cgroup; its jobs are contained by subreaper only");
+                None
+            }
         }
     });
     run(
@@ -82,7 +85,7 @@ pub(crate) fn worker_main(
         listener,
         &sigfd,
         Overseer::Supervisor(wake),
-        cgroup,
+        job_cgroup,
     )
 }
 
@@ -134,7 +137,7 @@ fn run(
     listener: &TcpListener,
     sigfd: &SignalFd,
     overseer: Overseer<'_, '_>,
-    cgroup: Option<SlotCgroups>,
+    job_cgroup: Option<JobCgroup>,
 ) -> i32 {
     let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(e) => e,
@@ -171,7 +174,7 @@ fn run(
         sigfd,
         overseer,
         spawner: spawner.as_ref(),
-        cgroup,
+        job_cgroup,
     };
     let board = sb.slot(slot);
     let mut after = AfterJob::default();

@@ -51,13 +51,17 @@ fn children_of(pid: i32) -> Vec<i32> {
 fn foreign_pids_in_the_scoreboard_are_never_signalled() {
     let (mut j, sb) =
         Jobd::with_script_sb("echo \"$JOBD_JOB_ID\"\nexec sleep 300", &["--prefork", "2"]);
-    let mut victim = Command::new("sleep")
-        .arg("1000")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let foreign = [victim.id(), std::process::id()];
+    let victim = KillOnDrop(
+        Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let foreign = [victim.0.id(), std::process::id()];
     // Two jobs running, so that the slots hold job records too.
     let (_a, _) = j.request_line("");
     let (_b, _) = j.request_line("");
@@ -85,7 +89,7 @@ fn foreign_pids_in_the_scoreboard_are_never_signalled() {
             now.len() >= 2 && now.iter().all(|&p| alive(p))
         });
         assert!(
-            alive(victim.id() as i32),
+            alive(victim.0.id() as i32),
             "round {round}: the foreign process was killed"
         );
     }
@@ -94,9 +98,7 @@ fn foreign_pids_in_the_scoreboard_are_never_signalled() {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
     assert!(line.trim().parse::<u64>().is_ok(), "{line:?}");
-    assert!(alive(victim.id() as i32));
-    let _ = victim.kill();
-    let _ = victim.wait();
+    assert!(alive(victim.0.id() as i32));
     j.signal("INT");
     assert!(j.wait_exit().success());
     util::wait_gone(&j.tag);
@@ -265,6 +267,16 @@ fn a_job_reports_its_cpu_time_and_peak_memory() {
     j.stop_clean();
 }
 
+/// A child of the test, killed (and reaped) if the test fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Removes a cgroup tree this test made jobd leave, if the test fails
 /// before jobd does: kills what is in it, removes it deepest first.
 struct RemoveTree(std::path::PathBuf);
@@ -318,16 +330,26 @@ fn cgroups_left_by_a_killed_jobd_are_removed_at_the_next_start() {
     // Its workers die with it and kill their jobs (the escapee too: it is
     // in the job's cgroup); a process is left in the old tree by hand.
     wait_until("the escapee killed with its job", || !alive(esc));
-    let mut stray = Command::new("sleep")
-        .arg("1000")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::fs::write(tree.join("slot-0/job/cgroup.procs"), stray.id().to_string()).unwrap();
+    let mut stray = KillOnDrop(
+        Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let job_cg = std::fs::read_dir(tree.join("slot-0"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("job-"))
+        .expect("the dead worker's job cgroup")
+        .path();
+    std::fs::write(job_cg.join("cgroup.procs"), stray.0.id().to_string()).unwrap();
     let mut next = Jobd::with_script("echo hi", &["--prefork", "1", "--containment", "cgroup"]);
     wait_until("the stale tree removed", || !tree.exists());
     assert!(
-        stray.wait().unwrap().signal().is_some(),
+        stray.0.wait().unwrap().signal().is_some(),
         "the stray process was killed"
     );
     next.wait_log(|l| l.contains("job containment: a cgroup per slot"));
