@@ -64,8 +64,12 @@
 //! fds 0 and 1, jobd's stderr on fd 2, and the tcpserver environment:
 //! `PROTO` (`TCP` or `TCP6`), `TCPLOCALIP`, `TCPLOCALPORT`, `TCPREMOTEIP`,
 //! `TCPREMOTEPORT`, plus `JOBD_JOB_ID` and `JOBD_SLOT`. When the handler
-//! exits, whatever is left in its process group is killed: a job's processes
-//! do not outlive it.
+//! exits, whatever is left in its process group is killed, and so is what it
+//! moved out of its group: with [`Containment::Cgroup`] every process of the
+//! worker's job cgroup but the worker, else every child the worker (the
+//! job's subreaper) adopted. A job's processes do not outlive it. Its CPU
+//! time and peak memory go into the job-end record; `--job-limit` rlimits
+//! are set in the handler before it runs.
 //!
 //! ## Layout
 //!
@@ -82,6 +86,7 @@
 //! | `watch/` | disconnect detection, verdicts and cancellation, in the supervisor or the `prefork = 0` process, reaching processes only through a `Workers` boundary |
 //! | `scoreboard` | the shared slots and the typed supervisor↔worker protocol |
 //! | `job_end` | the one end record of a job: counters, the `job ended` line, the access log |
+//! | `cgroup` | the cgroup v2 tree of job containment: slots, job cgroups, cleanup |
 //! | `spawn`, `net`, `logfiles`, `pidfile` | posix_spawn of handlers and hook programs; the listener; log files; the pid file |
 //! | [`detect`] | socket tables (sock_diag, procfs) behind one trait, and the pure diff |
 //! | [`control`] | `jobd ctl` and `jobd status`, the processes that talk to a running jobd |
