@@ -429,7 +429,7 @@ crate::sys::shared_struct! {
         cancelled_client_closed: AtomicU64,
         cancelled_client_reset: AtomicU64,
         cancelled_client_unresponsive: AtomicU64,
-        /// 1: subreaper, 2: cgroup.
+        /// 1: subreaper, 2: cgroup, 3: process group only.
         containment: AtomicU32,
     }
 }
@@ -550,9 +550,17 @@ impl Header {
             .store(if cgroup { 2 } else { 1 }, Ordering::Relaxed);
     }
 
-    /// The containment in force: `cgroup`, `subreaper`, or `unknown`.
+    /// Records that jobs are contained by their process group only
+    /// (`--prefork 0`).
+    pub(crate) fn set_containment_group(&self) {
+        self.containment.store(3, Ordering::Relaxed);
+    }
+
+    /// The containment in force: `cgroup`, `subreaper`, `process-group`,
+    /// or `unknown`.
     pub(crate) fn containment(&self) -> &'static str {
         match self.containment.load(Ordering::Relaxed) {
+            3 => "process-group",
             2 => "cgroup",
             1 => "subreaper",
             _ => "unknown",

@@ -431,8 +431,13 @@ impl Server {
             f(&InitInfo { local_addr: local });
         }
         let result = if cfg.prefork == 0 {
-            // The one process contains its jobs as their subreaper.
-            sb.header().set_containment(false);
+            // The one process contains its jobs by their process group.
+            if cfg.containment == Containment::Cgroup {
+                return Err(Error::Containment(
+                    "not available with --prefork 0 (the one process contains its jobs by their process group)".into(),
+                ));
+            }
+            sb.header().set_containment_group();
             let code = run_inline(cfg, &self.hooks, &sb, &listener);
             sb.header().set_supervisor_pid(0);
             if code == 0 {

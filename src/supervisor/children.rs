@@ -99,11 +99,18 @@ pub(super) fn adopted_job_groups(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
         .collect()
 }
 
-/// Every child of this process that is not `known`: after a worker died,
-/// all of them are what is left of jobs (the supervisor adopted them as
-/// subreaper; a live worker is itself the subreaper of its job).
+/// The children of this process that are not `known` and lead a process
+/// group of their own (in any session): what a dead worker's job moved out
+/// of its group with `setsid` or `setpgid`, adopted by the supervisor as
+/// subreaper. A child the embedding program started itself (a library
+/// user's `Command` in a callback runs in the supervisor's group) is not
+/// one of them and is never touched.
 pub(super) fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
-    sys::children().into_iter().filter(|&c| !known(c)).collect()
+    sys::children()
+        .into_iter()
+        .filter(|&c| !known(c))
+        .filter(|&c| sys::group_and_session(c).is_some_and(|(pgid, _)| pgid == c.as_raw()))
+        .collect()
 }
 
 /// Reaps `pid`, which [`next_exited`] returned.

@@ -355,7 +355,13 @@ impl Runner<'_, '_> {
         };
         job.pgid = child.as_raw();
         self.board().begin_job(&job, self.cfg.worker_watch);
-        let containment = if in_job_cgroup { "cgroup" } else { "subreaper" };
+        let containment = if in_job_cgroup {
+            "cgroup"
+        } else if self.overseer.is_inline() {
+            "process-group"
+        } else {
+            "subreaper"
+        };
         tracing::info!(slot, pid, job = job.job_id, peer = %peer, handler_pid = child.as_raw(), containment, "job started");
         if half_closed {
             self.log_kept_fin(job.job_id);
@@ -738,6 +744,11 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
     /// children.
     fn sweep(&self) -> ChildUsage {
         let mut usage = ChildUsage::default();
+        // `--prefork 0`: the one process may be a library user's, with
+        // children of its own; it is no subreaper and sweeps nothing.
+        if self.runner.overseer.is_inline() {
+            return usage;
+        }
         // The common case, no child left at all, in one system call.
         if matches!(
             nix::sys::wait::waitid(

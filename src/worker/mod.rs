@@ -104,9 +104,9 @@ pub(crate) fn run_inline(
             return 1;
         }
     };
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!(error = %e, "failed to become the jobs' subreaper");
-    }
+    // Not the jobs' subreaper: this process may be a library user's, with
+    // children of its own that a sweep must never touch. Its jobs are
+    // contained by their process group.
     let watch = match InlineWatch::new(cfg, hooks, sb) {
         Ok(w) => RefCell::new(w),
         Err(e) => {
