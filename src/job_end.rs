@@ -162,6 +162,10 @@ impl JobEnd {
     /// line and logs `job ended`.
     pub(crate) fn record(&self, header: &Header) {
         header.count(Counter::JobsServed);
+        if let Some(u) = self.usage {
+            header.add(Counter::CpuUserMs, u.user_us / 1000);
+            header.add(Counter::CpuSysMs, u.sys_us / 1000);
+        }
         match (self.outcome, self.reason) {
             (Outcome::Failed, _) => header.count(Counter::JobsFailed),
             (Outcome::Cancelled, Some(EndReason::Cancel(r))) => {

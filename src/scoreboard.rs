@@ -336,6 +336,10 @@ pub(crate) enum Counter {
     CancelledClientReset,
     /// Jobs cancelled because the client stopped acknowledging.
     CancelledClientUnresponsive,
+    /// User CPU time of ended jobs, ms (added, not counted).
+    CpuUserMs,
+    /// System CPU time of ended jobs, ms (added, not counted).
+    CpuSysMs,
 }
 crate::sys::shared_struct! {
     /// A socket address stored as atomics.
@@ -431,6 +435,8 @@ crate::sys::shared_struct! {
         cancelled_client_unresponsive: AtomicU64,
         /// 1: subreaper, 2: cgroup, 3: process group only.
         containment: AtomicU32,
+        cpu_user_ms: AtomicU64,
+        cpu_sys_ms: AtomicU64,
     }
 }
 
@@ -506,12 +512,19 @@ impl Header {
             Counter::CancelledClientClosed => &self.cancelled_client_closed,
             Counter::CancelledClientReset => &self.cancelled_client_reset,
             Counter::CancelledClientUnresponsive => &self.cancelled_client_unresponsive,
+            Counter::CpuUserMs => &self.cpu_user_ms,
+            Counter::CpuSysMs => &self.cpu_sys_ms,
         }
     }
 
     /// Adds one to a counter.
     pub(crate) fn count(&self, c: Counter) {
         self.counter(c).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter (the CPU totals).
+    pub(crate) fn add(&self, c: Counter, n: u64) {
+        self.counter(c).fetch_add(n, Ordering::Relaxed);
     }
 
     /// A counter's value.

@@ -70,6 +70,10 @@ pub struct Totals {
     pub listen_backlog: Option<u32>,
     /// Clients gone before their job started.
     pub gone_before_start: u64,
+    /// User CPU time of the jobs that ended, ms.
+    pub cpu_user_ms: u64,
+    /// System CPU time of the jobs that ended, ms.
+    pub cpu_sys_ms: u64,
     /// Workers forked since start.
     pub workers_spawned: u64,
 }
@@ -162,6 +166,8 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             listen_queue: queue.map(|q| q.0),
             listen_backlog: queue.map(|q| q.1),
             gone_before_start: h.get(Counter::GoneBeforeStart),
+            cpu_user_ms: h.get(Counter::CpuUserMs),
+            cpu_sys_ms: h.get(Counter::CpuSysMs),
             workers_spawned: h.get(Counter::WorkersSpawned),
         },
         slots,
@@ -231,6 +237,10 @@ impl Status {
             t.timeouts,
             t.cancelled_shutdown,
             t.gone_before_start
+        ));
+        out.push_str(&format!(
+            "jobs' CPU {} ms user, {} ms system\n",
+            t.cpu_user_ms, t.cpu_sys_ms
         ));
         let q = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
         out.push_str(&format!(

@@ -312,6 +312,15 @@ fn access_log_job_end_lines_and_status_totals_agree() {
     assert_eq!(t["cancelled_client_closed"], 1);
     assert_eq!(t["cancelled_client_reset"], 1);
     assert_eq!(t["timeouts"], 1);
+    // The CPU totals are the sum of the jobs' records.
+    let cpu = |k: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| util::field(l, k).parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(t["cpu_user_ms"], cpu("cpu_user_ms"));
+    assert_eq!(t["cpu_sys_ms"], cpu("cpu_sys_ms"));
     // One cancel line per cancelled job, each before its job's end line.
     let logs = j.logs();
     for job in 1..=5u64 {
