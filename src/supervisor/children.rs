@@ -84,28 +84,16 @@ pub(super) fn next_exited() -> Option<Pid> {
     }
 }
 
-/// The job groups of dead workers: children of this process (adopted as
-/// subreaper when their worker died) that are not `known` (workers, hook
-/// programs) and lead a process group of their own in this session, as
-/// every handler does. Each is an unreaped child of ours, so neither its
-/// pid nor its group id can have been recycled: signalling the group hits
-/// exactly that job. Nothing here is read from the scoreboard.
-pub(super) fn adopted_job_groups(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
-    let sid = nix::unistd::getsid(None).map(Pid::as_raw).unwrap_or(0);
-    sys::children()
-        .into_iter()
-        .filter(|&c| !known(c))
-        .filter(|&c| sys::group_and_session(c) == Some((c.as_raw(), sid)))
-        .collect()
-}
-
-/// The children of this process that are not `known` and lead a process
-/// group of their own (in any session): what a dead worker's job moved out
-/// of its group with `setsid` or `setpgid`, adopted by the supervisor as
-/// subreaper. A child the embedding program started itself (a library
-/// user's `Command` in a callback runs in the supervisor's group) is not
-/// one of them and is never touched.
-pub(super) fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+/// What is left of the jobs of dead workers: the children of this process
+/// (adopted as subreaper) that are not `known` (workers, hook programs) and
+/// lead a process group of their own: a handler whose worker died, or what
+/// a job moved out of its group with `setsid` or `setpgid`. Each is an
+/// unreaped child of ours, so neither its pid nor its group id can have
+/// been recycled: signalling its group hits exactly that. A child the
+/// embedding program started itself (a library user's `Command` in a
+/// callback runs in the supervisor's group) is not one of them. Nothing
+/// here is read from the scoreboard.
+pub(super) fn adopted_groups(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
     sys::children()
         .into_iter()
         .filter(|&c| !known(c))

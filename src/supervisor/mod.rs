@@ -391,8 +391,9 @@ impl<'a> Supervisor<'a> {
     /// Refills slots whose time has come; escalates a stop at its deadline.
     fn maintain(&mut self) {
         let now = Instant::now();
+        // The tick's look: again while it finds something.
         if self.sweep_orphans_at.is_some_and(|t| now >= t) {
-            self.kill_orphaned_jobs();
+            self.sweep_orphans_at = self.sweep_orphans().then(|| now + pool::TICK);
         }
         match self.phase {
             Phase::Running => {
@@ -580,29 +581,26 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Kills what is left of the jobs of dead workers: the job groups
-    /// (see [`children::adopted_job_groups`]), then every other adopted
-    /// child (a process the job moved out of its group). Each is an
-    /// unreaped child of ours: its pid cannot have been recycled. Their own
-    /// children come to us in turn and go at the next reap.
+    /// Kills what is left of the jobs of dead workers: the process group of
+    /// each adopted group leader (see [`children::adopted_groups`]), and
+    /// looks again next tick: a process is reparented to us only when its
+    /// parent exits, which may come after this reap.
     fn kill_orphaned_jobs(&mut self) {
-        // Sweep again next tick: a process is reparented to us only when
-        // its parent exits, which may come after this reap.
+        self.sweep_orphans();
         self.sweep_orphans_at = Some(Instant::now() + pool::TICK);
+    }
+
+    /// One look for adopted group leaders, killing their groups; returns
+    /// whether there were any.
+    fn sweep_orphans(&self) -> bool {
         let known = |p: Pid| self.slot_of(p).is_some() || self.watch.owns(p);
-        for g in children::adopted_job_groups(known) {
+        let left = children::adopted_groups(known);
+        for &g in &left {
             if sys::kill_group(g, Signal::SIGKILL).is_ok() {
-                tracing::debug!(pgid = g.as_raw(), "killed the job group of a dead worker");
+                tracing::debug!(pgid = g.as_raw(), "killed what a dead worker's job left");
             }
         }
-        for p in children::adopted(known) {
-            if nix::sys::signal::kill(p, Signal::SIGKILL).is_ok() {
-                tracing::debug!(
-                    pid = p.as_raw(),
-                    "killed a process left by a dead worker's job"
-                );
-            }
-        }
+        !left.is_empty()
     }
 
     fn slot_of(&self, pid: Pid) -> Option<usize> {

@@ -71,11 +71,6 @@ impl<'a> InlineWatch<'a> {
             .tick(self.cfg, self.hooks, self.sb, &self.me, woken);
     }
 
-    /// Whether `pid` is one of the watch's hook programs.
-    pub(crate) fn owns(&self, pid: Pid) -> bool {
-        self.watch.owns(pid)
-    }
-
     /// Kills the hook programs still running (the process stops).
     pub(crate) fn stop(&mut self) {
         self.watch.kill_hooks();

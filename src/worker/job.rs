@@ -66,15 +66,6 @@ impl Overseer<'_, '_> {
         matches!(self, Overseer::Inline(_))
     }
 
-    /// Whether `pid` is a child of this process that is not a job's (a hook
-    /// program of the inline watch).
-    fn owns(&self, pid: Pid) -> bool {
-        match self {
-            Overseer::Supervisor(_) => false,
-            Overseer::Inline(i) => i.borrow().owns(pid),
-        }
-    }
-
     /// When the inline watch wants its next turn.
     fn next_due(&self) -> Option<Instant> {
         match self {
@@ -763,7 +754,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         for _ in 0..64 {
             let left: Vec<Pid> = sys::children()
                 .into_iter()
-                .filter(|&p| p != self.child && !self.runner.overseer.owns(p))
+                .filter(|&p| p != self.child)
                 .collect();
             if left.is_empty() {
                 break;
