@@ -245,8 +245,7 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             text_value(rec.outcome),
             text_value(rec.reason.unwrap_or("-")),
             text_value(rec.status),
-            rec.exit_code
-                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+            dash(rec.exit_code),
             text_value(rec.signal.unwrap_or("-")),
             dash(rec.bytes_sent),
             dash(rec.bytes_acked),
