@@ -28,6 +28,11 @@ pub struct SlotStatus {
     pub job_age_ms: Option<u64>,
     /// Jobs this worker served.
     pub jobs_served: u64,
+    /// CPU time (user and system) the running job has used so far, ms:
+    /// its handler's and that of the descendants the handler reaped, read
+    /// from `/proc` (None for closure jobs, or when the handler is no
+    /// longer the worker's child).
+    pub job_cpu_ms: Option<u64>,
 }
 
 /// Pool totals.
@@ -136,6 +141,7 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             peer: job.and_then(|j| j.peer).map(|p| p.to_string()),
             job_age_ms: job.map(|j| now.saturating_sub(j.start_unix_ms)),
             jobs_served: s.jobs_served(),
+            job_cpu_ms: job.and_then(|j| handler_cpu_ms(s.pid(), j.pgid)),
         });
     }
     let pid = h.supervisor_pid();
@@ -185,6 +191,21 @@ fn listen_queue(addr: std::net::SocketAddr) -> Option<(u32, u32)> {
         .find(|e| e.local == addr || (unspecified(&addr) && unspecified(&e.local)))
         .or_else(|| socks.first())
         .map(|e| (e.rqueue, e.wqueue))
+}
+
+/// The CPU time so far of the handler `pgid` of the worker `worker`, ms.
+/// The slot's numbers are only a hint: the process must be the worker's
+/// child and lead its own group, or nothing is shown.
+fn handler_cpu_ms(worker: i32, pgid: i32) -> Option<u64> {
+    if worker <= 0 || pgid <= 0 {
+        return None;
+    }
+    let st = procfs::process::Process::new(pgid).ok()?.stat().ok()?;
+    if st.ppid != worker || st.pgrp != pgid {
+        return None;
+    }
+    let ticks = st.utime + st.stime + st.cutime.max(0) as u64 + st.cstime.max(0) as u64;
+    Some(ticks.saturating_mul(1000) / procfs::ticks_per_second().max(1))
 }
 
 fn fmt_age(ms: u64) -> String {
@@ -249,12 +270,12 @@ impl Status {
             q(t.listen_backlog)
         ));
         out.push_str(&format!(
-            "{:>5} {:>8} {:<9} {:>4} {:>10} {:<40} {:>8} {:>8}\n",
-            "SLOT", "PID", "STATE", "GEN", "JOB", "PEER", "AGE", "SERVED"
+            "{:>5} {:>8} {:<9} {:>4} {:>10} {:<40} {:>8} {:>8} {:>8}\n",
+            "SLOT", "PID", "STATE", "GEN", "JOB", "PEER", "AGE", "CPU", "SERVED"
         ));
         for s in &self.slots {
             out.push_str(&format!(
-                "{:>5} {:>8} {:<9} {:>4} {:>10} {:<40} {:>8} {:>8}\n",
+                "{:>5} {:>8} {:<9} {:>4} {:>10} {:<40} {:>8} {:>8} {:>8}\n",
                 s.slot,
                 s.pid,
                 s.state.as_str(),
@@ -264,6 +285,9 @@ impl Status {
                     .unwrap_or_else(|| "-".into()),
                 s.peer.as_deref().unwrap_or("-"),
                 s.job_age_ms.map(fmt_age).unwrap_or_else(|| "-".into()),
+                s.job_cpu_ms
+                    .map(|ms| format!("{:.2}s", ms as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
                 s.jobs_served
             ));
         }

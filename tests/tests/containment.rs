@@ -267,6 +267,73 @@ fn a_job_reports_its_cpu_time_and_peak_memory() {
     j.stop_clean();
 }
 
+/// `jobd status` shows the CPU a running job has used so far: a handler
+/// whose child burned 300 ms and was reaped, then waits, shows at least
+/// 250 ms in its slot (table and JSON) while it still runs.
+#[test]
+fn status_shows_the_cpu_a_running_job_has_used() {
+    let dir = util::tempdir();
+    let sb = dir.path().join("sb");
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        concat!(
+            "sh -c 'awk \"BEGIN { while (1) { getline s < \\\"/proc/self/stat\\\"; ",
+            "close(\\\"/proc/self/stat\\\"); split(s, f, \\\" \\\"); if (f[14] + f[15] >= 30) exit } }\"'\n",
+            "echo burned\n",
+            "IFS= read -r _\n",
+        ),
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let (mut conn, line) = j.request_line("");
+    assert_eq!(line.trim(), "burned");
+    let st = Jobd::status_json(&sb);
+    let slot = st["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "busy")
+        .unwrap_or_else(|| panic!("no busy slot in {st}"));
+    let cpu = slot["job_cpu_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no job_cpu_ms in {st}"));
+    assert!((250..2000).contains(&cpu), "cpu so far {cpu} ms in {st}");
+    let out = std::process::Command::new(util::jobd_bin())
+        .args(["status", "--scoreboard", sb.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header = table.lines().find(|l| l.contains("SLOT")).unwrap();
+    let col = header
+        .split_whitespace()
+        .position(|w| w == "CPU")
+        .unwrap_or_else(|| panic!("no CPU column in {table}"));
+    let row = table.lines().find(|l| l.contains(" busy ")).unwrap();
+    let shown: f64 = row
+        .split_whitespace()
+        .nth(col)
+        .and_then(|w| w.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("no CPU figure in {row}"));
+    assert!(shown >= 0.25, "{table}");
+    std::io::Write::write_all(&mut conn, b"done\n").unwrap();
+    drop(conn);
+    j.wait_log(|l| l.contains("job ended"));
+    let st = Jobd::status_json(&sb);
+    let slots = st["slots"].as_array().unwrap();
+    assert!(slots.iter().all(|s| s["job_cpu_ms"].is_null()), "{st}");
+    j.stop_clean();
+}
+
 /// A child of the test, killed (and reaped) if the test fails first.
 struct KillOnDrop(std::process::Child);
 
