@@ -106,6 +106,7 @@ fn stale(name: &str) -> bool {
 /// jobd's cgroup tree: `<own cgroup>/jobd-<pid>`.
 #[derive(Debug)]
 pub(crate) struct CgroupTree {
+    mount: PathBuf,
     base: PathBuf,
 }
 
@@ -140,7 +141,16 @@ impl CgroupTree {
                 base.display()
             ));
         }
-        Ok(CgroupTree { base })
+        Ok(CgroupTree { mount, base })
+    }
+
+    /// Whether the live process `pid` is in this tree (its
+    /// `/proc/PID/cgroup` path is under `jobd-<pid>/`).
+    pub(crate) fn holds(&self, pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|t| own_cgroup(&t))
+            .is_some_and(|p| self.mount.join(p.trim_start_matches('/')).starts_with(&self.base))
     }
 
     /// The root of the tree.

@@ -120,6 +120,9 @@ pub(crate) struct Supervisor<'a> {
     sweep_orphans_at: Option<Instant>,
     /// `--containment cgroup`: jobd's cgroup tree (a cgroup per slot).
     cgroups: Option<&'a CgroupTree>,
+    /// The children this process had before the pool started: an
+    /// embedding program's own, never taken for orphaned jobs.
+    own_before: Vec<Pid>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -135,6 +138,7 @@ impl<'a> Supervisor<'a> {
             0,
             nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
         )?;
+        let own_before = sys::children();
         nix::sys::prctl::set_child_subreaper(true)?;
         let watch = Watch::new(cfg, sb)?;
         let reload_watch = reload::ReloadWatch::new(cfg, hooks);
@@ -164,6 +168,7 @@ impl<'a> Supervisor<'a> {
             child_exited: false,
             sweep_orphans_at: None,
             cgroups,
+            own_before,
         })
     }
 
@@ -593,7 +598,13 @@ impl<'a> Supervisor<'a> {
     /// One look for adopted group leaders, killing their groups; returns
     /// whether there were any.
     fn sweep_orphans(&self) -> bool {
-        let known = |p: Pid| self.slot_of(p).is_some() || self.watch.owns(p);
+        let known = |p: Pid| {
+            self.slot_of(p).is_some()
+                || self.watch.owns(p)
+                || self.own_before.contains(&p)
+                // Under cgroups a job process is in jobd's tree.
+                || self.cgroups.is_some_and(|t| !t.holds(p.as_raw()))
+        };
         let left = children::adopted_groups(known);
         for &g in &left {
             if sys::kill_group(g, Signal::SIGKILL).is_ok() {
@@ -623,6 +634,16 @@ impl<'a> Supervisor<'a> {
             if let Some(i) = self.slot_of(pid) {
                 let status = children::reap(pid);
                 self.worker_exited(i, status);
+            } else if let Some(k) = self.own_before.iter().position(|&p| p == pid) {
+                // The embedding program's own child: reaped (it would stay
+                // a zombie otherwise), its group left alone.
+                self.own_before.swap_remove(k);
+                let _ = children::reap(pid);
+            } else if self.cgroups.is_some() {
+                // Under cgroups the dead worker's job cgroup was killed
+                // whole; a group named after an unknown child is not
+                // touched.
+                let _ = children::reap(pid);
             } else {
                 // An orphaned job process, adopted as subreaper. While this
                 // zombie is unreaped its pid is held, so a group with that

@@ -11,7 +11,7 @@ use crate::util::{self, Jobd, alive, wait_until};
 
 /// The cgroup v2 directory jobd would create its tree in (this process's
 /// own cgroup), when the tests run as root on a machine with cgroup v2.
-fn cgroup_root() -> Option<std::path::PathBuf> {
+pub(crate) fn cgroup_root() -> Option<std::path::PathBuf> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }

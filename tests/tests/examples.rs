@@ -296,3 +296,73 @@ fn daemon_example_with_auto_reload_and_worker_exit_hook() {
     assert!(st.success());
     wait_until("pid file removed", || !pid_file.exists());
 }
+
+/// An embedding program's own children are never killed: the `embedded`
+/// example's helper (a `sleep` in a process group of its own, started
+/// before the pool) lives through jobs that end, a job whose worker is
+/// SIGKILLed (its handler and a `setsid` escapee are killed), and the
+/// program's stop; under subreaper and, as root with cgroup v2, cgroup
+/// containment.
+#[test]
+fn an_embedding_programs_own_children_are_never_killed() {
+    let mut modes = vec!["subreaper"];
+    if crate::containment::cgroup_root().is_some() {
+        modes.push("cgroup");
+    }
+    for mode in modes {
+        let dir = tempdir();
+        let h = script(
+            dir.path(),
+            "h.sh",
+            "setsid sleep 300 &\necho \"$$ $!\"\nIFS= read -r what\n[ \"$what\" = end ] && echo bye\n",
+        );
+        let e = Example::start("embedded", &["127.0.0.1:0", h.to_str().unwrap(), mode]);
+        let line = e.wait(|l| l.contains("embedded helper pid "));
+        let helper: i32 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+        assert!(alive(helper));
+        let pids = |s: &std::net::TcpStream| -> (i32, i32) {
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            let mut it = line.split_whitespace().map(|w| w.parse::<i32>().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        };
+        // A job that ends by itself: its escapee goes, the helper stays.
+        let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+        let (handler, escapee) = pids(&s);
+        s.write_all(b"end\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert_eq!(out.trim(), "bye", "{mode}");
+        wait_until("the first job's processes are gone", || {
+            !alive(handler) && !alive(escapee)
+        });
+        // A job whose worker is SIGKILLed.
+        let s = std::net::TcpStream::connect(e.addr).unwrap();
+        let (handler, escapee) = pids(&s);
+        let stat = std::fs::read_to_string(format!("/proc/{handler}/stat")).unwrap();
+        let worker: i32 = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        util::send(worker, "KILL");
+        wait_until("the dead worker's job is gone", || {
+            !alive(handler) && !alive(escapee)
+        });
+        // The slot is refilled and serves.
+        let mut s2 = std::net::TcpStream::connect(e.addr).unwrap();
+        let _ = pids(&s2);
+        s2.write_all(b"end\n").unwrap();
+        let mut out = String::new();
+        s2.read_to_string(&mut out).unwrap();
+        assert_eq!(out.trim(), "bye", "{mode}");
+        drop(s);
+        assert!(alive(helper), "{mode}: the program's own helper was killed");
+        e.stop();
+        assert!(alive(helper), "{mode}: the helper was killed at stop");
+        let cmd = std::fs::read(format!("/proc/{helper}/cmdline")).unwrap();
+        assert!(cmd.starts_with(b"sleep\0"), "{cmd:?}");
+        util::send(helper, "KILL");
+    }
+}
