@@ -150,7 +150,11 @@ impl CgroupTree {
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|t| own_cgroup(&t))
-            .is_some_and(|p| self.mount.join(p.trim_start_matches('/')).starts_with(&self.base))
+            .is_some_and(|p| {
+                self.mount
+                    .join(p.trim_start_matches('/'))
+                    .starts_with(&self.base)
+            })
     }
 
     /// The root of the tree.
