@@ -122,6 +122,9 @@ pub mod config;
 pub mod control;
 pub mod detect;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 mod job_end;
 mod logfiles;
@@ -142,7 +145,7 @@ pub use config::{
 };
 pub use error::Error;
 pub use hooks::{DisconnectEvent, DisconnectReason, InitInfo, JobContext, Verdict};
-pub use logfiles::LogError;
+pub use logfiles::{LogError, LossyStderr};
 pub use pidfile::PidFileError;
 pub use scoreboard::{ScoreboardError, SlotState};
 pub use server::{Server, ServerBuilder};

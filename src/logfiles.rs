@@ -33,6 +33,68 @@ use std::sync::Mutex;
 use crate::config::LogFormat;
 use crate::sys::daemon::{redirect_stderr as dup_onto_stderr, replace_fd};
 
+/// A writer to fd 2 that never fails and never panics: jobd's own log
+/// goes through it, so a full disk under `--error-log`, a closed pipe
+/// (`jobd 2>&1 | head -1`) or `/dev/full` cannot take the service down.
+/// A write that fails is dropped and counted; the first line written
+/// after an episode of failures says how many were lost and why, so each
+/// episode is reported once, where it can be. Use it as the tracing
+/// writer: `tracing_subscriber::fmt().with_writer(|| LossyStderr)` (with
+/// `log_internal_errors(false)`, whose own report is an `eprintln!`,
+/// which panics on such a stderr).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LossyStderr;
+
+/// Writes lost since the last one that succeeded, and the last error.
+static LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LOST_ERRNO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+impl LossyStderr {
+    /// Log writes this process lost since its last successful one.
+    pub fn lost() -> u64 {
+        LOST.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn write_once(buf: &[u8]) -> io::Result<()> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match rustix::io::write(std::io::stderr().as_fd(), rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let lost = LOST.load(Relaxed);
+        if lost > 0 {
+            let why = io::Error::from_raw_os_error(LOST_ERRNO.load(Relaxed));
+            let note = format!(
+                "jobd: {lost} log line(s) of pid {} were lost: writing stderr failed: {why}\n",
+                std::process::id()
+            );
+            if Self::write_once(note.as_bytes()).is_ok() {
+                LOST.store(0, Relaxed);
+            }
+        }
+        if let Err(e) = Self::write_once(buf) {
+            LOST.fetch_add(1, Relaxed);
+            LOST_ERRNO.store(e.raw_os_error().unwrap_or(0), Relaxed);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One access log record: a job that ended.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AccessRecord<'a> {

@@ -12,3 +12,4 @@ mod daemon;
 mod disconnect;
 mod examples;
 mod pool;
+mod survival;

@@ -337,7 +337,7 @@ pub fn tagged_pids(tag: &str) -> Vec<i32> {
     out
 }
 
-fn kill_tagged(tag: &str) {
+pub fn kill_tagged(tag: &str) {
     for pid in tagged_pids(tag) {
         let _ = try_send(pid, "KILL");
     }

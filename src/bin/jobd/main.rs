@@ -15,7 +15,10 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Never panics on a failed write (a full disk, a closed pipe): the
+        // line is dropped and counted, and the next one says so.
+        .log_internal_errors(false)
+        .with_writer(|| jobd::LossyStderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder
@@ -31,12 +34,19 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Status(args)) => match jobd::status::read(&args.scoreboard) {
             Ok(st) => {
-                if args.json {
-                    println!("{}", serde_json::to_string(&st).expect("status serializes"));
+                let text = if args.json {
+                    format!("{}\n", serde_json::to_string(&st).expect("status serializes"))
                 } else {
-                    print!("{}", st.render());
+                    st.render()
+                };
+                // A closed stdout (`jobd status | head -1`) is no error.
+                match std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        eprintln!("jobd status: writing stdout: {e}");
+                        ExitCode::from(1)
+                    }
+                    _ => ExitCode::SUCCESS,
                 }
-                ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("jobd status: {:#}", anyhow::Error::new(e));
