@@ -67,9 +67,28 @@ pub enum Error {
 impl Error {
     /// The exit status the command uses for this error: 2 for usage and
     /// configuration errors, 1 otherwise.
+    ///
+    /// Whatever jobd can tell is wrong with its input is a configuration
+    /// error: a path it refuses or cannot open for its logs, scoreboard or
+    /// pid file, an address no interface has, a port it may not bind, an
+    /// unknown user. What depends on the moment is a runtime failure: an
+    /// address or a pid file or scoreboard that another process holds.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Containment(_) => 2,
+            Error::Logs(LogError::Open { .. }) => 2,
+            Error::Scoreboard(ScoreboardError::Refused { .. } | ScoreboardError::Create { .. }) => {
+                2
+            }
+            Error::PidFile(
+                PidFileError::Symlink { .. }
+                | PidFileError::NotAFile { .. }
+                | PidFileError::Open { .. },
+            ) => 2,
+            Error::Bind { source, .. } => match source.raw_os_error() {
+                Some(libc::EADDRNOTAVAIL | libc::EACCES | libc::EINVAL | libc::EAFNOSUPPORT) => 2,
+                _ => 1,
+            },
             _ => 1,
         }
     }

@@ -23,15 +23,15 @@
 //!
 //! It touches no other descriptor and writes nothing but these two files.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::config::LogFormat;
 use crate::sys::daemon::{redirect_stderr as dup_onto_stderr, replace_fd};
+use crate::sys::files::{self, Refused};
 
 /// A writer to fd 2 that never fails and never panics: jobd's own log
 /// goes through it, so a full disk under `--error-log`, a closed pipe
@@ -150,7 +150,7 @@ pub enum LogError {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: io::Error,
+        source: Refused,
     },
     /// The error log could not be put on fd 2.
     #[error("failed to redirect stderr to --error-log {}", .path.display())]
@@ -186,13 +186,18 @@ fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
+/// Opens (or creates, mode 0640) a log for appending: never through a
+/// symlink, never a FIFO or device, only jobd's own file (see
+/// [`crate::sys::files`]).
+fn open_append(path: &Path) -> Result<File, Refused> {
+    files::open_own(
+        path,
+        files::Want {
+            mode: 0o640,
+            append: true,
+            create: true,
+        },
+    )
 }
 
 /// The opened error log, to be put on fd 2 with [`ErrorLog::redirect_stderr`]
@@ -339,6 +344,13 @@ fn text_value(v: &str) -> String {
     }
 }
 
+fn to_io(e: Refused) -> io::Error {
+    match e {
+        Refused::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
 /// Reopens the error log and the access log of this process (SIGUSR1): the
 /// paths are opened again (created when logrotate moved them away) and put
 /// on the same descriptor numbers. Both are attempted; the first failure is
@@ -361,7 +373,7 @@ pub fn reopen() -> io::Result<()> {
                     fail(&p, e);
                 }
             }
-            Err(e) => fail(&p, e),
+            Err(e) => fail(&p, to_io(e)),
         }
     }
     if let Some(log) = st.access.as_mut() {
@@ -371,7 +383,7 @@ pub fn reopen() -> io::Result<()> {
                     fail(&log.path, e);
                 }
             }
-            Err(e) => fail(&log.path, e),
+            Err(e) => fail(&log.path, to_io(e)),
         }
     }
     match first {

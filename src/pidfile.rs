@@ -106,19 +106,25 @@ impl PidFile {
     /// the lock. An unlocked file with a pid in it is stale: it is taken
     /// over with a warning naming the old pid.
     pub fn acquire(path: &Path) -> Result<PidFile, PidFileError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|source| open_error(path, source))?;
+        use crate::sys::files::{self, Refused};
+        let mut file = files::open_own(
+            path,
+            files::Want {
+                mode: 0o644,
+                append: false,
+                create: true,
+            },
+        )
+        .map_err(|why| match why {
+            Refused::Io(source) => open_error(path, source),
+            Refused::Symlink => PidFileError::Symlink { path: path.into() },
+            Refused::NotRegular(_) => PidFileError::NotAFile { path: path.into() },
+            other => PidFileError::Open {
+                path: path.into(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })?;
         let meta = file.metadata().map_err(|source| open_error(path, source))?;
-        if !meta.is_file() {
-            return Err(PidFileError::NotAFile { path: path.into() });
-        }
         let locked = try_lock_exclusive(file.as_fd()).map_err(|source| PidFileError::Lock {
             path: path.into(),
             source,

@@ -18,10 +18,10 @@
 //! [`Slot::begin_job`], reports with [`Slot::report_hangup`], and reads its
 //! requests with [`Slot::cancel_requested`] and [`Slot::kill_requested`].
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
@@ -66,6 +66,23 @@ pub enum ScoreboardError {
     /// An anonymous mapping could not be made.
     #[error("failed to map an anonymous scoreboard")]
     Anonymous(#[source] io::Error),
+    /// jobd refuses the path: a symlink, not a regular file, another
+    /// user's file.
+    #[error("scoreboard {path} {why}")]
+    Refused {
+        /// The path given.
+        path: String,
+        /// What is wrong with it.
+        why: crate::sys::files::Refused,
+    },
+    /// Another jobd holds the scoreboard's lock.
+    #[error("scoreboard {path} is in use by another jobd{}", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    InUse {
+        /// The path given.
+        path: String,
+        /// The pid the file names as its supervisor, when it names one.
+        pid: Option<i32>,
+    },
 }
 
 /// What a slot is doing.
@@ -869,6 +886,9 @@ impl Slot {
 pub(crate) struct Scoreboard {
     map: SharedMap,
     nslots: usize,
+    /// The file of a `--scoreboard`, held open (and locked) for jobd's
+    /// life.
+    _file: Option<File>,
 }
 
 fn unix_ms() -> u64 {
@@ -891,39 +911,82 @@ impl Scoreboard {
     /// A new anonymous scoreboard of `nslots` slots (inherited by forks).
     pub(crate) fn anonymous(nslots: usize) -> Result<Scoreboard, ScoreboardError> {
         let map = SharedMap::anonymous(size_for(nslots)).map_err(ScoreboardError::Anonymous)?;
-        let sb = Scoreboard { map, nslots };
+        let sb = Scoreboard {
+            map,
+            nslots,
+            _file: None,
+        };
         sb.init();
         Ok(sb)
     }
 
-    /// Creates (or truncates) a scoreboard file, mode 0640, without
-    /// following a symlink at `path`.
+    /// Creates a scoreboard file (mode 0640), or takes over jobd's own
+    /// file left by an earlier run, and locks it for the life of this
+    /// process and its workers. Never follows a symlink at `path`, never
+    /// opens a FIFO or device or another user's file (see
+    /// [`crate::sys::files`]); refuses a file another jobd holds. The
+    /// mapping is guarded: truncating the file while jobd runs does not
+    /// kill it (its length is put back and the loss logged).
     pub(crate) fn create(path: &Path, nslots: usize) -> Result<Scoreboard, ScoreboardError> {
+        let shown = path.display().to_string();
         let err = |source| ScoreboardError::Create {
-            path: path.display().to_string(),
+            path: shown.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(err)?;
+        let file = crate::sys::files::open_own(
+            path,
+            crate::sys::files::Want {
+                mode: 0o640,
+                append: false,
+                create: true,
+            },
+        )
+        .map_err(|why| match why {
+            crate::sys::files::Refused::Io(e) => err(e),
+            why => ScoreboardError::Refused {
+                path: shown.clone(),
+                why,
+            },
+        })?;
+        if !crate::sys::daemon::try_lock_exclusive(file.as_fd()).map_err(err)? {
+            // The pid only names the holder in the message; nothing acts on it.
+            let pid = Scoreboard::open_read(path)
+                .ok()
+                .map(|sb| sb.header().supervisor_pid())
+                .filter(|&p| p > 0);
+            return Err(ScoreboardError::InUse { path: shown, pid });
+        }
         // The mode is applied only on creation; enforce it on reuse too.
         use std::os::unix::fs::PermissionsExt;
         file.set_permissions(std::fs::Permissions::from_mode(0o640))
             .map_err(err)?;
+        // Zeroed: nothing of an earlier run survives.
+        file.set_len(0).map_err(err)?;
         file.set_len(size_for(nslots) as u64).map_err(err)?;
         let map = SharedMap::file(&file, size_for(nslots), true).map_err(err)?;
-        let sb = Scoreboard { map, nslots };
+        map.guard_against_truncation(file.as_fd()).map_err(err)?;
+        let sb = Scoreboard {
+            map,
+            nslots,
+            _file: Some(file),
+        };
         sb.init();
         Ok(sb)
     }
 
-    /// Opens an existing scoreboard file read-only, checking that it is one.
+    /// After the file was truncated under jobd (see
+    /// [`crate::sys::shm::take_truncated`]): marks the header valid again.
+    /// The counters and slots that were zeroed stay so until written
+    /// again.
+    pub(crate) fn repair(&self) {
+        let h = self.header();
+        h.version.store(1, Ordering::Relaxed);
+        h.nslots.store(self.nslots as u32, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// Reads a copy of an existing scoreboard file, checking that it is
+    /// one (a copy: the file changing or shrinking meanwhile cannot fault).
     pub(crate) fn open_read(path: &Path) -> Result<Scoreboard, ScoreboardError> {
         let p = path.display().to_string();
         let file = File::open(path).map_err(|source| ScoreboardError::Open {
@@ -946,7 +1009,7 @@ impl Scoreboard {
             return Err(not("too short"));
         }
         let head =
-            SharedMap::file(&file, HEADER_SIZE, false).map_err(|source| ScoreboardError::Open {
+            SharedMap::copy_of(&file, HEADER_SIZE).map_err(|source| ScoreboardError::Open {
                 path: p.clone(),
                 source,
             })?;
@@ -959,13 +1022,17 @@ impl Scoreboard {
             return Err(not("bad slot count or size"));
         }
         drop(head);
-        let map = SharedMap::file(&file, size_for(nslots), false).map_err(|source| {
+        let map = SharedMap::copy_of(&file, size_for(nslots)).map_err(|source| {
             ScoreboardError::Open {
                 path: p.clone(),
                 source,
             }
         })?;
-        Ok(Scoreboard { map, nslots })
+        Ok(Scoreboard {
+            map,
+            nslots,
+            _file: None,
+        })
     }
 
     fn init(&self) {

@@ -244,6 +244,29 @@ impl<'a> Supervisor<'a> {
         0
     }
 
+    /// The scoreboard file was truncated under us: its length was put
+    /// back (by the SIGBUS guard) and the pages read as zeroes. The header
+    /// is made valid again from what the supervisor knows; the counters
+    /// restart from zero, and each worker's slot is rewritten at its next
+    /// change. Nothing the supervisor decides rests on the zeroed slots
+    /// alone: its own records name its workers.
+    fn after_truncation(&self) {
+        tracing::warn!(
+            "the scoreboard file was truncated by someone else; its length is restored and its counters restart from zero"
+        );
+        self.sb.repair();
+        let h = self.sb.header();
+        h.set_supervisor_pid(self.me.as_raw());
+        h.set_prefork(self.cfg.prefork);
+        h.set_generation(self.generation);
+        h.set_max_children(self.cfg.max_children);
+        h.set_min_workers(self.min_workers);
+        h.set_containment(self.cgroups.is_some());
+        if let Ok(a) = self.listener.local_addr() {
+            self.sb.set_listen(a);
+        }
+    }
+
     fn live_workers(&self) -> usize {
         self.slots.iter().filter(|s| s.worker.is_some()).count()
     }
@@ -395,6 +418,9 @@ impl<'a> Supervisor<'a> {
 
     /// Refills slots whose time has come; escalates a stop at its deadline.
     fn maintain(&mut self) {
+        if sys::shm::take_truncated() {
+            self.after_truncation();
+        }
         let now = Instant::now();
         // The tick's look: again while it finds something.
         if self.sweep_orphans_at.is_some_and(|t| now >= t) {

@@ -11,6 +11,7 @@
 //! [`Shared`] itself, through [`shared_struct!`].
 
 pub mod daemon;
+pub mod files;
 pub(crate) mod shm;
 mod signals;
 

@@ -69,6 +69,45 @@ impl SharedMap {
         })
     }
 
+    /// A private copy of the first `len` bytes of `file`, read with
+    /// `pread` into an anonymous mapping: whatever the file's owner does
+    /// to it meanwhile (truncate it, shrink it), reading the copy cannot
+    /// fault. Fails when the file is shorter than `len`.
+    pub fn copy_of(file: &std::fs::File, len: usize) -> io::Result<SharedMap> {
+        let map = SharedMap::anonymous(len)?;
+        // SAFETY: the mapping is ours alone until returned, `len` bytes
+        // long, and no reference into it exists yet.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(map.ptr.as_ptr(), len) };
+        std::os::unix::fs::FileExt::read_exact_at(file, bytes, 0)?;
+        Ok(map)
+    }
+
+    /// Protects this file mapping (made writable with [`SharedMap::file`]
+    /// from `fd`, which stays open for the life of the process) against
+    /// the file being truncated under it: an access past the new end of
+    /// the file raises SIGBUS, whose handler puts the file's length back
+    /// (`ftruncate`; the lost pages read as zeroes) and lets the access go
+    /// on; [`take_truncated`] then says it happened. A SIGBUS anywhere
+    /// else keeps its default action. One such mapping per process;
+    /// inherited by forks.
+    pub fn guard_against_truncation(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering::Release;
+        GUARD_ADDR.store(self.ptr.as_ptr() as usize, Release);
+        GUARD_LEN.store(self.len, Release);
+        GUARD_FD.store(fd.as_raw_fd(), Release);
+        let act = SigAction::new(
+            SigHandler::SigAction(on_sigbus),
+            SaFlags::SA_SIGINFO | SaFlags::SA_NODEFER,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler reads atomics and calls ftruncate and signal,
+        // which are async-signal-safe.
+        unsafe { sigaction(Signal::SIGBUS, &act) }.map_err(io::Error::from)?;
+        Ok(())
+    }
+
     /// A reference to a `T` at byte `offset`. Panics when the offset is out
     /// of bounds or misaligned (a programming error).
     pub fn get<T: Shared>(&self, offset: usize) -> &T {
@@ -137,6 +176,41 @@ macro_rules! shared_struct {
     };
 }
 pub(crate) use shared_struct;
+
+static GUARD_ADDR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static GUARD_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static GUARD_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static TRUNCATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the guarded mapping's file was truncated (and restored) since
+/// the last call.
+pub fn take_truncated() -> bool {
+    TRUNCATED.swap(false, std::sync::atomic::Ordering::AcqRel)
+}
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    use std::sync::atomic::Ordering::Acquire;
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let (start, len, fd) = (
+        GUARD_ADDR.load(Acquire),
+        GUARD_LEN.load(Acquire),
+        GUARD_FD.load(Acquire),
+    );
+    if fd >= 0 && addr >= start && addr < start + len {
+        // SAFETY: ftruncate is async-signal-safe; fd is the mapping's file.
+        if unsafe { libc::ftruncate(fd, len as libc::off_t) } == 0 {
+            TRUNCATED.store(true, std::sync::atomic::Ordering::Release);
+            return;
+        }
+    }
+    // Not ours, or the length could not be restored: the default action,
+    // taken when the faulting access runs again.
+    // SAFETY: SIG_DFL runs no code in signal context.
+    unsafe {
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+    }
+}
 
 impl Drop for SharedMap {
     fn drop(&mut self) {

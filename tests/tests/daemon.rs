@@ -331,7 +331,8 @@ fn pid_file_that_is_a_symlink_is_refused() {
         "--script",
         "/bin/cat",
     ]);
-    assert_eq!(st.code(), Some(1), "{err}");
+    // A path jobd refuses is a configuration error.
+    assert_eq!(st.code(), Some(2), "{err}");
     assert!(
         err.contains("symbolic link") && err.contains(link.to_str().unwrap()),
         "{err}"

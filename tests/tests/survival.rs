@@ -83,7 +83,14 @@ fn a_closed_stderr_pipe_does_not_stop_jobd() {
     let h = echo_handler(dir.path());
     let mut j = Bare::spawn(
         dir.path(),
-        &["--listen", "127.0.0.1:0", "--prefork", "2", "--script", h.to_str().unwrap()],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--prefork",
+            "2",
+            "--script",
+            h.to_str().unwrap(),
+        ],
         Stdio::piped(),
     );
     let mut err = BufReader::new(j.child.stderr.take().unwrap());
@@ -168,4 +175,211 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// Defect 2: a log or scoreboard path that is a planted symlink, a FIFO,
+/// a device, a hard link or another user's file is refused at start (exit
+/// 2, naming the path and why) and the file it points to is untouched;
+/// a FIFO no longer hangs the start.
+#[test]
+fn planted_log_and_scoreboard_paths_are_refused() {
+    let dir = util::tempdir();
+    let h = echo_handler(dir.path());
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let hard = dir.path().join("hard");
+    std::fs::hard_link(&victim, &hard).unwrap();
+    let mut cases: Vec<(&Path, &str)> = vec![
+        (&link, "symbolic link"),
+        (&fifo, "a FIFO"),
+        (&hard, "hard links"),
+        (Path::new("/dev/null"), "not a regular file"),
+    ];
+    let theirs = dir.path().join("theirs");
+    if nix::unistd::geteuid().is_root() {
+        std::fs::write(&theirs, "").unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        cases.push((&theirs, "owned by uid 65534"));
+    }
+    for flag in ["--error-log", "--access-log", "--scoreboard"] {
+        for (path, why) in &cases {
+            let started = Instant::now();
+            let (st, _, err) = util::run_jobd(&[
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                path.to_str().unwrap(),
+                "--script",
+                h.to_str().unwrap(),
+            ]);
+            assert_eq!(st.code(), Some(2), "{flag} {}: {err}", path.display());
+            assert!(
+                err.contains(path.to_str().unwrap()) && err.contains(why),
+                "{flag} {}: want {why:?} in: {err}",
+                path.display()
+            );
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{flag} {} hung",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+/// Files jobd creates get documented modes: logs and scoreboard 0640.
+#[test]
+fn created_files_have_their_documented_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = util::tempdir();
+    let h = echo_handler(dir.path());
+    let (err, acc, sb) = (
+        dir.path().join("e.log"),
+        dir.path().join("a.log"),
+        dir.path().join("sb"),
+    );
+    let mut j = Bare::spawn(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--error-log",
+            err.to_str().unwrap(),
+            "--access-log",
+            acc.to_str().unwrap(),
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+        Stdio::null(),
+    );
+    util::wait_file_line(&err, |l| l.contains("listening on"));
+    for p in [&err, &acc, &sb] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{}", p.display());
+    }
+    assert!(j.stop().success());
+}
+
+/// Defect 4: a second jobd given the scoreboard of a running one refuses
+/// (exit 1, naming the holder's pid); the first serves on.
+#[test]
+fn a_second_jobd_on_a_live_scoreboard_is_refused() {
+    let dir = util::tempdir();
+    let h = echo_handler(dir.path());
+    let sb = dir.path().join("sb");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--scoreboard",
+        sb.to_str().unwrap(),
+        "--script",
+        h.to_str().unwrap(),
+    ];
+    let mut j = Bare::spawn(dir.path(), &args, Stdio::piped());
+    let mut err = BufReader::new(j.child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = util::listen_addr(&line);
+    let (st, _, msg) = util::run_jobd(&args);
+    assert_eq!(st.code(), Some(1), "{msg}");
+    assert!(
+        msg.contains("in use by another jobd") && msg.contains(&format!("pid {}", j.child.id())),
+        "{msg}"
+    );
+    echo(addr, "still-mine");
+    assert!(j.stop().success());
+    // Once it stopped, the scoreboard is free again.
+    let mut again = Bare::spawn(dir.path(), &args, Stdio::piped());
+    let mut err = BufReader::new(again.child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    assert!(again.stop().success());
+}
+
+/// Defect 4, the file shrinking: truncating the live scoreboard (to zero,
+/// then to half) used to kill the supervisor with SIGBUS. jobd restores
+/// its length, says so, serves on, and `jobd status` reads it again.
+#[test]
+fn truncating_the_live_scoreboard_does_not_kill_jobd() {
+    let dir = util::tempdir();
+    let h = echo_handler(dir.path());
+    let sb = dir.path().join("sb");
+    let mut j = Bare::spawn(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--prefork",
+            "2",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+        Stdio::piped(),
+    );
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let l2 = log.clone();
+    let err = j.child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            l2.lock().unwrap().push(l);
+        }
+    });
+    util::wait_until("the listening line", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("listening on"))
+    });
+    let addr = util::listen_addr(
+        log.lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("listening on"))
+            .unwrap(),
+    );
+    let full = std::fs::metadata(&sb).unwrap().len();
+    for len in [0, full / 2] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sb)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        for i in 0..5 {
+            echo(addr, &format!("after-truncate-{len}-{i}"));
+        }
+        util::wait_until("the length restored", || {
+            std::fs::metadata(&sb).unwrap().len() == full
+        });
+        assert!(j.alive(), "jobd died after the scoreboard shrank to {len}");
+    }
+    util::wait_until("the truncation logged", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("scoreboard file was truncated"))
+    });
+    util::wait_until("a readable status again", || {
+        let out = Command::new(util::jobd_bin())
+            .args(["status", "--json", "--scoreboard", sb.to_str().unwrap()])
+            .output()
+            .unwrap();
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"running\":true")
+    });
+    assert!(j.stop().success());
+    assert!(
+        !log.lock().unwrap().iter().any(|l| l.contains("panicked")),
+        "{:?}",
+        log.lock().unwrap()
+    );
 }

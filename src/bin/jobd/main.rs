@@ -35,7 +35,10 @@ fn main() -> ExitCode {
         Some(Command::Status(args)) => match jobd::status::read(&args.scoreboard) {
             Ok(st) => {
                 let text = if args.json {
-                    format!("{}\n", serde_json::to_string(&st).expect("status serializes"))
+                    format!(
+                        "{}\n",
+                        serde_json::to_string(&st).expect("status serializes")
+                    )
                 } else {
                     st.render()
                 };
