@@ -2,15 +2,20 @@
 //! seen from real clients.
 //!
 //! For each variant the bench starts `jobd --prefork C` on a free loopback
-//! port (default flags otherwise: `--fin-grace` stays at its 250 ms) with a
-//! handler script for the variant's kind of job, and C client threads that
+//! port (default flags otherwise: `--fin-grace` stays at its 250 ms, and
+//! `--containment` at `auto`, a cgroup per slot when jobd can create cgroups,
+//! unless the variant names `cgroup` or `subreaper`) with a handler script
+//! for the variant's kind of job, and C client threads that
 //! each loop: connect, learn the job's pids, open pidfds on them, hang up
 //! (`close()`: a FIN, or a reset through SO_LINGER 0), and poll the pidfds
 //! until the processes have exited. A finished client is replaced at once,
-//! so about C jobs run all the time. Three kinds of job:
+//! so about C jobs run all the time. Four kinds of job:
 //!
 //! - **silent** (the six `detector/watch/close` variants: detector ×
-//!   worker watch, plus resets with the scan alone): the handler starts
+//!   worker watch, plus resets with the scan alone, all with the default
+//!   containment; and `cgroup/silent` and `subreaper/silent`: sock-diag,
+//!   worker watch, FIN, with `--containment cgroup` or `subreaper`, side by
+//!   side): the handler starts
 //!   `sleep 300 &`, writes `$$ $!` (its own pid and the sleep's) into the
 //!   file `$TCPREMOTEPORT` of a directory the bench creates (its first
 //!   argument), sends *nothing* on the connection and `wait`s: a tree of two
@@ -21,6 +26,15 @@
 //!   no polling loop that would load the CPUs), removes it, waits a random
 //!   0–50 ms and hangs up. Latency: from the `close()` to the exit of the
 //!   last of the two processes.
+//! - **escaping** (`cgroup/escape` and `subreaper/escape`: sock-diag,
+//!   worker watch, FIN, under each containment): as silent, but the handler
+//!   daemonizes its child out of its process group and session (`setsid
+//!   sleep 300 &`; `$!` is the sleep itself, since `setsid` calls setsid(2)
+//!   and execs directly when it is not a group leader, and a background job
+//!   of a non-interactive sh is not). The client does as for silent jobs.
+//!   Latency: from the `close()` to both processes gone: the whole tree,
+//!   which only the containment (the slot's cgroup, or the worker as
+//!   subreaper) can still find.
 //! - **`answered-close`** (sock-diag, worker watch, FIN): the handler sends a
 //!   delimited answer, its pid on a line and then `END`, and spends 50 ms
 //!   (`sleep 0.05`) before it exits 0, as a handler that cleans up after its
@@ -45,20 +59,26 @@
 //! variant, default 60), `CANCEL_VARIANTS` (comma-separated variant names to
 //! run, default all: `sock-diag/watch-on/fin`, `sock-diag/watch-off/fin`,
 //! `procfs/watch-on/fin`, `procfs/watch-off/fin`, `sock-diag/watch-off/rst`,
-//! `procfs/watch-off/rst`, `answered-close`, `streaming`), `CANCEL_LOG_DIR`
-//! (write each variant's jobd log there).
+//! `procfs/watch-off/rst`, `cgroup/silent`, `subreaper/silent`,
+//! `cgroup/escape`, `subreaper/escape`, `answered-close`, `streaming`),
+//! `CANCEL_LOG_DIR` (write each variant's jobd log there).
 //!
 //! Output: a table, one `JSON ` line per variant, and PASS/MISS against the
 //! targets: p99 ≤ 25 ms with the worker watch and ≤ check interval + 25 ms
-//! by the periodic scan alone (silent jobs); 0 cancelled (`answered-close`);
-//! p99 ≤ FIN grace + 25 ms (`streaming`). The targets are information, not
-//! assertions.
+//! by the periodic scan alone (silent and escaping jobs); 0 cancelled
+//! (`answered-close`); p99 ≤ FIN grace + 25 ms (`streaming`). The targets
+//! are information, not assertions.
 //!
 //! Cleanup: jobd is stopped with SIGTERM (by the PID of the child this bench
 //! started) and waited for; job processes still alive are killed through the
 //! pidfds the clients opened, and any process that carries this run's marker
 //! in its environment (inherited from jobd) is killed after a pidfd is opened
-//! on it and the marker checked again.
+//! on it and the marker checked again: an escaped `setsid` child, in a
+//! session of its own, still carries it. A cgroup tree jobd logged and left
+//! behind is reported (`cgroup_left`) and its empty directories removed.
+
+// The `json!` of a report has more keys than the default limit expands.
+#![recursion_limit = "256"]
 
 mod common;
 
@@ -105,6 +125,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// the file only once it ends with a newline.
 const SILENT_HANDLER: &str =
     "#!/bin/sh\nsleep 300 &\necho \"$$ $!\" > \"$1/$TCPREMOTEPORT\"\nwait\n";
+/// As [`SILENT_HANDLER`], but the child leaves the handler's process group
+/// and session (`setsid` execs `sleep` in the same process: `$!` is the
+/// sleep's pid).
+const ESCAPING_HANDLER: &str =
+    "#!/bin/sh\nsetsid sleep 300 &\necho \"$$ $!\" > \"$1/$TCPREMOTEPORT\"\nwait\n";
 /// A delimited answer (its pid, then `END`), then 50 ms of cleanup.
 const ANSWERED_HANDLER: &str = "#!/bin/sh\necho \"$$\"\necho END\nsleep 0.05\nexit 0\n";
 /// The pids as the first line, then a line every 100 ms forever.
@@ -116,6 +141,8 @@ const STREAMING_HANDLER: &str =
 enum Kind {
     /// Sends nothing; the client waits 0–50 ms and hangs up.
     Silent,
+    /// As `Silent`, with the child in a session of its own (`setsid`).
+    Escaping,
     /// Answers up to `END` and cleans up for 50 ms; the client closes after
     /// `END`.
     AnsweredClose,
@@ -127,6 +154,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Silent => "silent",
+            Kind::Escaping => "escaping",
             Kind::AnsweredClose => "answered-close",
             Kind::Streaming => "streaming",
         }
@@ -135,6 +163,7 @@ impl Kind {
     fn handler_text(self) -> &'static str {
         match self {
             Kind::Silent => SILENT_HANDLER,
+            Kind::Escaping => ESCAPING_HANDLER,
             Kind::AnsweredClose => ANSWERED_HANDLER,
             Kind::Streaming => STREAMING_HANDLER,
         }
@@ -148,6 +177,9 @@ struct Variant {
     worker_watch: bool,
     reset: bool,
     kind: Kind,
+    /// `--containment`: `auto` (not passed: jobd's default), `cgroup` or
+    /// `subreaper`.
+    containment: &'static str,
 }
 
 const VARIANTS: &[Variant] = &[
@@ -157,6 +189,7 @@ const VARIANTS: &[Variant] = &[
         worker_watch: true,
         reset: false,
         kind: Kind::Silent,
+        containment: "auto",
     },
     Variant {
         name: "sock-diag/watch-off/fin",
@@ -164,6 +197,7 @@ const VARIANTS: &[Variant] = &[
         worker_watch: false,
         reset: false,
         kind: Kind::Silent,
+        containment: "auto",
     },
     Variant {
         name: "procfs/watch-on/fin",
@@ -171,6 +205,7 @@ const VARIANTS: &[Variant] = &[
         worker_watch: true,
         reset: false,
         kind: Kind::Silent,
+        containment: "auto",
     },
     Variant {
         name: "procfs/watch-off/fin",
@@ -178,6 +213,7 @@ const VARIANTS: &[Variant] = &[
         worker_watch: false,
         reset: false,
         kind: Kind::Silent,
+        containment: "auto",
     },
     Variant {
         name: "sock-diag/watch-off/rst",
@@ -185,6 +221,7 @@ const VARIANTS: &[Variant] = &[
         worker_watch: false,
         reset: true,
         kind: Kind::Silent,
+        containment: "auto",
     },
     Variant {
         name: "procfs/watch-off/rst",
@@ -192,6 +229,39 @@ const VARIANTS: &[Variant] = &[
         worker_watch: false,
         reset: true,
         kind: Kind::Silent,
+        containment: "auto",
+    },
+    Variant {
+        name: "cgroup/silent",
+        detector: "sock-diag",
+        worker_watch: true,
+        reset: false,
+        kind: Kind::Silent,
+        containment: "cgroup",
+    },
+    Variant {
+        name: "subreaper/silent",
+        detector: "sock-diag",
+        worker_watch: true,
+        reset: false,
+        kind: Kind::Silent,
+        containment: "subreaper",
+    },
+    Variant {
+        name: "cgroup/escape",
+        detector: "sock-diag",
+        worker_watch: true,
+        reset: false,
+        kind: Kind::Escaping,
+        containment: "cgroup",
+    },
+    Variant {
+        name: "subreaper/escape",
+        detector: "sock-diag",
+        worker_watch: true,
+        reset: false,
+        kind: Kind::Escaping,
+        containment: "subreaper",
     },
     Variant {
         name: "answered-close",
@@ -199,6 +269,7 @@ const VARIANTS: &[Variant] = &[
         worker_watch: true,
         reset: false,
         kind: Kind::AnsweredClose,
+        containment: "auto",
     },
     Variant {
         name: "streaming",
@@ -206,6 +277,7 @@ const VARIANTS: &[Variant] = &[
         worker_watch: true,
         reset: false,
         kind: Kind::Streaming,
+        containment: "auto",
     },
 ];
 
@@ -216,8 +288,10 @@ impl Variant {
         match self.kind {
             Kind::AnsweredClose => None,
             Kind::Streaming => Some(FIN_GRACE_MS + WATCH_TARGET_MS),
-            Kind::Silent if self.worker_watch => Some(WATCH_TARGET_MS),
-            Kind::Silent => Some(CHECK_INTERVAL.as_secs_f64() * 1e3 + WATCH_TARGET_MS),
+            Kind::Silent | Kind::Escaping if self.worker_watch => Some(WATCH_TARGET_MS),
+            Kind::Silent | Kind::Escaping => {
+                Some(CHECK_INTERVAL.as_secs_f64() * 1e3 + WATCH_TARGET_MS)
+            }
         }
     }
 
@@ -322,8 +396,15 @@ struct Report {
     log_cancelled_unsent: usize,
     /// `reason=` of the `job ended` lines, counted (`-`: none).
     log_end_reasons: std::collections::BTreeMap<String, usize>,
-    /// Pid files nobody took (silent jobs).
+    /// Pid files nobody took (silent and escaping jobs).
     pid_files_left: usize,
+    /// The containment jobd logged it uses (`cgroup`, `subreaper`; empty
+    /// if no such line).
+    containment_used: String,
+    /// jobd's cgroup tree as it logged it, and whether it was still there
+    /// after jobd stopped and the leftovers were killed.
+    cgroup_base: Option<PathBuf>,
+    cgroup_left: bool,
     log_problems: Vec<String>,
     /// jobd's own `seen_after_ms` of each `job cancelled` line, sorted.
     log_seen_after_ms: Vec<f64>,
@@ -368,6 +449,9 @@ impl Report {
             "close": if self.variant.reset { "rst" } else { "fin" },
             "fin_grace_ms": FIN_GRACE_MS,
             "check_interval_ms": CHECK_INTERVAL.as_millis() as u64,
+            "containment": self.variant.containment,
+            "containment_used": self.containment_used,
+            "cgroup_left": self.cgroup_left,
             "requested": self.requested,
             "n": self.latencies_ms.len(),
             "p50_ms": self.pct(0.50),
@@ -425,6 +509,9 @@ fn run_variant(v: &Variant, dir: &Path, n: usize, conc: usize, deadline: Duratio
         log_cancelled_unsent: 0,
         log_end_reasons: Default::default(),
         pid_files_left: 0,
+        containment_used: String::new(),
+        cgroup_base: None,
+        cgroup_left: false,
         log_problems: Vec::new(),
         log_seen_after_ms: Vec::new(),
         leftovers_killed: 0,
@@ -535,6 +622,16 @@ fn run_variant(v: &Variant, dir: &Path, n: usize, conc: usize, deadline: Duratio
                     .push(format!("jobd runs another configuration: {line}"));
             }
         }
+        if line.contains("job containment:") {
+            let used = field(line, "containment=").unwrap_or("").to_string();
+            if v.containment != "auto" && used != v.containment {
+                report
+                    .errors
+                    .push(format!("jobd runs another containment: {line}"));
+            }
+            report.cgroup_base = field(line, "cgroup=").map(PathBuf::from);
+            report.containment_used = used;
+        }
         if line.contains("job cancelled") {
             report.log_cancelled += 1;
             if field(line, "bytes_sent=") == Some("0") {
@@ -568,6 +665,26 @@ fn run_variant(v: &Variant, dir: &Path, n: usize, conc: usize, deadline: Duratio
         }
     }
     report.log_seen_after_ms.sort_by(f64::total_cmp);
+    // (Required only where the variant asks for one: `auto` variants also
+    // run against builds older than `--containment`.)
+    if v.containment != "auto" && report.containment_used.is_empty() {
+        report
+            .errors
+            .push("no `job containment:` line in jobd's log".into());
+    }
+    // jobd removes its cgroup tree as it stops; one left behind is
+    // reported, and its directories removed where empty (rmdir refuses a
+    // cgroup that still holds processes).
+    if let Some(base) = &report.cgroup_base
+        && base.exists()
+    {
+        report.cgroup_left = true;
+        report.errors.push(format!(
+            "cgroup tree {} still there after jobd stopped; {}",
+            base.display(),
+            remove_cgroup_tree(base)
+        ));
+    }
     if let Some(dir) = std::env::var_os("CANCEL_LOG_DIR") {
         let path = Path::new(&dir).join(format!("{}.log", v.name.replace('/', "_")));
         let mut text = server.lines.lock().unwrap().join("\n");
@@ -577,6 +694,33 @@ fn run_variant(v: &Variant, dir: &Path, n: usize, conc: usize, deadline: Duratio
         }
     }
     finish(report, t_start)
+}
+
+/// Removes a cgroup directory and its child cgroups, deepest first (only
+/// empty cgroups can go); says what was left.
+fn remove_cgroup_tree(base: &Path) -> String {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+        out.push(d.to_path_buf());
+    }
+    let mut dirs = Vec::new();
+    walk(base, &mut dirs);
+    let failed: Vec<String> = dirs
+        .iter()
+        .filter(|d| std::fs::remove_dir(d).is_err())
+        .map(|d| d.display().to_string())
+        .collect();
+    if failed.is_empty() {
+        "removed".into()
+    } else {
+        format!("could not remove {}", failed.join(", "))
+    }
 }
 
 /// The value of `name` (which includes the `=`) in a text log line.
@@ -616,8 +760,9 @@ struct StartError {
 }
 
 /// jobd's default flags but for the listener, the pool, the detector and
-/// the worker watch (and the check interval and stop grace, spelled out);
-/// the handler's one argument is the pid-file directory.
+/// the worker watch (and the check interval and stop grace, spelled out),
+/// and `--containment` unless the variant's is `auto` (the default, not
+/// passed); the handler's one argument is the pid-file directory.
 fn jobd_args(v: &Variant, handler: &Path, pid_dir: &Path, conc: usize) -> Vec<OsString> {
     let mut a: Vec<OsString> = [
         "--listen",
@@ -632,11 +777,15 @@ fn jobd_args(v: &Variant, handler: &Path, pid_dir: &Path, conc: usize) -> Vec<Os
         "100ms",
         "--grace",
         "2s",
-        "--script",
     ]
     .iter()
     .map(OsString::from)
     .collect();
+    if v.containment != "auto" {
+        a.push("--containment".into());
+        a.push(v.containment.into());
+    }
+    a.push("--script".into());
     a.push(handler.as_os_str().to_owned());
     a.push("--".into());
     a.push(pid_dir.as_os_str().to_owned());
@@ -769,7 +918,7 @@ fn one_job(plan: &ClientPlan, rng: &mut Rng) -> (ClientResult, Vec<OwnedFd>) {
 
     // The job's pids: from its pid file, its answer, or its first line.
     let pids: Vec<i32> = match v.kind {
-        Kind::Silent => {
+        Kind::Silent | Kind::Escaping => {
             let port = match stream.local_addr() {
                 Ok(a) => a.port(),
                 Err(e) => return err("local_addr", &e),
@@ -818,7 +967,7 @@ fn one_job(plan: &ClientPlan, rng: &mut Rng) -> (ClientResult, Vec<OwnedFd>) {
 
     // Up to the hang-up.
     let before = match v.kind {
-        Kind::Silent => {
+        Kind::Silent | Kind::Escaping => {
             // Stay connected for a random 0–50 ms, watching that the job
             // stays alive.
             let close_at = Instant::now() + Duration::from_millis(rng.below(MAX_DELAY_MS + 1));
@@ -1001,8 +1150,9 @@ fn fmt_ms(x: Option<f64>) -> String {
 fn print_table(reports: &[Report]) {
     println!();
     println!(
-        "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>9} {:>5} {:>8}  result",
+        "{:<24} {:>9} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>9} {:>14} {:>8}  result",
         "variant",
+        "contain",
         "n",
         "p50 ms",
         "p90 ms",
@@ -1012,13 +1162,18 @@ fn print_table(reports: &[Report]) {
         "watch/scan",
         "SIGKILL",
         "done/canc",
-        "bad",
+        "early/gone/err",
         "target"
     );
     for r in reports {
         println!(
-            "{:<24} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>9} {:>5} {:>8}  {}{}",
+            "{:<24} {:>9} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>8} {:>9} {:>14} {:>8}  {}{}",
             r.variant.name,
+            if r.containment_used.is_empty() {
+                "-"
+            } else {
+                &r.containment_used
+            },
             r.latencies_ms.len(),
             fmt_ms(r.pct(0.50)),
             fmt_ms(r.pct(0.90)),
@@ -1028,17 +1183,24 @@ fn print_table(reports: &[Report]) {
             format!("{}/{}", r.log_seen_watch, r.log_seen_scan),
             r.log_ended_sigkill,
             format!("{}/{}", r.log_ended_done, r.log_ended_cancelled),
-            r.died_early.len() + r.not_gone.len() + r.errors.len(),
+            format!(
+                "{}/{}/{}",
+                r.died_early.len(),
+                r.not_gone.len(),
+                r.errors.len()
+            ),
             r.variant.target_text(),
             r.verdict(),
             if r.timed_out { " (deadline hit)" } else { "" },
         );
     }
     println!(
-        "columns: latency from the client's close() to the job gone (answered-close: to the \
-         handler's exit); log canc = `job cancelled` lines in jobd's log; watch/scan = their \
+        "columns: contain = the containment jobd logged (`auto` variants: what it chose); \
+         latency from the client's close() to the job gone (answered-close: to the \
+         handler's exit; escaping: to the handler and its setsid child gone); log canc = `job cancelled` lines in jobd's log; watch/scan = their \
          seen_by; SIGKILL = cancelled jobs that ended by SIGKILL (after --kill-grace); \
          done/canc = `job ended` lines with outcome=done / outcome=cancelled; \
-         bad = died early + not gone + client errors"
+         early/gone/err = jobs died before the hang-up / not gone 10 s after it / client \
+         errors (and bench errors, such as a cgroup tree left behind)"
     );
 }

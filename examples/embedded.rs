@@ -25,6 +25,9 @@ fn main() {
         Some("subreaper") => jobd::config::Containment::Subreaper,
         _ => jobd::config::Containment::Auto,
     };
+    // Not waited for here: once the pool runs, its supervisor (this
+    // process) reaps every child that exits, this one included.
+    #[allow(clippy::zombie_processes)]
     let helper = std::process::Command::new("sleep")
         .arg("1000")
         .process_group(0)

@@ -750,6 +750,9 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         ) {
             return usage;
         }
+        // Counted (and logged) are the processes that had left the job's
+        // group; the group's own, already SIGKILLed, may be reparented
+        // here before they exit.
         let mut swept = 0;
         for _ in 0..64 {
             let left: Vec<Pid> = sys::children()
@@ -760,6 +763,9 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                 break;
             }
             for &p in &left {
+                if sys::group_and_session(p).is_some_and(|(g, _)| g != self.child.as_raw()) {
+                    swept += 1;
+                }
                 let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
             }
             for &p in &left {
@@ -767,7 +773,6 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                     usage.add(u);
                 }
             }
-            swept += left.len();
         }
         if swept > 0 {
             tracing::info!(
