@@ -246,9 +246,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Refuse to start unless root.
     pub require_root: bool,
-    /// Drop to this user after binding.
+    /// Run handlers and hook programs as this user (closure jobs: their
+    /// workers); jobd itself keeps the user it was started as.
     pub user: Option<String>,
-    /// Drop to this group after binding.
+    /// The group for `user` (default: the user's primary group).
     pub group: Option<String>,
     /// The job.
     pub job: JobSpec,

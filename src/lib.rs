@@ -149,3 +149,4 @@ pub use logfiles::{LogError, LossyStderr};
 pub use pidfile::PidFileError;
 pub use scoreboard::{ScoreboardError, SlotState};
 pub use server::{Server, ServerBuilder};
+pub use sys::cloexec_inherited;

@@ -17,9 +17,8 @@
 //! those numbers writes to the new files: logrotate's `mv` followed by
 //! SIGUSR1, sent to the supervisor and passed on to the workers, each of
 //! which calls [`reopen`] itself. Handlers that are already running keep the
-//! old stderr until they exit. Files are created with mode 0640; under
-//! `--user`, reopening creates the new files as that user, so it needs
-//! write access to the log directory.
+//! old stderr until they exit. Files are created with mode 0640, owned by
+//! jobd's user (`--user` changes only the handlers' user).
 //!
 //! It touches no other descriptor and writes nothing but these two files.
 

@@ -330,13 +330,13 @@ impl Server {
     ///
     /// The start, in this order: validate; take the pid file (refused when
     /// another jobd holds it); bind; create the scoreboard; open the logs;
-    /// daemonize; write the daemon's pid; drop privileges; `after_init`;
+    /// daemonize; write the daemon's pid; resolve `--user`; `after_init`;
     /// serve. On a clean stop the pid file is removed.
     ///
     /// With `daemonize`, relative paths are made absolute first (the daemon
     /// runs in `/`), and the calling process does not return on success: it
     /// exits with status 0 once the daemon reports that it is up (bound,
-    /// pid written, privileges dropped); when the daemon fails to start, it
+    /// pid written); when the daemon fails to start, it
     /// returns [`Error::DaemonFailed`] with the daemon's message.
     ///
     /// # Errors
@@ -396,7 +396,18 @@ impl Server {
             if let Some(p) = pid_file.as_mut().filter(|_| cfg.daemonize) {
                 p.write_pid(std::process::id())?;
             }
-            drop_privileges(cfg)?;
+            // `--user`: handlers and hook programs run as that user; a
+            // closure job runs in its worker, which drops to the user
+            // itself. jobd stays as it was started.
+            if let Some(u) = &cfg.user {
+                crate::spawn::set_run_as(u, cfg.group.as_deref()).map_err(|e| {
+                    Error::Privileges {
+                        user: u.clone(),
+                        group: cfg.group.clone().unwrap_or_else(|| "(primary)".into()),
+                        source: std::io::Error::other(e),
+                    }
+                })?;
+            }
             sys::ignore_sigpipe().map_err(Error::Setup)?;
             // From the moment the pid is known (the pid file, `up`), a
             // signal must not kill us with its default action: block the
@@ -473,11 +484,7 @@ fn resolve_containment(cfg: &Config) -> Result<Option<CgroupTree>, Error> {
         );
         return Ok(None);
     }
-    let tree = if cfg.user.is_some() {
-        Err("jobd cannot manage cgroups after dropping privileges (--user)".to_string())
-    } else {
-        CgroupTree::create()
-    };
+    let tree = CgroupTree::create();
     match (tree, cfg.containment) {
         (Ok(t), _) => {
             tracing::info!(containment = "cgroup", cgroup = %t.base().display(), "job containment: a cgroup per slot");
@@ -534,37 +541,6 @@ fn absolute_paths(cfg: &Config) -> std::io::Result<Config> {
         abs(p)?;
     }
     Ok(c)
-}
-
-/// `--user` / `--group`: clears the supplementary groups, then sets the
-/// group (the user's primary group without `--group`) and the user.
-fn drop_privileges(cfg: &Config) -> Result<(), Error> {
-    let Some(user) = &cfg.user else {
-        return Ok(());
-    };
-    let group_name = cfg.group.clone();
-    let fail = |group: String, source: std::io::Error| Error::Privileges {
-        user: user.clone(),
-        group,
-        source,
-    };
-    let group_shown = || group_name.clone().unwrap_or_else(|| "(primary)".into());
-    let u = nix::unistd::User::from_name(user)
-        .map_err(|e| fail(group_shown(), e.into()))?
-        .ok_or_else(|| fail(group_shown(), std::io::Error::other("no such user")))?;
-    let gid = match &group_name {
-        Some(g) => {
-            nix::unistd::Group::from_name(g)
-                .map_err(|e| fail(g.clone(), e.into()))?
-                .ok_or_else(|| fail(g.clone(), std::io::Error::other("no such group")))?
-                .gid
-        }
-        None => u.gid,
-    };
-    let shown = group_name.unwrap_or_else(|| gid.to_string());
-    daemon::drop_privileges(u.uid, gid).map_err(|e| fail(shown.clone(), e))?;
-    tracing::info!(user = %user, uid = u.uid.as_raw(), group = %shown, gid = gid.as_raw(), "dropped privileges");
-    Ok(())
 }
 
 /// An error and its causes on one line, as the binary prints them.

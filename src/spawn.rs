@@ -8,11 +8,11 @@
 use std::ffi::CString;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::SigSet;
 use nix::unistd::Pid;
 
 use crate::config::{JobLimit, JobSpec};
@@ -33,7 +33,9 @@ pub(crate) fn environ(except: &[&str]) -> Vec<CString> {
 
 /// `posix_spawn` attributes for a child of a worker or the supervisor: a
 /// new process group, an empty signal mask (ours blocks the signals read
-/// from a signalfd) and SIGPIPE back to its default (Rust ignores it).
+/// from a signalfd) and every signal at its default action: SIGPIPE (Rust
+/// ignores it), and whatever jobd's own parent left ignored (a SIGQUIT or
+/// SIGHUP ignored by `nohup` or a service manager).
 pub(crate) fn spawn_attr() -> io::Result<PosixSpawnAttr> {
     let mut attr = PosixSpawnAttr::init()?;
     attr.set_flags(
@@ -43,10 +45,193 @@ pub(crate) fn spawn_attr() -> io::Result<PosixSpawnAttr> {
     )?;
     attr.set_pgroup(Pid::from_raw(0))?;
     attr.set_sigmask(&SigSet::empty())?;
-    let mut dfl = SigSet::empty();
-    dfl.add(Signal::SIGPIPE);
-    attr.set_sigdefault(&dfl)?;
+    attr.set_sigdefault(&SigSet::all())?;
     Ok(attr)
+}
+
+/// Who handlers and hook programs run as: `--user` (and `--group`),
+/// resolved once by [`set_run_as`] before any fork. jobd itself (the
+/// supervisor and its workers) keeps the user it was started as, so that
+/// a handler can neither signal it nor reach its descriptors.
+#[derive(Debug, Clone)]
+pub(crate) struct RunAs {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    name: String,
+    home: std::path::PathBuf,
+}
+
+static RUN_AS: std::sync::OnceLock<RunAs> = std::sync::OnceLock::new();
+
+/// Resolves `--user` / `--group` (the user's primary group without
+/// `--group`) for every spawn of this process and its forks.
+pub(crate) fn set_run_as(user: &str, group: Option<&str>) -> Result<(), String> {
+    let u = nix::unistd::User::from_name(user)
+        .map_err(|e| format!("--user {user}: {e}"))?
+        .ok_or_else(|| format!("--user {user}: no such user"))?;
+    let gid = match group {
+        Some(g) => {
+            nix::unistd::Group::from_name(g)
+                .map_err(|e| format!("--group {g}: {e}"))?
+                .ok_or_else(|| format!("--group {g}: no such group"))?
+                .gid
+        }
+        None => u.gid,
+    };
+    let r = RunAs {
+        uid: u.uid,
+        gid,
+        name: u.name,
+        home: u.dir,
+    };
+    tracing::info!(user = %r.name, uid = r.uid.as_raw(), gid = r.gid.as_raw(), "handlers and hook programs run as this user; jobd itself keeps its own");
+    let _ = RUN_AS.set(r);
+    Ok(())
+}
+
+/// For a worker that runs closure jobs under `--user`: the worker itself
+/// becomes the user (a closure runs in it). No-op without `--user`.
+pub(crate) fn become_run_as() -> io::Result<()> {
+    match run_as() {
+        Some(r) => crate::sys::daemon::drop_privileges(r.uid, r.gid),
+        None => Ok(()),
+    }
+}
+
+fn run_as() -> Option<&'static RunAs> {
+    RUN_AS.get()
+}
+
+/// The environment variables `--user` sets for its programs.
+const USER_VARS: [&str; 3] = ["HOME", "USER", "LOGNAME"];
+
+fn add_user_vars(env: &mut Vec<CString>) {
+    if let Some(r) = run_as() {
+        env.retain(|kv| {
+            !USER_VARS.iter().any(|k| {
+                kv.as_bytes()
+                    .strip_prefix(k.as_bytes())
+                    .is_some_and(|r| r.first() == Some(&b'='))
+            })
+        });
+        let mut home = b"HOME=".to_vec();
+        home.extend_from_slice(r.home.as_os_str().as_bytes());
+        env.extend(CString::new(home).ok());
+        env.extend(CString::new(format!("USER={}", r.name)).ok());
+        env.extend(CString::new(format!("LOGNAME={}", r.name)).ok());
+    }
+}
+
+/// What a forked child sets up before it execs (see [`fork_exec`]).
+struct ChildSetup<'a> {
+    /// (source, target) descriptors to `dup2`.
+    fds: &'a [(BorrowedFd<'a>, i32)],
+    /// Open `/dev/null` on fd 1.
+    stdout_null: bool,
+    limits: &'a [JobLimit],
+}
+
+/// Forks the (single-threaded) calling process and execs `program` in the
+/// child, after setting up what posix_spawn would (a process group of its
+/// own, an empty signal mask, every signal at its default) plus what it
+/// cannot: rlimits, and the `--user` identity (supplementary groups
+/// cleared, then the group, then the user; checked not to be root again).
+/// A failed setup or exec is reported through a close-on-exec pipe, as
+/// posix_spawn reports it. Slower than posix_spawn (a full fork), so only
+/// when needed.
+fn fork_exec(
+    program: &std::ffi::CStr,
+    argv: &[CString],
+    env: &[CString],
+    setup: &ChildSetup<'_>,
+) -> io::Result<Pid> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    match crate::sys::fork()? {
+        crate::sys::Forked::Parent(pid) => {
+            drop(wr);
+            let mut errno = [0u8; 4];
+            let mut got = 0;
+            while got < errno.len() {
+                match nix::unistd::read(&rd, &mut errno[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            if got < errno.len() {
+                return Ok(pid);
+            }
+            // The child exits at once: reap it here, it never ran.
+            let _ = nix::sys::wait::waitpid(pid, None);
+            Err(io::Error::from_raw_os_error(i32::from_le_bytes(errno)))
+        }
+        crate::sys::Forked::Child => {
+            drop(rd);
+            let run = || -> nix::Result<()> {
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                crate::sys::default_signals().map_err(|_| nix::errno::Errno::EINVAL)?;
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&SigSet::empty()),
+                    None,
+                )?;
+                for (from, to) in setup.fds {
+                    if from.as_raw_fd() == *to {
+                        // dup2 onto itself keeps close-on-exec: clear it.
+                        nix::fcntl::fcntl(
+                            *from,
+                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                        )?;
+                    } else {
+                        // SAFETY: dup2 onto a number of the child's own.
+                        if unsafe { libc::dup2(from.as_raw_fd(), *to) } < 0 {
+                            return Err(nix::errno::Errno::last());
+                        }
+                    }
+                }
+                if setup.stdout_null {
+                    let null = nix::fcntl::open(
+                        c"/dev/null",
+                        nix::fcntl::OFlag::O_WRONLY,
+                        nix::sys::stat::Mode::empty(),
+                    )?;
+                    nix::unistd::dup2_stdout(&null)?;
+                }
+                for l in setup.limits {
+                    let (res, soft, hard) = match *l {
+                        // SIGXCPU at the limit, SIGKILL one second on.
+                        JobLimit::Cpu(s) => (Resource::RLIMIT_CPU, s, s.saturating_add(1)),
+                        JobLimit::As(b) => (Resource::RLIMIT_AS, b, b),
+                        JobLimit::Nofile(n) => (Resource::RLIMIT_NOFILE, n, n),
+                        JobLimit::Nproc(n) => (Resource::RLIMIT_NPROC, n, n),
+                        JobLimit::Core(b) => (Resource::RLIMIT_CORE, b, b),
+                        JobLimit::Fsize(b) => (Resource::RLIMIT_FSIZE, b, b),
+                    };
+                    setrlimit(res, soft, hard)?;
+                }
+                if let Some(r) = run_as() {
+                    nix::unistd::setgroups(&[])?;
+                    nix::unistd::setgid(r.gid)?;
+                    nix::unistd::setuid(r.uid)?;
+                    if !r.uid.is_root()
+                        && nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok()
+                    {
+                        return Err(nix::errno::Errno::EPERM);
+                    }
+                }
+                nix::unistd::execve(program, argv, env)?;
+                Ok(())
+            };
+            if let Err(e) = run() {
+                let _ = nix::unistd::write(&wr, &(e as i32).to_le_bytes());
+            }
+            // The exec failed: no destructors, no atexit handlers of the
+            // worker may run in this copy of it.
+            crate::sys::daemon::exit_now(127)
+        }
+    }
 }
 
 /// Spawns handlers with `posix_spawn` (glibc: `clone(CLONE_VM |
@@ -89,7 +274,8 @@ impl Spawner {
             "JOBD_JOB_ID",
             "JOBD_SLOT",
         ];
-        let base_env = environ(&ours);
+        let mut base_env = environ(&ours);
+        add_user_vars(&mut base_env);
         let attr = spawn_attr()?;
         Ok(Some(Spawner {
             program: prog,
@@ -125,8 +311,14 @@ impl Spawner {
         var("TCPREMOTEPORT", &peer.port().to_string());
         var("JOBD_JOB_ID", &job_id.to_string());
         var("JOBD_SLOT", &slot.to_string());
-        if !self.limits.is_empty() {
-            return self.spawn_limited(conn, &env);
+        if !self.limits.is_empty() || run_as().is_some() {
+            let fds = [(conn, 0), (conn, 1)];
+            let setup = ChildSetup {
+                fds: &fds,
+                stdout_null: false,
+                limits: &self.limits,
+            };
+            return fork_exec(&self.program, &self.argv, &env, &setup);
         }
         let mut fa = PosixSpawnFileActions::init()?;
         fa.add_dup2(conn.as_raw_fd(), 0)?;
@@ -138,74 +330,6 @@ impl Spawner {
             &self.argv,
             &env,
         )?)
-    }
-
-    /// The spawn with `--job-limit`: a fork of the (single-threaded)
-    /// worker that sets up what posix_spawn would (its own process group,
-    /// an empty signal mask, SIGPIPE by default, the connection on fds 0
-    /// and 1), sets the rlimits, and execs the handler. A failed setup or
-    /// exec is reported as posix_spawn reports it. Slower than posix_spawn
-    /// (a full fork), so only then.
-    fn spawn_limited(&self, conn: BorrowedFd<'_>, env: &[CString]) -> io::Result<Pid> {
-        use nix::sys::resource::{Resource, setrlimit};
-        // A close-on-exec pipe reports a failed setup or exec to the
-        // parent (as posix_spawn does): EOF means the exec happened.
-        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        match crate::sys::fork()? {
-            crate::sys::Forked::Parent(pid) => {
-                drop(wr);
-                let mut errno = [0u8; 4];
-                let mut got = 0;
-                while got < errno.len() {
-                    match nix::unistd::read(&rd, &mut errno[got..]) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Err(_) => break,
-                    }
-                }
-                if got < errno.len() {
-                    return Ok(pid);
-                }
-                // The child exits at once: reap it here, it never ran.
-                let _ = nix::sys::wait::waitpid(pid, None);
-                Err(io::Error::from_raw_os_error(i32::from_le_bytes(errno)))
-            }
-            crate::sys::Forked::Child => {
-                drop(rd);
-                let setup = || -> nix::Result<()> {
-                    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-                    nix::sys::signal::sigprocmask(
-                        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                        Some(&SigSet::empty()),
-                        None,
-                    )?;
-                    crate::sys::default_sigpipe().map_err(|_| nix::errno::Errno::EINVAL)?;
-                    nix::unistd::dup2_stdin(conn)?;
-                    nix::unistd::dup2_stdout(conn)?;
-                    for l in &self.limits {
-                        let (res, soft, hard) = match *l {
-                            // SIGXCPU at the limit, SIGKILL one second on.
-                            JobLimit::Cpu(s) => (Resource::RLIMIT_CPU, s, s + 1),
-                            JobLimit::As(b) => (Resource::RLIMIT_AS, b, b),
-                            JobLimit::Nofile(n) => (Resource::RLIMIT_NOFILE, n, n),
-                            JobLimit::Nproc(n) => (Resource::RLIMIT_NPROC, n, n),
-                            JobLimit::Core(b) => (Resource::RLIMIT_CORE, b, b),
-                            JobLimit::Fsize(b) => (Resource::RLIMIT_FSIZE, b, b),
-                        };
-                        setrlimit(res, soft, hard)?;
-                    }
-                    nix::unistd::execve(self.program.as_c_str(), &self.argv, env)?;
-                    Ok(())
-                };
-                if let Err(e) = setup() {
-                    let _ = nix::unistd::write(&wr, &(e as i32).to_le_bytes());
-                }
-                // The exec failed: no destructors, no atexit handlers of the
-                // worker may run in this copy of it.
-                crate::sys::daemon::exit_now(127)
-            }
-        }
     }
 }
 
@@ -235,14 +359,25 @@ pub(crate) fn spawn_hook(prog: &std::path::Path, line: &str) -> io::Result<Pid> 
         nix::sys::stat::Mode::empty(),
     )?;
     let path = std::ffi::CString::new(prog.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let env = environ(&[]);
-    let pid = nix::spawn::posix_spawn(
-        path.as_c_str(),
-        &fa,
-        &attr,
-        std::slice::from_ref(&path),
-        &env,
-    )?;
+    let mut env = environ(&[]);
+    add_user_vars(&mut env);
+    let pid = if run_as().is_some() {
+        let fds = [(rd.as_fd(), 0)];
+        let setup = ChildSetup {
+            fds: &fds,
+            stdout_null: true,
+            limits: &[],
+        };
+        fork_exec(&path, std::slice::from_ref(&path), &env, &setup)?
+    } else {
+        nix::spawn::posix_spawn(
+            path.as_c_str(),
+            &fa,
+            &attr,
+            std::slice::from_ref(&path),
+            &env,
+        )?
+    };
     drop(rd);
     // The event is far smaller than a pipe's buffer: this write never
     // blocks. A hook that does not read its stdin is not an error.

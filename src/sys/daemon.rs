@@ -207,10 +207,10 @@ pub fn replace_fd(new: BorrowedFd<'_>, target: &mut OwnedFd) -> io::Result<()> {
 /// `setuid(uid)` (in that order: after setuid, setgid is no longer
 /// allowed), and checks that root cannot be regained.
 ///
-/// The process is then marked dumpable again (the kernel clears the flag on
-/// a credential change), so that its `/proc/<pid>/` files belong to `uid`:
-/// the supervisor reads its workers' `/proc/<pid>/fd`, which it could not
-/// do on processes left non-dumpable (owned by root).
+/// The process stays non-dumpable (the kernel clears the flag on a
+/// credential change): its `/proc/<pid>/` files stay root's, so that no
+/// process of `uid` can read its descriptors; the supervisor, still root,
+/// can.
 pub fn drop_privileges(uid: Uid, gid: Gid) -> io::Result<()> {
     nix::unistd::setgroups(&[]).map_err(|e| io::Error::other(format!("setgroups: {e}")))?;
     nix::unistd::setgid(gid).map_err(|e| io::Error::other(format!("setgid {gid}: {e}")))?;
@@ -225,8 +225,6 @@ pub fn drop_privileges(uid: Uid, gid: Gid) -> io::Result<()> {
     {
         return Err(io::Error::other("the user and group did not change"));
     }
-    nix::sys::prctl::set_dumpable(true)
-        .map_err(|e| io::Error::other(format!("PR_SET_DUMPABLE: {e}")))?;
     Ok(())
 }
 

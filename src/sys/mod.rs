@@ -18,7 +18,7 @@ mod signals;
 pub use shm::SharedMap;
 pub(crate) use shm::shared_struct;
 pub use signals::{
-    SelfKillGuard, arm_self_kill, default_sigpipe, handled_set, handled_signalfd, ignore_sigpipe,
+    SelfKillGuard, arm_self_kill, default_signals, handled_set, handled_signalfd, ignore_sigpipe,
     reset_signals,
 };
 
@@ -27,6 +27,41 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+
+/// Marks every descriptor above 2 that this process inherited without
+/// close-on-exec as close-on-exec, so that the programs it starts get
+/// only 0, 1 and 2 (the `jobd` command, at its start). Returns how many
+/// it marked.
+pub fn cloexec_inherited() -> usize {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let fds: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    let mut marked = 0;
+    for fd in fds {
+        // SAFETY: only the descriptor flags of `fd` are read and set, for
+        // the duration of this call; a number that is no longer open (the
+        // directory's own descriptor) fails with EBADF.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(fl) = nix::fcntl::fcntl(b, nix::fcntl::FcntlArg::F_GETFD) {
+            let fl = nix::fcntl::FdFlag::from_bits_retain(fl);
+            if !fl.contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+                && nix::fcntl::fcntl(
+                    b,
+                    nix::fcntl::FcntlArg::F_SETFD(fl | nix::fcntl::FdFlag::FD_CLOEXEC),
+                )
+                .is_ok()
+            {
+                marked += 1;
+            }
+        }
+    }
+    marked
+}
 
 /// The result of [`fork`], as in `nix::unistd::ForkResult`.
 pub enum Forked {

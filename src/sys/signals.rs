@@ -59,14 +59,21 @@ pub fn reset_signals() -> io::Result<()> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None).map_err(io::Error::from)
 }
 
-/// Puts SIGPIPE back to its default action (in a forked child about to
-/// exec a handler).
-pub fn default_sigpipe() -> io::Result<()> {
-    use nix::sys::signal::SigHandler;
-    // SAFETY: SIG_DFL runs no code in signal context.
-    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
-        .map(|_| ())
-        .map_err(io::Error::from)
+/// Every signal back to its default action (in a forked child about to
+/// exec a program): what jobd handles, what Rust ignores (SIGPIPE), and
+/// what jobd's own parent left ignored.
+pub fn default_signals() -> io::Result<()> {
+    for n in 1..=libc::SIGRTMAX() {
+        if n == libc::SIGKILL || n == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL runs no code in signal context; numbers the
+        // kernel refuses (glibc's reserved real-time ones) return EINVAL.
+        unsafe {
+            libc::signal(n, libc::SIG_DFL);
+        }
+    }
+    Ok(())
 }
 
 /// Ignores SIGPIPE (a write to a hung-up client must be an EPIPE error,

@@ -78,6 +78,14 @@ pub(crate) fn worker_main(
             }
         }
     });
+    // `--user` with closure jobs: the job runs in this process, which
+    // becomes the user (handlers get the user at their exec instead).
+    if matches!(cfg.job, crate::config::JobSpec::Closure(_))
+        && let Err(e) = crate::spawn::become_run_as()
+    {
+        tracing::error!(slot, error = %e, "worker failed to switch to --user for its closure jobs");
+        return 1;
+    }
     run(
         cfg,
         sb,

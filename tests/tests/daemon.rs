@@ -207,8 +207,13 @@ fn sigusr1_reopens_the_logs() {
     d.stop();
 }
 
+/// `--user nobody`: handlers run as nobody (no supplementary groups, HOME,
+/// USER and LOGNAME of nobody), while jobd itself stays root. A hostile
+/// handler can reach nothing of jobd: it cannot signal its worker or the
+/// supervisor, read their descriptors in /proc, or take the listening
+/// socket with pidfd_getfd. Cancellation still works.
 #[test]
-fn user_nobody_runs_handlers_as_nobody() {
+fn user_nobody_runs_handlers_as_nobody_who_cannot_reach_jobd() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "skipped: --user needs root, and this test runs as uid {}",
@@ -223,10 +228,22 @@ fn user_nobody_runs_handlers_as_nobody() {
     let dir = tempdir();
     // The handler must be reachable by nobody.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let py = std::path::Path::new("/usr/bin/python3").exists();
     script(
         dir.path(),
         "h.sh",
-        "IFS= read -r x\nif [ \"$x\" = slow ]; then echo started; exec sleep 300; fi\necho \"uid=$(id -u) gid=$(id -g) groups=$(id -G)\"",
+        concat!(
+            "IFS= read -r x\n",
+            "if [ \"$x\" = slow ]; then echo started; exec sleep 300; fi\n",
+            "echo \"uid=$(id -u) gid=$(id -g) groups=$(id -G) home=$HOME user=$USER logname=$LOGNAME\"\n",
+            "sup=$(awk '{print $4}' /proc/$PPID/stat)\n",
+            "kill -0 $PPID 2>/dev/null && echo \"signal-worker=yes\" || echo \"signal-worker=no\"\n",
+            "kill -0 $sup 2>/dev/null && echo \"signal-supervisor=yes\" || echo \"signal-supervisor=no\"\n",
+            "ls /proc/$PPID/fd >/dev/null 2>&1 && echo \"worker-fds=yes\" || echo \"worker-fds=no\"\n",
+            "if [ -x /usr/bin/python3 ]; then\n",
+            "  /usr/bin/python3 -c 'import os,sys,ctypes\nlibc=ctypes.CDLL(None)\nok=False\ntry:\n  fd=os.pidfd_open(int(sys.argv[1]))\n  ok=any(libc.syscall(438,fd,n,0)>=0 for n in range(64))\nexcept OSError: pass\nprint(\"getfd=yes\" if ok else \"getfd=no\")' $PPID\n",
+            "fi\n",
+        ),
     );
     let h = dir.path().join("h.sh");
     let sb = dir.path().join("sb");
@@ -246,18 +263,25 @@ fn user_nobody_runs_handlers_as_nobody() {
     let out = j.request_all("who\n");
     let uid = nobody.uid.as_raw();
     let gid = nobody.gid.as_raw();
-    assert_eq!(out.trim(), format!("uid={uid} gid={gid} groups={gid}"));
-    // The supervisor and the worker run as nobody too.
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        format!(
+            "uid={uid} gid={gid} groups={gid} home={} user=nobody logname=nobody",
+            nobody.dir.display()
+        )
+    );
+    assert_eq!(lines.next(), Some("signal-worker=no"), "{out}");
+    assert_eq!(lines.next(), Some("signal-supervisor=no"), "{out}");
+    assert_eq!(lines.next(), Some("worker-fds=no"), "{out}");
+    if py {
+        assert_eq!(lines.next(), Some("getfd=no"), "{out}");
+    }
+    // jobd itself keeps root.
     let status = std::fs::read_to_string(format!("/proc/{}/status", j.pid())).unwrap();
     let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(
-        uids.split_whitespace()
-            .skip(1)
-            .all(|u| u == uid.to_string()),
-        "{uids}"
-    );
-    // Disconnect detection still works: the supervisor can read its
-    // workers' /proc/<pid>/fd (they stay dumpable).
+    assert!(uids.split_whitespace().skip(1).all(|u| u == "0"), "{uids}");
+    // Disconnect detection still works.
     let (s, line) = j.request_line("slow\n");
     assert_eq!(line.trim(), "started");
     drop(s);

@@ -383,3 +383,66 @@ fn truncating_the_live_scoreboard_does_not_kill_jobd() {
         log.lock().unwrap()
     );
 }
+
+/// Defect 10, inheritance: a descriptor jobd inherited without
+/// close-on-exec (fd 3..9 from its parent) and a signal its parent left
+/// ignored (SIGQUIT, as `nohup` and some service managers leave SIGHUP or
+/// SIGQUIT) do not reach handlers: they see fds 0, 1, 2 only and SIGQUIT
+/// at its default.
+#[test]
+fn handlers_get_only_fds_0_1_2_and_default_signals() {
+    use std::os::unix::process::CommandExt;
+    let dir = util::tempdir();
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        concat!(
+            "IFS= read -r _\n",
+            "fds=''; for n in 3 4 5 6 7 8 9; do [ -e /proc/self/fd/$n ] && fds=\"$fds $n\"; done\n",
+            "echo \"fds=[$fds] $(grep SigIgn /proc/self/status)\"",
+        ),
+    );
+    let leak = std::fs::File::open("/dev/null").unwrap();
+    let tag = util::fresh_tag();
+    let mut cmd = Command::new(util::jobd_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--prefork", "1", "--script", h.to_str().unwrap()])
+        .env("JOBD_TEST_TAG", &tag)
+        .env_remove("JOBD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&leak);
+    // SAFETY: between fork and exec only async-signal-safe calls: dup2
+    // onto fd 5 (without close-on-exec) and signal(SIGQUIT, SIG_IGN).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let mut j = Bare { child, tag };
+    let mut err = BufReader::new(j.child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = util::listen_addr(&line);
+    // jobd itself had them: the test set them up right.
+    let st = std::fs::read_to_string(format!("/proc/{}/status", j.child.id())).unwrap();
+    let ign = st.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
+    let mask = u64::from_str_radix(ign.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(mask & (1 << (libc::SIGQUIT - 1)), 0, "jobd should have SIGQUIT ignored: {ign}");
+    assert!(std::path::Path::new(&format!("/proc/{}/fd/5", j.child.id())).exists());
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"go\n").unwrap();
+    let mut out = String::new();
+    BufReader::new(&s).read_line(&mut out).unwrap();
+    assert!(out.starts_with("fds=[]"), "{out}");
+    let mask = u64::from_str_radix(out.trim().rsplit(['\t', ' ']).next().unwrap(), 16).unwrap();
+    assert_eq!(mask & (1 << (libc::SIGQUIT - 1)), 0, "SIGQUIT still ignored: {out}");
+    drop(err);
+    assert!(j.stop().success());
+}

@@ -302,7 +302,7 @@ pub struct RunArgs {
 
     /// How a job's whole process tree is contained: a cgroup v2 per slot,
     /// killed with cgroup.kill (auto: when jobd can create cgroups, as root
-    /// or in a delegated subtree, and does not drop privileges), or the
+    /// or in a delegated subtree), or the
     /// worker as its jobs' subreaper.
     #[arg(long, value_enum, default_value = "auto")]
     pub containment: ContainmentArg,
@@ -388,11 +388,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub require_root: bool,
 
-    /// After binding and opening files, run as this user (needs root).
+    /// Run handlers and hook programs as this user (needs root); jobd
+    /// itself stays root, out of their reach.
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
 
-    /// After binding and opening files, run as this group (needs root).
+    /// With --user: the group handlers run as (default: the user's).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
 }

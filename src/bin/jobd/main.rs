@@ -30,6 +30,9 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Descriptors inherited from our parent (an fd 3 left open by a shell
+    // or a service manager) are not passed on to handlers.
+    jobd::cloexec_inherited();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Status(args)) => match jobd::status::read(&args.scoreboard) {
