@@ -405,12 +405,19 @@ fn handlers_get_only_fds_0_1_2_and_default_signals() {
     let leak = std::fs::File::open("/dev/null").unwrap();
     let tag = util::fresh_tag();
     let mut cmd = Command::new(util::jobd_bin());
-    cmd.args(["--listen", "127.0.0.1:0", "--prefork", "1", "--script", h.to_str().unwrap()])
-        .env("JOBD_TEST_TAG", &tag)
-        .env_remove("JOBD_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--prefork",
+        "1",
+        "--script",
+        h.to_str().unwrap(),
+    ])
+    .env("JOBD_TEST_TAG", &tag)
+    .env_remove("JOBD_LOG")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let raw = std::os::fd::AsRawFd::as_raw_fd(&leak);
     // SAFETY: between fork and exec only async-signal-safe calls: dup2
     // onto fd 5 (without close-on-exec) and signal(SIGQUIT, SIG_IGN).
@@ -433,7 +440,11 @@ fn handlers_get_only_fds_0_1_2_and_default_signals() {
     let st = std::fs::read_to_string(format!("/proc/{}/status", j.child.id())).unwrap();
     let ign = st.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
     let mask = u64::from_str_radix(ign.split_whitespace().nth(1).unwrap(), 16).unwrap();
-    assert_ne!(mask & (1 << (libc::SIGQUIT - 1)), 0, "jobd should have SIGQUIT ignored: {ign}");
+    assert_ne!(
+        mask & (1 << (libc::SIGQUIT - 1)),
+        0,
+        "jobd should have SIGQUIT ignored: {ign}"
+    );
     assert!(std::path::Path::new(&format!("/proc/{}/fd/5", j.child.id())).exists());
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -442,7 +453,11 @@ fn handlers_get_only_fds_0_1_2_and_default_signals() {
     BufReader::new(&s).read_line(&mut out).unwrap();
     assert!(out.starts_with("fds=[]"), "{out}");
     let mask = u64::from_str_radix(out.trim().rsplit(['\t', ' ']).next().unwrap(), 16).unwrap();
-    assert_eq!(mask & (1 << (libc::SIGQUIT - 1)), 0, "SIGQUIT still ignored: {out}");
+    assert_eq!(
+        mask & (1 << (libc::SIGQUIT - 1)),
+        0,
+        "SIGQUIT still ignored: {out}"
+    );
     drop(err);
     assert!(j.stop().success());
 }
