@@ -121,6 +121,7 @@ mod cgroup;
 pub mod config;
 pub mod control;
 pub mod detect;
+mod episode;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -357,6 +357,13 @@ pub(crate) enum Counter {
     CpuUserMs,
     /// System CPU time of ended jobs, ms (added, not counted).
     CpuSysMs,
+    /// Failures of the disconnect detection path (a scan, a check of a
+    /// worker's descriptors) that the next scan retries.
+    DetectFailures,
+    /// Failed `accept` calls in workers (EMFILE, ENOBUFS...).
+    AcceptFailures,
+    /// Connections closed at once by `--max-per-source`.
+    PerSourceRefused,
 }
 crate::sys::shared_struct! {
     /// A socket address stored as atomics.
@@ -454,6 +461,9 @@ crate::sys::shared_struct! {
         containment: AtomicU32,
         cpu_user_ms: AtomicU64,
         cpu_sys_ms: AtomicU64,
+        detect_failures: AtomicU64,
+        accept_failures: AtomicU64,
+        per_source_refused: AtomicU64,
     }
 }
 
@@ -531,6 +541,9 @@ impl Header {
             Counter::CancelledClientUnresponsive => &self.cancelled_client_unresponsive,
             Counter::CpuUserMs => &self.cpu_user_ms,
             Counter::CpuSysMs => &self.cpu_sys_ms,
+            Counter::DetectFailures => &self.detect_failures,
+            Counter::AcceptFailures => &self.accept_failures,
+            Counter::PerSourceRefused => &self.per_source_refused,
         }
     }
 

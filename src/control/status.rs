@@ -81,6 +81,13 @@ pub struct Totals {
     pub cpu_sys_ms: u64,
     /// Workers forked since start.
     pub workers_spawned: u64,
+    /// Failures of the disconnect detection path that the next scan
+    /// retried (out of descriptors, netlink errors).
+    pub detect_failures: u64,
+    /// Failed `accept` calls in workers (EMFILE, ENOBUFS...).
+    pub accept_failures: u64,
+    /// Connections closed at once by `--max-per-source`.
+    pub per_source_refused: u64,
 }
 
 /// The whole status.
@@ -175,6 +182,9 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             cpu_user_ms: h.get(Counter::CpuUserMs),
             cpu_sys_ms: h.get(Counter::CpuSysMs),
             workers_spawned: h.get(Counter::WorkersSpawned),
+            detect_failures: h.get(Counter::DetectFailures),
+            accept_failures: h.get(Counter::AcceptFailures),
+            per_source_refused: h.get(Counter::PerSourceRefused),
         },
         slots,
     }
@@ -262,6 +272,10 @@ impl Status {
         out.push_str(&format!(
             "jobs' CPU {} ms user, {} ms system\n",
             t.cpu_user_ms, t.cpu_sys_ms
+        ));
+        out.push_str(&format!(
+            "faults: detection {}  accept {}  refused per source {}\n",
+            t.detect_failures, t.accept_failures, t.per_source_refused
         ));
         let q = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
         out.push_str(&format!(

@@ -48,26 +48,42 @@ struct PoolWorkers<'a>(&'a [SlotRec]);
 
 impl Workers for PoolWorkers<'_> {
     fn pid(&self, slot: usize) -> Option<Pid> {
-        self.0
-            .get(slot)?
-            .worker
-            .as_ref()
-            .filter(|w| w.pidfd.is_some())
-            .map(|w| w.pid)
+        self.0.get(slot)?.worker.as_ref().map(|w| w.pid)
     }
 
+    /// Through the worker's pidfd; without one (pidfd_open failed, out of
+    /// descriptors), by its pid, which is safe only because it is our own
+    /// unreaped child: its pid cannot be reused before we reap it, and
+    /// its record goes when we do.
     fn poke(&self, slot: usize) -> std::io::Result<()> {
-        let fd = self
+        let w = self
             .0
             .get(slot)
             .and_then(|s| s.worker.as_ref())
-            .and_then(|w| w.pidfd.as_ref())
-            .ok_or_else(|| std::io::Error::other("no pidfd for this worker"))?;
-        fd.signal(Signal::SIGUSR2)
+            .ok_or_else(|| std::io::Error::other("no worker in this slot"))?;
+        match &w.pidfd {
+            Some(fd) => fd.signal(Signal::SIGUSR2),
+            None => nix::sys::signal::kill(w.pid, Signal::SIGUSR2).map_err(std::io::Error::from),
+        }
     }
 
-    fn holds(&self, slot: usize, inode: u64) -> bool {
-        self.pid(slot).is_some_and(|pid| proc_fd_holds(pid, inode))
+    fn kill(&self, slot: usize) -> std::io::Result<()> {
+        let w = self
+            .0
+            .get(slot)
+            .and_then(|s| s.worker.as_ref())
+            .ok_or_else(|| std::io::Error::other("no worker in this slot"))?;
+        match &w.pidfd {
+            Some(fd) => fd.signal(Signal::SIGKILL),
+            None => nix::sys::signal::kill(w.pid, Signal::SIGKILL).map_err(std::io::Error::from),
+        }
+    }
+
+    fn holds(&self, slot: usize, inode: u64) -> std::io::Result<bool> {
+        match self.pid(slot) {
+            Some(pid) => proc_fd_holds(pid, inode),
+            None => Ok(false),
+        }
     }
 }
 

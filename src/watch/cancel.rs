@@ -1,6 +1,8 @@
 //! Cancelling a job: the request written into the job's slot and the poke
 //! of its worker, the verdict carried out (`job cancelled` or `job kept`),
-//! and the kill of a closure job's worker after `--kill-grace`.
+//! the kill of a closure job's worker after `--kill-grace`, and of a
+//! handler job's worker that did not carry out its cancel in time (a
+//! stopped worker).
 //!
 //! Never signals a pid read from the scoreboard, and never signals a job
 //! itself: the worker, the handler's parent, kills the job's group only if
@@ -24,8 +26,12 @@ impl From<DisconnectReason> for CancelReason {
     }
 }
 
-/// A closure job asked to cancel: its worker is killed if it still runs
-/// the job at `at`.
+/// How long after the kill grace a handler job still running after its
+/// cancel request makes the supervisor kill its worker.
+const HANDLER_FOLLOW_UP: Duration = Duration::from_millis(500);
+
+/// A job asked to cancel: its worker is killed if it still runs the job at
+/// `at`.
 struct PendingKill {
     slot: usize,
     job: JobView,
@@ -68,13 +74,18 @@ impl Canceller {
             tracing::warn!(slot, job = job.job_id, error = %e, "failed to poke the worker to cancel its job");
             return false;
         }
-        if job.kind == JobKind::Closure {
-            self.pending_kills.push(PendingKill {
-                slot,
-                job: *job,
-                at: Instant::now() + kill_grace,
-            });
-        }
+        // A closure is followed up at the kill grace; a handler job is its
+        // worker's to end (it SIGKILLs the job at the kill grace), and is
+        // followed up only if the worker has not done so a while later.
+        let at = match job.kind {
+            JobKind::Closure => kill_grace,
+            _ => kill_grace + HANDLER_FOLLOW_UP,
+        };
+        self.pending_kills.push(PendingKill {
+            slot,
+            job: *job,
+            at: Instant::now() + at,
+        });
         true
     }
 
@@ -114,17 +125,36 @@ impl Canceller {
 
     /// Closure jobs asked to cancel that still run after the kill grace:
     /// their worker is asked to kill itself (and is replaced).
-    pub(crate) fn kill_overdue_closures(
-        &mut self,
-        sb: &Scoreboard,
-        workers: &dyn Workers,
-        now: Instant,
-    ) {
+    pub(crate) fn kill_overdue(&mut self, sb: &Scoreboard, workers: &dyn Workers, now: Instant) {
         self.pending_kills.retain(|k| {
             if k.at > now {
                 return true;
             }
             let board = sb.slot(k.slot);
+            if k.job.kind != JobKind::Closure {
+                // The worker (our own child) should have ended this job by
+                // now; one that has not is stopped or stuck. It is killed,
+                // and with it goes its job: the supervisor kills what a dead
+                // worker leaves (its job cgroup, its adopted groups).
+                if let Some(pid) = workers.pid(k.slot)
+                    && board.still_runs(&k.job)
+                {
+                    tracing::warn!(
+                        slot = k.slot,
+                        pid = pid.as_raw(),
+                        job = k.job.job_id,
+                        stopped = workers.stopped(k.slot),
+                        "the worker did not carry out the cancel within the kill grace; killing the worker and its job"
+                    );
+                    // Recorded first, so that the worker's death reads as
+                    // planned (no crash-loop back-off).
+                    board.request_kill(&k.job);
+                    if let Err(e) = workers.kill(k.slot) {
+                        tracing::error!(slot = k.slot, error = %e, "failed to kill the worker");
+                    }
+                }
+                return false;
+            }
             if let Some(pid) = workers.pid(k.slot)
                 && board.request_kill(&k.job)
             {
@@ -165,7 +195,35 @@ mod tests {
             Some(CancelReason::Timeout)
         );
         assert_eq!(w.pokes(), vec![1]);
-        assert_eq!(c.next_due(), None, "a handler job needs no follow-up kill");
+        assert!(c.next_due().is_some(), "a handler job is followed up");
+        // Its worker ended it in time: the follow-up kills nothing.
+        sb.slot(1).end_job();
+        c.kill_overdue(&sb, &w, Instant::now() + Duration::from_secs(5));
+        assert!(w.kills().is_empty());
+        assert_eq!(c.next_due(), None);
+    }
+
+    /// Defect 9 of issue 11: a stopped worker did not carry out a cancel
+    /// until it resumed. After the kill grace (and a margin) the supervisor
+    /// kills the worker, its own child, and the job goes with it.
+    #[test]
+    fn a_worker_that_does_not_end_its_cancelled_job_is_killed() {
+        let sb = Scoreboard::anonymous(2).unwrap();
+        let w = FakeWorkers::with(&[(1, 4242)]);
+        let j = running(&sb, 1, job(7, JobKind::Handler));
+        let mut c = Canceller::default();
+        assert!(c.cancel(
+            &sb,
+            &w,
+            1,
+            &j,
+            req(CancelReason::ClientReset),
+            Duration::from_millis(100)
+        ));
+        c.kill_overdue(&sb, &w, Instant::now());
+        assert!(w.kills().is_empty(), "not before the kill grace");
+        c.kill_overdue(&sb, &w, Instant::now() + Duration::from_secs(1));
+        assert_eq!(w.kills(), vec![1]);
     }
 
     /// Regression guard: a decision taken on a job that has since ended (or
@@ -238,7 +296,7 @@ mod tests {
         assert!(c.next_due().is_some());
         // Job 8 returns in time; job 7 does not.
         sb.slot(1).end_job();
-        c.kill_overdue_closures(&sb, &w, Instant::now());
+        c.kill_overdue(&sb, &w, Instant::now());
         assert!(sb.slot(0).kill_requested(7));
         assert!(!sb.slot(1).kill_requested(8));
         assert_eq!(w.pokes(), vec![0, 1, 0]);

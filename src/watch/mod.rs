@@ -21,6 +21,8 @@ mod testutil;
 mod verdict;
 mod workers;
 
+use crate::episode::Episode;
+use crate::scoreboard::Counter;
 pub(crate) use workers::{Workers, proc_fd_holds};
 
 use std::collections::HashSet;
@@ -33,7 +35,7 @@ use crate::config::{Config, DetectorKind, FinPolicy};
 use crate::detect::procfs::ProcNet;
 use crate::detect::sockdiag::SockDiag;
 use crate::detect::{
-    DetectError, Gone, JOB_SOCKET_STATES, RunningJob, SockEntry, SocketSource, diff, tcp_state,
+    Gone, JOB_SOCKET_STATES, RunningJob, SockEntry, SocketSource, diff, tcp_state,
 };
 use crate::hooks::{DisconnectEvent, DisconnectReason, Hooks};
 use crate::scoreboard::{
@@ -76,7 +78,10 @@ pub(crate) struct Watch {
     canceller: Canceller,
     /// `--disconnect-hook` programs running, one per judged job.
     hooks: PendingHooks,
-    last_error_log: Option<Instant>,
+    /// A scan failing, episode by episode.
+    scan_fault: Episode,
+    /// A check of a worker's descriptors failing.
+    holds_fault: Episode,
 }
 
 fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> DisconnectEvent {
@@ -145,7 +150,8 @@ impl Watch {
             judged: HashSet::new(),
             canceller: Canceller::default(),
             hooks: PendingHooks::default(),
-            last_error_log: None,
+            scan_fault: Episode::new("disconnect scan"),
+            holds_fault: Episode::new("check of a worker's descriptors"),
         })
     }
 
@@ -182,17 +188,6 @@ impl Watch {
     /// Kills the hook programs still running (the watch's owner stops).
     pub(crate) fn kill_hooks(&mut self) {
         self.hooks.kill_all();
-    }
-
-    fn log_error(&mut self, e: &DetectError) {
-        let now = Instant::now();
-        if self
-            .last_error_log
-            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
-        {
-            self.last_error_log = Some(now);
-            tracing::warn!(error = %e, "disconnect scan failed");
-        }
     }
 
     /// Keeps the reset candidates whose socket is really gone: an exact
@@ -306,7 +301,7 @@ impl Watch {
         woken: bool,
     ) {
         let now = Instant::now();
-        self.canceller.kill_overdue_closures(sb, workers, now);
+        self.canceller.kill_overdue(sb, workers, now);
         for (j, verdict, by) in self.hooks.resolve(cfg, now) {
             if sb.slot(j.slot).still_runs(&j.job) {
                 self.canceller
@@ -379,9 +374,14 @@ impl Watch {
             .dump(self.port, JOB_SOCKET_STATES, &mut seen);
         if let Err(e) = res {
             self.seen = seen;
-            self.log_error(&e);
+            // Logged once per episode, counted; the next tick scans again
+            // (the backstop is not pushed back).
+            sb.header().count(Counter::DetectFailures);
+            self.scan_fault.failed(None, &e);
+            self.next_backstop = now;
             return;
         }
+        self.scan_fault.ok(None);
         let mut gone = diff(&jobs, &mut seen, scan_start, fin_counts);
         self.seen = seen;
         self.confirm_resets(sb, &mut gone);
@@ -437,8 +437,16 @@ impl Watch {
         if self.judged.contains(&job.job_id) || !board.still_runs(&job) {
             return; // judged already, or ending and closing its socket itself
         }
-        if !workers.holds(g.slot, job.inode) {
-            return; // the record is not this worker's socket any more
+        match workers.holds(g.slot, job.inode) {
+            Ok(true) => self.holds_fault.ok(None),
+            Ok(false) => return, // the record is not this worker's socket any more
+            Err(e) => {
+                // Nobody can tell (out of descriptors): no verdict now;
+                // the next scan finds the job again and retries.
+                sb.header().count(Counter::DetectFailures);
+                self.holds_fault.failed(Some(g.slot), &e);
+                return;
+            }
         }
         // Re-check after the confirmations: still the same job, running.
         if !board.still_runs(&job) {
@@ -520,6 +528,32 @@ mod tests {
         );
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
         assert_eq!(w.pokes(), vec![1], "a job is judged once");
+    }
+
+    /// Defect 7 of issue 11: out of descriptors, the check that the worker
+    /// still holds the socket failed silently and the hang-up was lost.
+    /// Now it is counted, no verdict is given while nobody can tell, and
+    /// the next tick acts.
+    #[test]
+    fn a_hangup_seen_while_out_of_descriptors_is_counted_and_retried() {
+        let (cfg, sb) = (cfg(), board(1));
+        let w = FakeWorkers::with(&[(0, 77)]);
+        let j = running(&sb, 0, job(9, JobKind::Handler));
+        sb.slot(0).report_hangup(Hangup::Reset);
+        let mut watch = Watch::new(&cfg, &sb).unwrap();
+        w.holds_fails.set(true);
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
+        assert_eq!(sb.slot(0).cancel_requested(j.job_id), None);
+        assert_eq!(sb.header().get(Counter::DetectFailures), 2);
+        assert!(watch.holds_fault.active());
+        w.holds_fails.set(false);
+        watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
+        assert_eq!(
+            sb.slot(0).cancel_requested(j.job_id).map(|r| r.reason),
+            Some(CancelReason::ClientReset)
+        );
+        assert!(!watch.holds_fault.active());
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::scoreboard::{JobKind, JobView, Scoreboard};
 pub(crate) struct FakeWorkers {
     pids: HashMap<usize, Pid>,
     pokes: RefCell<Vec<usize>>,
+    kills: RefCell<Vec<usize>>,
+    /// `holds` fails (as out of descriptors) while set.
+    pub(crate) holds_fails: std::cell::Cell<bool>,
 }
 
 impl FakeWorkers {
@@ -22,7 +25,14 @@ impl FakeWorkers {
         FakeWorkers {
             pids: slots.iter().map(|&(s, p)| (s, Pid::from_raw(p))).collect(),
             pokes: RefCell::new(Vec::new()),
+            kills: RefCell::new(Vec::new()),
+            holds_fails: std::cell::Cell::new(false),
         }
+    }
+
+    /// The slots whose worker was killed, in order.
+    pub(crate) fn kills(&self) -> Vec<usize> {
+        self.kills.borrow().clone()
     }
 
     /// The slots poked so far, in order.
@@ -41,8 +51,16 @@ impl Workers for FakeWorkers {
         Ok(())
     }
 
-    fn holds(&self, slot: usize, _inode: u64) -> bool {
-        self.pids.contains_key(&slot)
+    fn kill(&self, slot: usize) -> std::io::Result<()> {
+        self.kills.borrow_mut().push(slot);
+        Ok(())
+    }
+
+    fn holds(&self, slot: usize, _inode: u64) -> std::io::Result<bool> {
+        if self.holds_fails.get() {
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        Ok(self.pids.contains_key(&slot))
     }
 }
 

@@ -21,19 +21,39 @@ pub(crate) trait Workers {
     /// (SIGUSR2 through a pidfd). Fails when it cannot be reached.
     fn poke(&self, slot: usize) -> io::Result<()>;
 
-    /// Whether the worker of `slot` holds the socket with this inode.
-    fn holds(&self, slot: usize, inode: u64) -> bool;
+    /// SIGKILLs the worker of `slot` (through its pidfd, or its pid while it
+    /// is the caller's unreaped child).
+    fn kill(&self, slot: usize) -> io::Result<()>;
+
+    /// Whether the worker of `slot` is stopped (SIGSTOP), for the log.
+    fn stopped(&self, slot: usize) -> bool {
+        self.pid(slot).is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{}/stat", p.as_raw()))
+                .ok()
+                .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()))
+                == Some('T')
+        })
+    }
+
+    /// Whether the worker of `slot` holds the socket with this inode; an
+    /// error when it cannot tell (out of descriptors), for the caller to
+    /// retry.
+    fn holds(&self, slot: usize, inode: u64) -> io::Result<bool>;
 }
 
 /// Whether `/proc/<pid>/fd` holds `socket:[inode]`. An unreadable
-/// directory (EACCES) does not count against it.
-pub(crate) fn proc_fd_holds(pid: Pid, inode: u64) -> bool {
+/// directory (EACCES) does not count against it; a failure to open it
+/// (EMFILE, ENOMEM) is an error: nobody can tell.
+pub(crate) fn proc_fd_holds(pid: Pid, inode: u64) -> io::Result<bool> {
     let dir = format!("/proc/{}/fd", pid.as_raw());
     let want = format!("socket:[{inode}]");
     match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
+        Ok(rd) => Ok(rd
             .flatten()
-            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str())),
-        Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(true),
+        // The worker is gone: its record is stale.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }

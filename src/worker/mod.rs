@@ -16,7 +16,7 @@ pub(crate) mod signals;
 use std::cell::RefCell;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
@@ -25,8 +25,9 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{JobCgroup, SlotCgroups};
 use crate::config::Config;
+use crate::episode::Episode;
 use crate::hooks::Hooks;
-use crate::scoreboard::{Scoreboard, SlotState};
+use crate::scoreboard::{Counter, Scoreboard, SlotState};
 use crate::sys;
 use inline::InlineWatch;
 use job::{Overseer, Runner};
@@ -194,23 +195,41 @@ fn run(
         .local_addr()
         .ok()
         .filter(|a| !a.ip().is_unspecified());
-    let max_requests = (cfg.max_requests_per_child > 0)
-        .then(|| cfg.max_requests_per_child + jitter(cfg.max_requests_jitter));
+    let max_requests = (cfg.max_requests_per_child > 0).then(|| {
+        cfg.max_requests_per_child
+            .saturating_add(jitter(cfg.max_requests_jitter))
+    });
+    // Accept failing (out of descriptors, memory): one log line per
+    // episode, and the listener left out of the epoll set for a back-off
+    // that doubles up to a second, so that the worker neither spins nor
+    // floods its log, and other workers may take the clients.
+    let mut accept_fault = Episode::new("accept");
+    let mut backoff = Duration::ZERO;
+    let mut resume_at: Option<Instant> = None;
     loop {
         if after.exit_now || after.retire {
             board.set_state(SlotState::Exiting);
             return 0;
         }
         board.set_state(SlotState::Idle);
-        // Between jobs, the inline watch still has hook programs to reap.
-        let timeout = match inline {
-            Some(w) => {
-                let left = w
-                    .borrow()
-                    .next_due()
-                    .saturating_duration_since(Instant::now());
-                EpollTimeout::try_from(left).unwrap_or(EpollTimeout::NONE)
+        if resume_at.is_some_and(|t| Instant::now() >= t) {
+            resume_at = None;
+            if let Err(e) = epoll.add(
+                listener.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER),
+            ) {
+                tracing::error!(slot, error = %e, "failed to watch the listener again");
+                return 1;
             }
+        }
+        // Between jobs, the inline watch still has hook programs to reap.
+        let due = [inline.map(|w| w.borrow().next_due()), resume_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = match due {
+            Some(t) => EpollTimeout::try_from(t.saturating_duration_since(Instant::now()))
+                .unwrap_or(EpollTimeout::NONE),
             None => EpollTimeout::NONE,
         };
         let n = match epoll.wait(&mut events, timeout) {
@@ -239,6 +258,8 @@ fn run(
         }
         match listener.accept() {
             Ok((conn, peer)) => {
+                accept_fault.ok(Some(slot));
+                backoff = Duration::ZERO;
                 after.merge(runner.serve(conn, peer, fixed_local));
                 served += 1;
                 if max_requests.is_some_and(|m| served >= m) && !after.exit_now {
@@ -254,19 +275,17 @@ fn run(
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                // The client left the backlog before we took it.
+            }
             Err(e) => {
-                // EMFILE, ENOBUFS, ECONNABORTED...: log and go on; the
-                // client stays in the backlog or is gone.
-                tracing::warn!(slot, error = %e, "accept failed");
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE)
-                        | Some(libc::ENFILE)
-                        | Some(libc::ENOBUFS)
-                        | Some(libc::ENOMEM)
-                ) {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the client stays in the
+                // backlog; this worker steps back for a while.
+                sb.header().count(Counter::AcceptFailures);
+                accept_fault.failed(Some(slot), &e);
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                if epoll.delete(listener.as_fd()).is_ok() {
+                    resume_at = Some(Instant::now() + backoff);
                 }
             }
         }
@@ -286,5 +305,8 @@ fn jitter(max: u64) -> u64 {
         Ok(()) => u64::from_le_bytes(b),
         Err(_) => crate::sys::monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32),
     };
-    v % (max + 1)
+    match max.checked_add(1) {
+        Some(m) => v % m,
+        None => v,
+    }
 }

@@ -461,3 +461,241 @@ fn handlers_get_only_fds_0_1_2_and_default_signals() {
     drop(err);
     assert!(j.stop().success());
 }
+
+/// Sets the soft RLIMIT_NOFILE of process `pid` (as root may, for any
+/// process; the hard limit stays: raising it needs CAP_SYS_RESOURCE).
+/// Returns the soft limit it had.
+fn set_nofile(pid: i32, n: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading into a valid rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit with a valid rlimit and no old-value pointer.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// The lowest descriptor number `pid` has free: with RLIMIT_NOFILE at
+/// this, its next open fails with EMFILE.
+fn lowest_free_fd(pid: i32) -> u64 {
+    let nums: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !nums.contains(n)).unwrap()
+}
+
+/// Defect 8: a worker out of descriptors (EMFILE on accept) logged 10
+/// lines a second. Now: one line when the episode starts, a back-off
+/// (the failures are counted in `status`), one line with the count when
+/// it ends, and the waiting client is served then.
+#[test]
+fn emfile_in_a_worker_is_one_line_per_episode_and_recovers() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: prlimit on another process needs root here");
+        return;
+    }
+    let dir = util::tempdir();
+    let h = echo_handler(dir.path());
+    let sb = dir.path().join("sb");
+    let mut j = util::Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--max-children",
+            "1",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let mut worker = 0;
+    util::wait_until("an idle worker", || {
+        let st = util::Jobd::status_json(&sb);
+        worker = st["slots"][0]["pid"].as_i64().unwrap_or(0) as i32;
+        st["slots"][0]["state"] == "idle" && worker > 0
+    });
+    // No descriptor number is left below the limit.
+    let old = set_nofile(worker, lowest_free_fd(worker));
+    let mut s = TcpStream::connect(j.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"patience\n").unwrap();
+    util::wait_until("five failed accepts", || {
+        util::Jobd::status_json(&sb)["totals"]["accept_failures"]
+            .as_u64()
+            .unwrap()
+            >= 5
+    });
+    set_nofile(worker, old);
+    let mut out = String::new();
+    BufReader::new(&s).read_line(&mut out).unwrap();
+    assert_eq!(out.trim(), "patience");
+    let end = j.wait_log(|l| l.contains("accept works again"));
+    let failures: u64 = util::field(&end, "failures").parse().unwrap();
+    assert!(failures >= 5, "{end}");
+    assert_eq!(j.count(|l| l.contains("accept failing")), 1, "{}", j.dump());
+    j.stop_clean();
+}
+
+/// Defect 7: with the supervisor at its descriptor limit, a hang-up was
+/// neither acted on nor logged. Now the failure is logged once, counted
+/// (`detect_failures`), no verdict is given while jobd cannot tell, and
+/// the job is cancelled as soon as descriptors are free again.
+#[test]
+fn a_hangup_under_supervisor_fd_exhaustion_is_logged_counted_and_retried() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: prlimit on another process needs root here");
+        return;
+    }
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "slow.sh", "echo started\nexec sleep 300");
+    let sb = dir.path().join("sb");
+    let mut j = util::Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--max-children",
+            "1",
+            "--worker-watch",
+            "off",
+            "--detector",
+            "procfs",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let (s, line) = j.request_line("");
+    assert_eq!(line.trim(), "started");
+    let sup = j.pid();
+    let old = set_nofile(sup, lowest_free_fd(sup));
+    drop(s);
+    util::wait_until("a counted detection failure", || {
+        // Read by this process: the supervisor cannot open anything now.
+        util::Jobd::status_json(&sb)["totals"]["detect_failures"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    });
+    j.wait_log(|l| l.contains("failing; further failures are counted"));
+    assert_eq!(j.count(|l| l.contains("job cancelled")), 0, "{}", j.dump());
+    set_nofile(sup, old);
+    j.wait_log(|l| l.contains("job cancelled") && l.contains("reason=client-closed"));
+    j.wait_log(|l| l.contains("works again"));
+    j.stop_clean();
+}
+
+/// Defect 9: a cancel of a job whose worker is stopped (SIGSTOP) waited
+/// until the worker resumed. Now the supervisor kills the stopped worker
+/// (its own child) once the kill grace is over, and the job goes with it;
+/// the job is recorded as cancelled, and the slot serves again.
+#[test]
+fn a_stopped_workers_job_is_still_cancelled_within_the_kill_grace() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "slow.sh", "echo \"started $$\"\nexec sleep 300");
+    let mut j = util::Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--kill-grace",
+            "300ms",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let (s, line) = j.request_line("");
+    let handler: i32 = line
+        .trim()
+        .strip_prefix("started ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{handler}/stat")).unwrap();
+    let worker: i32 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    util::send(worker, "STOP");
+    let hung_up = Instant::now();
+    drop(s);
+    util::wait_until("the stopped worker's job gone", || !util::alive(handler));
+    let took = hung_up.elapsed();
+    assert!(!util::alive(worker), "the stopped worker was killed");
+    j.wait_log(|l| {
+        l.contains("did not carry out the cancel within the kill grace")
+            && l.contains("stopped=true")
+    });
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains("job=1 "));
+    assert!(end.contains("outcome=cancelled"), "{end}");
+    eprintln!(
+        "stopped worker's job gone {} ms after the hang-up",
+        took.as_millis()
+    );
+    // The slot has a new worker that serves.
+    let (s2, line) = j.request_line("");
+    assert!(line.starts_with("started "), "{line}");
+    drop(s2);
+    j.wait_log(|l| l.contains("job ended") && l.contains("job=2 "));
+    assert_eq!(j.count(|l| l.contains("dying quickly")), 0, "{}", j.dump());
+    j.stop_clean();
+}
+
+/// Defect 9, the handler side: a handler that stopped itself (SIGSTOP)
+/// waited out the whole kill grace, since SIGTERM alone does not wake it.
+/// jobd sends SIGCONT with the SIGTERM: it goes at once.
+#[test]
+fn a_stopped_handler_is_cancelled_without_waiting_out_the_kill_grace() {
+    let dir = util::tempdir();
+    let h = util::script(
+        dir.path(),
+        "stop.sh",
+        "echo \"started $$\"\nkill -STOP $$\necho resumed",
+    );
+    let mut j = util::Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--kill-grace",
+            "30s",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let (s, line) = j.request_line("");
+    let handler: i32 = line
+        .trim()
+        .strip_prefix("started ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    util::wait_until("the handler stopped", || {
+        std::fs::read_to_string(format!("/proc/{handler}/stat"))
+            .is_ok_and(|st| st.rsplit(") ").next().is_some_and(|r| r.starts_with('T')))
+    });
+    drop(s);
+    let end = j.wait_log(|l| l.contains("job ended") && l.contains("job=1 "));
+    assert!(end.contains("outcome=cancelled"), "{end}");
+    let ms: u64 = util::field(&end, "duration_ms").parse().unwrap();
+    assert!(
+        ms < 10_000,
+        "the stopped handler waited out the kill grace: {end}"
+    );
+    j.stop_clean();
+}
