@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -181,6 +181,233 @@ pub enum LogFormat {
 /// 50 ms; this leaves room for cleanup and a loaded machine).
 pub const DEFAULT_FIN_GRACE: Duration = Duration::from_millis(250);
 
+/// The documented range of a duration setting (README's flag table and
+/// `--help` say the same); [`Config::validate`] refuses a value outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    /// The command-line flag that sets it.
+    pub flag: &'static str,
+    /// The smallest value.
+    pub min: Duration,
+    /// The largest value.
+    pub max: Duration,
+    /// Whether 0 is accepted too, meaning off (on the command line; a
+    /// [`Config`] says off with `None`).
+    pub zero_is_off: bool,
+}
+
+impl DurationRange {
+    const fn new(flag: &'static str, min: Duration, max: Duration) -> DurationRange {
+        DurationRange {
+            flag,
+            min,
+            max,
+            zero_is_off: false,
+        }
+    }
+
+    /// Whether `d` is in the range (0 too when it means off).
+    pub fn contains(&self, d: Duration) -> bool {
+        (self.zero_is_off && d.is_zero()) || (self.min <= d && d <= self.max)
+    }
+
+    /// The range as the documentation writes it: `10ms to 1h`,
+    /// `0 (off) or 1s to 32767s`.
+    pub fn describe(&self) -> String {
+        let span = format!(
+            "{} to {}",
+            format_duration(self.min),
+            format_duration(self.max)
+        );
+        if self.zero_is_off {
+            format!("0 (off) or {span}")
+        } else {
+            span
+        }
+    }
+
+    /// `Ok` when `d` is in the range, else [`ConfigError::OutOfRange`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`], naming the flag, the value and the range.
+    pub fn check(&self, d: Duration) -> Result<(), ConfigError> {
+        if self.contains(d) {
+            return Ok(());
+        }
+        Err(ConfigError::OutOfRange {
+            flag: self.flag,
+            value: format_duration(d),
+            range: self.describe(),
+        })
+    }
+}
+
+/// The documented range of a count (whole number) setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountRange {
+    /// The command-line flag that sets it.
+    pub flag: &'static str,
+    /// The smallest value.
+    pub min: u64,
+    /// The largest value.
+    pub max: u64,
+}
+
+impl CountRange {
+    /// The range as the documentation writes it: `0 to 1000000000`.
+    pub fn describe(&self) -> String {
+        format!("{} to {}", self.min, self.max)
+    }
+
+    /// `Ok` when `n` is in the range, else [`ConfigError::OutOfRange`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`], naming the flag, the value and the range.
+    pub fn check(&self, n: u64) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&n) {
+            return Ok(());
+        }
+        Err(ConfigError::OutOfRange {
+            flag: self.flag,
+            value: n.to_string(),
+            range: self.describe(),
+        })
+    }
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+const fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// `--grace`: 0 (running jobs are cancelled at once) to 24 hours.
+pub const GRACE_RANGE: DurationRange = DurationRange::new("--grace", Duration::ZERO, secs(86_400));
+/// `--kill-grace`: 0 (SIGKILL at once) to 10 minutes.
+pub const KILL_GRACE_RANGE: DurationRange =
+    DurationRange::new("--kill-grace", Duration::ZERO, secs(600));
+/// `--check-interval`: 10 ms (below it the scan is a busy loop) to 1 hour
+/// (the longest a disconnect may go unseen by the scan; worker-watch still
+/// sees it at once).
+pub const CHECK_INTERVAL_RANGE: DurationRange =
+    DurationRange::new("--check-interval", millis(10), secs(3_600));
+/// `--fin-grace`: 0 (a FIN cancels at once) to 1 minute.
+pub const FIN_GRACE_RANGE: DurationRange =
+    DurationRange::new("--fin-grace", Duration::ZERO, secs(60));
+/// `--keepalive`: 0 (off) or 1 s to 32767 s, the kernel's limit for
+/// `TCP_KEEPIDLE` (whole seconds: a fraction is dropped).
+pub const KEEPALIVE_RANGE: DurationRange = DurationRange {
+    zero_is_off: true,
+    ..DurationRange::new("--keepalive", secs(1), secs(32_767))
+};
+/// `--hook-timeout`: 10 ms to 10 minutes.
+pub const HOOK_TIMEOUT_RANGE: DurationRange =
+    DurationRange::new("--hook-timeout", millis(10), secs(600));
+/// `--idle-timeout`: 1 s (the pool's maintenance tick) to 24 hours.
+pub const IDLE_TIMEOUT_RANGE: DurationRange =
+    DurationRange::new("--idle-timeout", secs(1), secs(86_400));
+/// `--job-timeout`: 0 (off, as PHP-FPM's `request_terminate_timeout = 0`
+/// and gunicorn's `--timeout 0`) or 100 ms to 720 hours (30 days).
+pub const JOB_TIMEOUT_RANGE: DurationRange = DurationRange {
+    zero_is_off: true,
+    ..DurationRange::new("--job-timeout", millis(100), secs(720 * 3_600))
+};
+/// `--reload-check-every`: 0 (off) or 100 ms to 24 hours.
+pub const RELOAD_CHECK_RANGE: DurationRange = DurationRange {
+    zero_is_off: true,
+    ..DurationRange::new("--reload-check-every", millis(100), secs(86_400))
+};
+/// `jobd ctl --timeout`: 100 ms to 48 hours (twice the longest `--grace`).
+pub const CTL_TIMEOUT_RANGE: DurationRange =
+    DurationRange::new("--timeout", millis(100), secs(2 * 86_400));
+
+/// `--prefork`: 0 (jobs one at a time in one process) to [`MAX_SLOTS`].
+pub const PREFORK_RANGE: CountRange = CountRange {
+    flag: "--prefork",
+    min: 0,
+    max: MAX_SLOTS as u64,
+};
+/// `--max-children`: 1 to [`MAX_SLOTS`], and at least `--prefork`.
+pub const MAX_CHILDREN_RANGE: CountRange = CountRange {
+    flag: "--max-children",
+    min: 1,
+    max: MAX_SLOTS as u64,
+};
+/// `--max-requests-per-child`: 0 (never) to 10^9; with the jitter's own
+/// bound, the sum a worker computes cannot overflow.
+pub const MAX_REQUESTS_RANGE: CountRange = CountRange {
+    flag: "--max-requests-per-child",
+    min: 0,
+    max: 1_000_000_000,
+};
+/// `--max-requests-jitter`: 0 to 10^9.
+pub const MAX_REQUESTS_JITTER_RANGE: CountRange = CountRange {
+    flag: "--max-requests-jitter",
+    min: 0,
+    max: 1_000_000_000,
+};
+/// The listen backlog ([`Config::backlog`]; no flag, 1024): 1 to 65535 (the
+/// kernel caps it at `net.core.somaxconn`).
+pub const BACKLOG_RANGE: CountRange = CountRange {
+    flag: "backlog",
+    min: 1,
+    max: 65_535,
+};
+
+/// `--job-limit nofile=`: at least this (stdin, stdout and stderr take 3;
+/// a dynamically linked program needs one more to load its libraries).
+pub const MIN_NOFILE: u64 = 4;
+/// `--job-limit as=`: at least this (1M; less cannot even map a program).
+pub const MIN_AS: u64 = 1 << 20;
+
+/// A duration as the flags take it: `0`, `250ms`, `30s`, `2m`, `1h`,
+/// `1us` (the largest unit that divides it), else seconds with a fraction.
+pub fn format_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0".into();
+    }
+    for (unit, per) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
+        if ns.is_multiple_of(per) {
+            return format!("{}{unit}", ns / per);
+        }
+    }
+    format!("{}s", d.as_secs_f64())
+}
+
+/// A size as `--job-limit` takes it: `4K`, `2G`, or bytes.
+fn format_size(b: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if b != 0 && b.trailing_zeros() >= shift {
+            return format!("{}{unit}", b >> shift);
+        }
+    }
+    b.to_string()
+}
+
+impl fmt::Display for JobLimit {
+    /// `KEY=VALUE` as `--job-limit` takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            JobLimit::Cpu(s) => write!(f, "cpu={s}s"),
+            JobLimit::As(b) | JobLimit::Core(b) | JobLimit::Fsize(b) => {
+                write!(f, "{}={}", self.key(), format_size(b))
+            }
+            JobLimit::Nofile(n) | JobLimit::Nproc(n) => write!(f, "{}={n}", self.key()),
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -253,6 +480,16 @@ pub struct Config {
     pub group: Option<String>,
     /// The job.
     pub job: JobSpec,
+    /// At most this many jobs at once from one client address (None: no
+    /// limit); a connection over it is closed at once.
+    pub max_per_source: Option<usize>,
+    /// Handlers start from an empty environment (plus `PATH`, the
+    /// tcpserver and `JOBD_*` variables, `pass_env` and `env`).
+    pub clear_env: bool,
+    /// Variables set for every handler, after everything else.
+    pub env: Vec<(String, String)>,
+    /// With `clear_env`: variables of jobd's environment passed on.
+    pub pass_env: Vec<String>,
 }
 
 /// A configuration error (exit status 2 in the command).
@@ -346,6 +583,40 @@ pub enum ConfigError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A number or a duration outside its documented range.
+    #[error("{flag} {value}: out of range: must be {range}")]
+    OutOfRange {
+        /// The flag.
+        flag: &'static str,
+        /// The value given, as the flag takes it.
+        value: String,
+        /// The range, as the documentation writes it.
+        range: String,
+    },
+    /// `Some(Duration::ZERO)` for a setting whose off is `None` (on the
+    /// command line, 0 is off).
+    #[error("{flag} 0: 0 means off; leave it unset (None) instead of Some(0)")]
+    ZeroIsOff {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// `--listen` on an address that no TCP client can connect to.
+    #[error("--listen {addr}: {why}")]
+    Listen {
+        /// The address given.
+        addr: SocketAddr,
+        /// What is wrong.
+        why: String,
+    },
+    /// A `--job-limit` value that no handler could run under, or that
+    /// jobd could not set.
+    #[error("--job-limit {limit}: {why}")]
+    JobLimitValue {
+        /// The limit, as `KEY=VALUE`.
+        limit: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl Config {
@@ -384,6 +655,10 @@ impl Config {
             user: None,
             group: None,
             job,
+            max_per_source: None,
+            clear_env: false,
+            env: Vec::new(),
+            pass_env: Vec::new(),
         }
     }
 
@@ -422,6 +697,8 @@ impl Config {
         if self.prefork > MAX_SLOTS {
             return Err(ConfigError::Prefork(self.prefork));
         }
+        self.check_ranges()?;
+        check_listen(self.listen)?;
         self.check_handler()?;
         if self.prefork == 0 && matches!(self.job, JobSpec::Closure(_)) {
             return Err(ConfigError::InlineClosure);
@@ -429,6 +706,7 @@ impl Config {
         if !self.job_limits.is_empty() && matches!(self.job, JobSpec::Closure(_)) {
             return Err(ConfigError::LimitsNeedHandler);
         }
+        self.check_job_limits()?;
         if let Some(hook) = &self.disconnect_hook {
             check_program(hook).map_err(|e| ConfigError::Hook {
                 path: hook.display().to_string(),
@@ -458,6 +736,40 @@ impl Config {
                     flag,
                     path: p.display().to_string(),
                     dir,
+                });
+            }
+        }
+        if let Some(n) = self.max_per_source
+            && (n == 0 || n > self.slots())
+        {
+            return Err(ConfigError::OutOfRange {
+                flag: "--max-per-source",
+                value: n.to_string(),
+                range: format!("1 to --max-children ({})", self.slots()),
+            });
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(ConfigError::OutOfRange {
+                    flag: "--env",
+                    value: format!("{k}={v}"),
+                    range: "KEY=VALUE with a KEY of no '=' and no NUL byte".into(),
+                });
+            }
+        }
+        if !self.pass_env.is_empty() && !self.clear_env {
+            return Err(ConfigError::OutOfRange {
+                flag: "--pass-env",
+                value: self.pass_env.join(","),
+                range: "only with --clear-env (without it, every variable is passed)".into(),
+            });
+        }
+        for k in &self.pass_env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ConfigError::OutOfRange {
+                    flag: "--pass-env",
+                    value: k.clone(),
+                    range: "a variable name (no '=', no NUL byte)".into(),
                 });
             }
         }
@@ -506,13 +818,200 @@ impl Config {
                 });
             }
         }
-        if self.check_interval.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                flag: "--check-interval",
+        Ok(())
+    }
+
+    /// Every number and duration against its documented range (see the
+    /// `*_RANGE` constants), so that nothing computed from them overflows
+    /// and no value makes jobd spin or cancel every job.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        for (range, d) in [
+            (GRACE_RANGE, self.grace),
+            (KILL_GRACE_RANGE, self.kill_grace),
+            (CHECK_INTERVAL_RANGE, self.check_interval),
+            (FIN_GRACE_RANGE, self.fin_grace),
+            (KEEPALIVE_RANGE, self.keepalive),
+            (HOOK_TIMEOUT_RANGE, self.hook_timeout),
+            (IDLE_TIMEOUT_RANGE, self.idle_timeout),
+        ] {
+            range.check(d)?;
+        }
+        for (range, d) in [
+            (JOB_TIMEOUT_RANGE, self.job_timeout),
+            (RELOAD_CHECK_RANGE, self.reload_check_every),
+        ] {
+            match d {
+                Some(d) if d.is_zero() => return Err(ConfigError::ZeroIsOff { flag: range.flag }),
+                Some(d) => range.check(d)?,
+                None => {}
+            }
+        }
+        MAX_REQUESTS_RANGE.check(self.max_requests_per_child)?;
+        MAX_REQUESTS_JITTER_RANGE.check(self.max_requests_jitter)?;
+        if u64::try_from(self.backlog).map_or(true, |b| BACKLOG_RANGE.check(b).is_err()) {
+            return Err(ConfigError::OutOfRange {
+                flag: BACKLOG_RANGE.flag,
+                value: self.backlog.to_string(),
+                range: BACKLOG_RANGE.describe(),
             });
         }
         Ok(())
     }
+
+    /// Each `--job-limit` once, at least what a program needs to start,
+    /// and at most what jobd can set: its own hard limit unless it may
+    /// raise it (`CAP_SYS_RESOURCE`), and the kernel's `fs.nr_open` for
+    /// `nofile` (setrlimit fails at job time otherwise, and every job with it).
+    fn check_job_limits(&self) -> Result<(), ConfigError> {
+        use nix::sys::resource::{Resource, getrlimit};
+        let can_raise = has_cap_sys_resource();
+        for (i, l) in self.job_limits.iter().enumerate() {
+            let bad = |why: String| {
+                Err(ConfigError::JobLimitValue {
+                    limit: l.to_string(),
+                    why,
+                })
+            };
+            if self.job_limits[..i].iter().any(|o| o.key() == l.key()) {
+                return bad(format!("{} is given twice", l.key()));
+            }
+            let (res, v, floor, why_floor) = match *l {
+                JobLimit::Cpu(s) => (Resource::RLIMIT_CPU, s, 1, ""),
+                JobLimit::As(b) => (
+                    Resource::RLIMIT_AS,
+                    b,
+                    MIN_AS,
+                    " (less cannot even map a program)",
+                ),
+                JobLimit::Nofile(n) => (
+                    Resource::RLIMIT_NOFILE,
+                    n,
+                    MIN_NOFILE,
+                    " (stdin, stdout and stderr take 3, and a program needs one more to start)",
+                ),
+                JobLimit::Nproc(n) => (Resource::RLIMIT_NPROC, n, 1, ""),
+                JobLimit::Core(b) => (Resource::RLIMIT_CORE, b, 0, ""),
+                JobLimit::Fsize(b) => (Resource::RLIMIT_FSIZE, b, 0, ""),
+            };
+            if v < floor {
+                return bad(format!(
+                    "must be at least {}{why_floor}",
+                    l.with_value(floor).value_text()
+                ));
+            }
+            // The hard limit jobd sets: one second more than the soft one
+            // for cpu (SIGKILL after SIGXCPU), else the value.
+            let hard_wanted = match l {
+                JobLimit::Cpu(s) => s.saturating_add(1),
+                _ => v,
+            };
+            if !can_raise
+                && let Ok((_, hard)) = getrlimit(res)
+                && hard != libc::RLIM_INFINITY
+                && hard_wanted > hard
+            {
+                let (most, why) = match l {
+                    JobLimit::Cpu(_) => (
+                        hard.saturating_sub(1),
+                        ", a second under jobd's own hard limit (SIGKILL follows SIGXCPU by a second)",
+                    ),
+                    _ => (hard, ", jobd's own hard limit"),
+                };
+                return bad(format!(
+                    "must be at most {}{why}, which it cannot raise without CAP_SYS_RESOURCE \
+                     (raise it with ulimit -H or systemd's Limit*=, or lower the value)",
+                    l.with_value(most).value_text(),
+                ));
+            }
+            if let JobLimit::Nofile(n) = l
+                && let Some(nr_open) = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                && *n > nr_open
+            {
+                return bad(format!(
+                    "must be at most {nr_open}, the kernel's limit (fs.nr_open)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl JobLimit {
+    /// The same kind of limit with value `v`.
+    fn with_value(&self, v: u64) -> JobLimit {
+        match self {
+            JobLimit::Cpu(_) => JobLimit::Cpu(v),
+            JobLimit::As(_) => JobLimit::As(v),
+            JobLimit::Nofile(_) => JobLimit::Nofile(v),
+            JobLimit::Nproc(_) => JobLimit::Nproc(v),
+            JobLimit::Core(_) => JobLimit::Core(v),
+            JobLimit::Fsize(_) => JobLimit::Fsize(v),
+        }
+    }
+
+    /// The value as `--job-limit` takes it (`60s`, `2G`, `1024`).
+    fn value_text(&self) -> String {
+        let s = self.to_string();
+        s.split_once('=').map_or(s.clone(), |(_, v)| v.to_string())
+    }
+}
+
+/// Whether this process may raise its hard rlimits (`CAP_SYS_RESOURCE` in
+/// its effective set; root in a container often lacks it).
+fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// `--listen`: refuses what bind() accepts but no client can reach
+/// (multicast, broadcast), and a link-local IPv6 address without a scope
+/// or with the index of no interface.
+fn check_listen(addr: SocketAddr) -> Result<(), ConfigError> {
+    let bad = |why: String| Err(ConfigError::Listen { addr, why });
+    match addr.ip().to_canonical() {
+        IpAddr::V4(ip) if ip.is_multicast() => {
+            return bad(
+                "a multicast address (224.0.0.0/4): no TCP client can connect to it".into(),
+            );
+        }
+        IpAddr::V4(ip) if ip.is_broadcast() => {
+            return bad("the broadcast address: no TCP client can connect to it".into());
+        }
+        IpAddr::V6(ip) if ip.is_multicast() => {
+            return bad("a multicast address (ff00::/8): no TCP client can connect to it".into());
+        }
+        _ => {}
+    }
+    if let SocketAddr::V6(a) = addr
+        && a.ip().is_unicast_link_local()
+    {
+        if a.scope_id() == 0 {
+            return bad(
+                "a link-local address needs its interface's index as scope: [fe80::...%N]:PORT \
+                 (N from `ip link`)"
+                    .into(),
+            );
+        }
+        // (nix's if_indextoname reports no error for an unknown index.)
+        if nix::net::if_::if_nameindex()
+            .is_ok_and(|list| !list.iter().any(|i| i.index() == a.scope_id()))
+        {
+            return bad(format!(
+                "scope {}: no interface has this index (see `ip link`)",
+                a.scope_id()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The directory of `path` when it does not exist.
@@ -630,6 +1129,102 @@ mod tests {
             let e = parse_job_limit(bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
+    }
+
+    /// Issue 11: the library's configuration is checked against the same
+    /// ranges as the command line's, so nothing computed from it wraps.
+    #[test]
+    fn validate_checks_ranges_listen_and_limits() {
+        let ok = || {
+            Config::new(JobSpec::Handler {
+                program: "/bin/cat".into(),
+                args: vec![],
+            })
+        };
+        ok().validate().unwrap();
+        let refused = |f: &dyn Fn(&mut Config), want: &str| {
+            let mut c = ok();
+            f(&mut c);
+            let e = c.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "{e} (want {want:?})");
+        };
+        refused(
+            &|c| c.max_requests_jitter = u64::MAX,
+            "--max-requests-jitter 18446744073709551615: out of range: must be 0 to 1000000000",
+        );
+        refused(
+            &|c| c.max_requests_per_child = u64::MAX - 5,
+            "--max-requests-per-child",
+        );
+        refused(
+            &|c| c.check_interval = Duration::from_micros(1),
+            "--check-interval 1us: out of range: must be 10ms to 1h",
+        );
+        refused(
+            &|c| c.job_timeout = Some(Duration::ZERO),
+            "--job-timeout 0: 0 means off",
+        );
+        refused(
+            &|c| c.reload_check_every = Some(Duration::ZERO),
+            "--reload-check-every 0",
+        );
+        refused(&|c| c.backlog = -1, "backlog -1: out of range");
+        refused(&|c| c.backlog = 0, "backlog 0: out of range");
+        refused(
+            &|c| c.keepalive = Duration::from_millis(500),
+            "--keepalive 500ms: out of range: must be 0 (off) or 1s to 32767s",
+        );
+        refused(
+            &|c| c.listen = "239.1.2.3:7000".parse().unwrap(),
+            "multicast",
+        );
+        refused(
+            &|c| c.listen = "255.255.255.255:7000".parse().unwrap(),
+            "broadcast",
+        );
+        refused(&|c| c.listen = "[fe80::1]:7000".parse().unwrap(), "scope");
+        refused(
+            &|c| c.job_limits = vec![JobLimit::Nofile(3)],
+            "--job-limit nofile=3: must be at least 4",
+        );
+        refused(
+            &|c| c.job_limits = vec![JobLimit::As(4096)],
+            "--job-limit as=4K: must be at least 1M",
+        );
+        refused(
+            &|c| c.job_limits = vec![JobLimit::Core(0), JobLimit::Core(1 << 20)],
+            "--job-limit core=1M: core is given twice",
+        );
+        let mut c = ok();
+        c.keepalive = Duration::ZERO;
+        c.grace = Duration::ZERO;
+        c.kill_grace = Duration::ZERO;
+        c.fin_grace = Duration::ZERO;
+        c.max_requests_per_child = MAX_REQUESTS_RANGE.max;
+        c.max_requests_jitter = MAX_REQUESTS_JITTER_RANGE.max;
+        c.job_timeout = Some(JOB_TIMEOUT_RANGE.max);
+        c.job_limits = vec![JobLimit::Core(0), JobLimit::Fsize(0), JobLimit::Nofile(4)];
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn durations_are_shown_as_the_flags_take_them() {
+        for (d, s) in [
+            (Duration::ZERO, "0"),
+            (Duration::from_micros(1), "1us"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(32_767), "32767s"),
+            (Duration::from_secs(720 * 3600), "720h"),
+            (Duration::from_nanos(100), "0.0000001s"),
+        ] {
+            assert_eq!(format_duration(d), s);
+            assert_eq!(parse_duration(s).unwrap(), d, "{s}");
+        }
+        assert_eq!(JobLimit::As(2 << 30).to_string(), "as=2G");
+        assert_eq!(JobLimit::Cpu(60).to_string(), "cpu=60s");
+        assert_eq!(JobLimit::Fsize(1000).to_string(), "fsize=1000");
     }
 
     /// Regression guard: prefork 0 with a closure job would run the closure

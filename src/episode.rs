@@ -10,6 +10,9 @@ use std::time::Instant;
 #[derive(Debug)]
 pub(crate) struct Episode {
     what: &'static str,
+    /// The lines at the start and the end of an episode.
+    starts: &'static str,
+    ends: &'static str,
     failures: u64,
     since: Option<Instant>,
 }
@@ -17,8 +20,24 @@ pub(crate) struct Episode {
 impl Episode {
     /// A kind of failure, named for the log (`accept`, `disconnect scan`).
     pub(crate) const fn new(what: &'static str) -> Episode {
+        Episode::with_lines(
+            what,
+            "failing; further failures are counted until it recovers",
+            "works again",
+        )
+    }
+
+    /// A kind of event with its own start and end lines (the log says
+    /// `WHAT STARTS`, `WHAT ENDS`).
+    pub(crate) const fn with_lines(
+        what: &'static str,
+        starts: &'static str,
+        ends: &'static str,
+    ) -> Episode {
         Episode {
             what,
+            starts,
+            ends,
             failures: 0,
             since: None,
         }
@@ -44,8 +63,9 @@ impl Episode {
             slot,
             what = self.what,
             error = %why,
-            "{} failing; further failures are counted until it recovers",
-            self.what
+            "{} {}",
+            self.what,
+            self.starts
         );
         true
     }
@@ -58,8 +78,9 @@ impl Episode {
                 what = self.what,
                 failures = self.failures,
                 lasted_ms = t.elapsed().as_millis() as u64,
-                "{} works again",
-                self.what
+                "{} {}",
+                self.what,
+                self.ends
             );
             self.failures = 0;
         }

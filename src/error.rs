@@ -86,7 +86,13 @@ impl Error {
                 | PidFileError::Open { .. },
             ) => 2,
             Error::Bind { source, .. } => match source.raw_os_error() {
-                Some(libc::EADDRNOTAVAIL | libc::EACCES | libc::EINVAL | libc::EAFNOSUPPORT) => 2,
+                Some(
+                    libc::EADDRNOTAVAIL
+                    | libc::EACCES
+                    | libc::EINVAL
+                    | libc::EAFNOSUPPORT
+                    | libc::ENODEV,
+                ) => 2,
                 _ => 1,
             },
             _ => 1,

@@ -464,6 +464,9 @@ crate::sys::shared_struct! {
         detect_failures: AtomicU64,
         accept_failures: AtomicU64,
         per_source_refused: AtomicU64,
+        /// 1 while connections are being refused by `--max-per-source`
+        /// (one log line per episode, whichever worker refuses).
+        per_source_episode: AtomicU32,
     }
 }
 
@@ -519,6 +522,9 @@ crate::sys::shared_struct! {
         peer: AtomicAddr,
         /// Our address of the client connection.
         local: AtomicAddr,
+        /// `--max-per-source`: the client's address (port unused) from the
+        /// accept until the job's end.
+        source: AtomicAddr,
     }
 }
 
@@ -563,6 +569,20 @@ impl Header {
     }
 
     /// Records the running supervisor (or, with 0, a clean stop).
+    /// A `--max-per-source` refusal: true for the first of an episode
+    /// (whose refusing worker logs it).
+    pub(crate) fn begin_per_source_episode(&self) -> bool {
+        self.per_source_episode
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Ends a `--max-per-source` episode (the supervisor, once refusals
+    /// stopped); true if one ran.
+    pub(crate) fn end_per_source_episode(&self) -> bool {
+        self.per_source_episode.swap(0, Ordering::AcqRel) == 1
+    }
+
     pub(crate) fn set_supervisor_pid(&self, pid: i32) {
         self.supervisor_pid.store(pid, Ordering::Release);
     }
@@ -773,6 +793,7 @@ impl Slot {
         self.cancel_req.store(0, Ordering::Relaxed);
         self.kill_req.store(0, Ordering::Relaxed);
         self.jobs_served.store(0, Ordering::Relaxed);
+        self.source.store(None);
         self.pid.store(pid, Ordering::Relaxed);
         self.generation.store(generation, Ordering::Relaxed);
         self.worker_start_unix_ms
@@ -792,6 +813,7 @@ impl Slot {
         self.job_phase
             .store(JobPhase::None as u8, Ordering::Relaxed);
         self.pid.store(0, Ordering::Relaxed);
+        self.source.store(None);
         self.set_state(SlotState::Empty);
     }
 
@@ -856,6 +878,24 @@ impl Slot {
             .store(JobPhase::Running as u8, Ordering::Relaxed);
         self.job_id.store(job.job_id, Ordering::Release);
         self.set_state(SlotState::Busy);
+    }
+
+    /// `--max-per-source`: claims a place for `ip` in this slot, before
+    /// counting the places taken ([`Scoreboard::count_source`]). Two
+    /// workers claiming at once both see each other (store, fence, load):
+    /// the limit may refuse one too many, never admit one too many.
+    pub(crate) fn claim_source(&self, ip: IpAddr) {
+        self.source.store(Some(SocketAddr::new(ip, 0)));
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Gives the place back (job ended, or connection refused).
+    pub(crate) fn release_source(&self) {
+        self.source.store(None);
+    }
+
+    fn source_is(&self, ip: IpAddr) -> bool {
+        self.source.load().is_some_and(|a| a.ip() == ip)
     }
 
     /// Records what the worker saw its client do, now, and stops the
@@ -1090,6 +1130,14 @@ impl Scoreboard {
     }
 
     /// Takes a fresh job id.
+    /// How many slots hold a place for `ip` (see [`Slot::claim_source`]).
+    pub(crate) fn count_source(&self, ip: IpAddr) -> usize {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        (0..self.nslots)
+            .filter(|&i| self.slot(i).source_is(ip))
+            .count()
+    }
+
     pub(crate) fn next_job_id(&self) -> u64 {
         self.header().next_job_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -1098,6 +1146,22 @@ impl Scoreboard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn places_per_source_are_counted_and_given_back() {
+        let sb = Scoreboard::anonymous(4).unwrap();
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        sb.slot(0).claim_source(a);
+        sb.slot(1).claim_source(a);
+        sb.slot(2).claim_source(b);
+        assert_eq!(sb.count_source(a), 2);
+        assert_eq!(sb.count_source(b), 1);
+        sb.slot(1).release_source();
+        assert_eq!(sb.count_source(a), 1);
+        sb.slot(0).release();
+        assert_eq!(sb.count_source(a), 0, "a reaped worker's place is freed");
+    }
 
     #[test]
     fn job_snapshot_roundtrip() {

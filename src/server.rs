@@ -207,16 +207,17 @@ impl ServerBuilder {
         self
     }
 
-    /// Cancel jobs running longer than this (reason `timeout`).
+    /// Cancel jobs running longer than this (reason `timeout`); zero
+    /// means off, as on the command line.
     pub fn job_timeout(mut self, d: Duration) -> Self {
-        self.cfg.job_timeout = Some(d);
+        self.cfg.job_timeout = (!d.is_zero()).then_some(d);
         self
     }
 
     /// Check for a reload this often: the handler file and the executable,
     /// or the `auto_reload_handler` when one is set.
     pub fn reload_check_every(mut self, d: Duration) -> Self {
-        self.cfg.reload_check_every = Some(d);
+        self.cfg.reload_check_every = (!d.is_zero()).then_some(d);
         self
     }
 

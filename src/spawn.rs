@@ -15,7 +15,7 @@ use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
 use nix::sys::signal::SigSet;
 use nix::unistd::Pid;
 
-use crate::config::{JobLimit, JobSpec};
+use crate::config::{Config, JobLimit, JobSpec};
 
 /// This process's environment as `KEY=VALUE` strings for a child, without
 /// the keys in `except`.
@@ -105,15 +105,24 @@ fn run_as() -> Option<&'static RunAs> {
 /// The environment variables `--user` sets for its programs.
 const USER_VARS: [&str; 3] = ["HOME", "USER", "LOGNAME"];
 
+/// Whether `kv` (`KEY=VALUE`) sets `key`.
+fn is_var(kv: &CString, key: &str) -> bool {
+    kv.as_bytes()
+        .strip_prefix(key.as_bytes())
+        .is_some_and(|r| r.first() == Some(&b'='))
+}
+
+/// Only the variables `keys` of this process's environment.
+fn only(keys: &[&str]) -> Vec<CString> {
+    environ(&[])
+        .into_iter()
+        .filter(|kv| keys.iter().any(|k| is_var(kv, k)))
+        .collect()
+}
+
 fn add_user_vars(env: &mut Vec<CString>) {
     if let Some(r) = run_as() {
-        env.retain(|kv| {
-            !USER_VARS.iter().any(|k| {
-                kv.as_bytes()
-                    .strip_prefix(k.as_bytes())
-                    .is_some_and(|r| r.first() == Some(&b'='))
-            })
-        });
+        env.retain(|kv| !USER_VARS.iter().any(|k| is_var(kv, k)));
         let mut home = b"HOME=".to_vec();
         home.extend_from_slice(r.home.as_os_str().as_bytes());
         env.extend(CString::new(home).ok());
@@ -252,10 +261,11 @@ pub(crate) struct Spawner {
 
 impl Spawner {
     /// Prepares spawning the handler program (None for closure jobs).
-    pub(crate) fn new(job: &JobSpec, limits: &[JobLimit]) -> io::Result<Option<Spawner>> {
-        let JobSpec::Handler { program, args } = job else {
+    pub(crate) fn new(cfg: &Config) -> io::Result<Option<Spawner>> {
+        let JobSpec::Handler { program, args } = &cfg.job else {
             return Ok(None);
         };
+        let limits = &cfg.job_limits;
         let c = |s: &std::ffi::OsStr| {
             CString::new(s.as_bytes())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in an argument"))
@@ -274,8 +284,28 @@ impl Spawner {
             "JOBD_JOB_ID",
             "JOBD_SLOT",
         ];
-        let mut base_env = environ(&ours);
+        let mut base_env = if cfg.clear_env {
+            // PATH (a handler that runs `sh` or `curl` needs one), and the
+            // variables asked for.
+            let mut keep: Vec<&str> = vec!["PATH"];
+            keep.extend(cfg.pass_env.iter().map(String::as_str));
+            let mut env = only(&keep);
+            if std::env::var_os("PATH").is_none() {
+                env.push(c"PATH=/usr/local/bin:/usr/bin:/bin".to_owned());
+            }
+            env
+        } else {
+            environ(&ours)
+        };
         add_user_vars(&mut base_env);
+        // --env last, over what it names (but never over the tcpserver and
+        // JOBD_* variables, set per job).
+        for (k, v) in cfg.env.iter().filter(|(k, _)| !ours.contains(&k.as_str())) {
+            base_env.retain(|kv| !is_var(kv, k));
+            if let Ok(c) = CString::new(format!("{k}={v}")) {
+                base_env.push(c);
+            }
+        }
         let attr = spawn_attr()?;
         Ok(Some(Spawner {
             program: prog,

@@ -139,6 +139,9 @@ pub(crate) struct Supervisor<'a> {
     /// The children this process had before the pool started: an
     /// embedding program's own, never taken for orphaned jobs.
     own_before: Vec<Pid>,
+    /// `--max-per-source` refusals: the count at the last change, when,
+    /// and the count when the episode began.
+    refused: (u64, Instant, u64),
 }
 
 impl<'a> Supervisor<'a> {
@@ -185,6 +188,7 @@ impl<'a> Supervisor<'a> {
             sweep_orphans_at: None,
             cgroups,
             own_before,
+            refused: (0, Instant::now(), 0),
         })
     }
 
@@ -280,6 +284,24 @@ impl<'a> Supervisor<'a> {
         h.set_containment(self.cgroups.is_some());
         if let Ok(a) = self.listener.local_addr() {
             self.sb.set_listen(a);
+        }
+    }
+
+    /// Ends a `--max-per-source` episode a second after its last refusal,
+    /// with one line saying how many connections it refused.
+    fn per_source_episode(&mut self, now: Instant) {
+        let n = self.sb.header().get(Counter::PerSourceRefused);
+        let (last, at, start) = self.refused;
+        if n != last {
+            self.refused = (n, now, start);
+        } else if now.duration_since(at) >= Duration::from_secs(1)
+            && self.sb.header().end_per_source_episode()
+        {
+            tracing::info!(
+                refused = n - start,
+                "--max-per-source: no refusal for a second; the episode is over"
+            );
+            self.refused = (n, at, n);
         }
     }
 
@@ -438,6 +460,7 @@ impl<'a> Supervisor<'a> {
             self.after_truncation();
         }
         let now = Instant::now();
+        self.per_source_episode(now);
         // The tick's look: again while it finds something.
         if self.sweep_orphans_at.is_some_and(|t| now >= t) {
             self.sweep_orphans_at = self.sweep_orphans().then(|| now + pool::TICK);

@@ -237,6 +237,8 @@ impl Runner<'_, '_> {
         board.job_ending();
         drop(conn);
         board.end_job();
+        // `--max-per-source`: the place is free before the end is told.
+        board.release_source();
         end.record(self.sb.header());
         ran.after
     }

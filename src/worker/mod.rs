@@ -165,7 +165,7 @@ fn run(
         tracing::error!(slot, error = %e, "failed to register fds in worker epoll");
         return 1;
     }
-    let spawner = match crate::spawn::Spawner::new(&cfg.job, &cfg.job_limits) {
+    let spawner = match crate::spawn::Spawner::new(cfg) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(slot, error = %e, "cannot prepare the handler command");
@@ -260,6 +260,34 @@ fn run(
             Ok((conn, peer)) => {
                 accept_fault.ok(Some(slot));
                 backoff = Duration::ZERO;
+                if let Some(max) = cfg.max_per_source {
+                    let ip = match peer.ip() {
+                        std::net::IpAddr::V6(v6) => v6
+                            .to_ipv4_mapped()
+                            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+                        v4 => v4,
+                    };
+                    board.claim_source(ip);
+                    let running = sb.count_source(ip);
+                    if running > max {
+                        board.release_source();
+                        sb.header().count(Counter::PerSourceRefused);
+                        // One line per episode for the whole pool; the
+                        // supervisor logs its end with the count.
+                        if sb.header().begin_per_source_episode() {
+                            tracing::warn!(
+                                slot,
+                                peer = %peer,
+                                max_per_source = max,
+                                "--max-per-source: {ip} already runs {} jobs; closing its new connections (further refusals are counted)",
+                                running - 1
+                            );
+                        }
+                        drop(conn);
+                        continue;
+                    }
+                }
+                // serve() gives the place back when the job ends.
                 after.merge(runner.serve(conn, peer, fixed_local));
                 served += 1;
                 if max_requests.is_some_and(|m| served >= m) && !after.exit_now {

@@ -472,9 +472,13 @@ fn job_limits_are_applied_to_the_handler() {
     );
     let cpu: u64 = util::field(&end, "cpu_user_ms").parse::<u64>().unwrap()
         + util::field(&end, "cpu_sys_ms").parse::<u64>().unwrap();
+    // The kernel enforces RLIMIT_CPU on its tick-sampled CPU clock, while
+    // wait4 reports the scheduler's precise time: on a guest whose host
+    // steals time the two differ by tens of percent (845 ms was seen here
+    // for a 1 s limit under load).
     assert!(
-        cpu >= 900,
-        "the loop ran {cpu} ms of CPU before its limit: {end}"
+        (500..=2000).contains(&cpu),
+        "the loop ran {cpu} ms of CPU before its 1 s limit: {end}"
     );
     assert_eq!(j.request_all("file\n"), "");
     let end = j.wait_log(|l| l.contains("job ended") && l.contains("job=3 "));

@@ -699,3 +699,180 @@ fn a_stopped_handler_is_cancelled_without_waiting_out_the_kill_grace() {
     );
     j.stop_clean();
 }
+
+/// A TCP connection to `to` from the local address `from` (loopback
+/// 127.0.0.0/8 lets a test be several clients).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let local: std::net::SocketAddrV4 = format!("{from}:0").parse().unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(local),
+    )
+    .unwrap();
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).unwrap();
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Defect 11: one client could take every worker. With
+/// `--max-per-source 2`, a third connection from the same address is
+/// closed at once with no job (one log line, counted in `status`), while
+/// another address is served; once a job of the first ends, it is
+/// admitted again.
+#[test]
+fn max_per_source_keeps_one_client_from_taking_every_worker() {
+    let dir = util::tempdir();
+    let sb = dir.path().join("sb");
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        "echo \"started $TCPREMOTEIP\"\nIFS= read -r _",
+    );
+    let mut j = util::Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "4",
+            "--max-per-source",
+            "2",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let line = |s: &TcpStream| {
+        let mut l = String::new();
+        BufReader::new(s).read_line(&mut l).unwrap();
+        l
+    };
+    let a1 = connect_from("127.0.0.1", j.addr);
+    assert_eq!(line(&a1).trim(), "started 127.0.0.1");
+    let a2 = connect_from("127.0.0.1", j.addr);
+    assert_eq!(line(&a2).trim(), "started 127.0.0.1");
+    for _ in 0..3 {
+        let over = connect_from("127.0.0.1", j.addr);
+        assert_eq!(
+            line(&over),
+            "",
+            "a connection over the limit is closed with no job"
+        );
+    }
+    let b = connect_from("127.0.0.2", j.addr);
+    assert_eq!(line(&b).trim(), "started 127.0.0.2");
+    let t = &util::Jobd::status_json(&sb)["totals"];
+    assert_eq!(t["per_source_refused"], 3, "{t}");
+    assert_eq!(t["busy"], 3, "{t}");
+    assert_eq!(
+        j.count(|l| l.contains("--max-per-source: 127.0.0.1 already runs 2 jobs")),
+        1,
+        "{}",
+        j.dump()
+    );
+    let over = j.wait_log(|l| l.contains("the episode is over"));
+    assert_eq!(util::field(&over, "refused"), "3", "{over}");
+    // One of the first two ends: the address may run another.
+    (&a1).write_all(b"bye\n").unwrap();
+    drop(a1);
+    j.wait_log(|l| l.contains("job ended") && l.contains("peer=127.0.0.1:"));
+    let a3 = connect_from("127.0.0.1", j.addr);
+    assert_eq!(line(&a3).trim(), "started 127.0.0.1");
+    assert_eq!(j.count(|l| l.contains("job started")), 4, "{}", j.dump());
+    drop((a2, a3, b));
+    j.stop_clean();
+}
+
+/// Defect 10, the environment: `--clear-env` starts handlers from
+/// nothing but PATH, the tcpserver and JOBD_* variables, `--pass-env` and
+/// `--env` (which cannot override the per-job variables); without it, the
+/// handler gets jobd's environment plus `--env`.
+#[test]
+fn clear_env_pass_env_and_env_choose_the_handlers_environment() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "env.sh", "IFS= read -r _\nenv | sort");
+    let run = |extra: &[&str]| -> String {
+        let tag = util::fresh_tag();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--prefork", "1"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--script", h.to_str().unwrap()]);
+        let mut child = Command::new(util::jobd_bin())
+            .args(&args)
+            .env("JOBD_TEST_TAG", &tag)
+            .env("SECRET_TOKEN", "hunter2")
+            .env("KEEP_ME", "kept")
+            .env_remove("JOBD_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        let mut bare = Bare { child, tag };
+        let mut s = TcpStream::connect(util::listen_addr(&first)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(b"go\n").unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        drop(err);
+        assert!(bare.stop().success());
+        out
+    };
+    let clean = run(&[
+        "--clear-env",
+        "--pass-env",
+        "KEEP_ME",
+        "--env",
+        "GREETING=hello world",
+        "--env",
+        "TCPREMOTEIP=forged",
+    ]);
+    let keys: Vec<&str> = clean
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    for want in [
+        "PATH",
+        "KEEP_ME",
+        "GREETING",
+        "TCPREMOTEIP",
+        "TCPREMOTEPORT",
+        "PROTO",
+        "JOBD_JOB_ID",
+        "JOBD_SLOT",
+    ] {
+        assert!(keys.contains(&want), "{want} missing in:\n{clean}");
+    }
+    assert!(!clean.contains("SECRET_TOKEN"), "{clean}");
+    assert!(!clean.contains("JOBD_TEST_TAG"), "{clean}");
+    assert!(clean.contains("GREETING=hello world\n"), "{clean}");
+    assert!(
+        clean.contains("TCPREMOTEIP=127.0.0.1\n"),
+        "--env overrode a per-job variable:\n{clean}"
+    );
+    let full = run(&["--env", "GREETING=hi"]);
+    assert!(
+        full.contains("SECRET_TOKEN=hunter2\n") && full.contains("GREETING=hi\n"),
+        "{full}"
+    );
+    let (st, _, err) = util::run_jobd(&["--pass-env", "KEEP_ME", "--script", h.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--pass-env") && err.contains("--clear-env"),
+        "{err}"
+    );
+}

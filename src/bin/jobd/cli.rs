@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use clap::ValueEnum;
 use jobd::config::{
-    Config, ConfigError, Containment, DetectorKind, DisconnectPolicy, FinPolicy, JobSpec,
-    LogFormat, parse_duration,
+    CTL_TIMEOUT_RANGE, Config, ConfigError, Containment, DetectorKind, DisconnectPolicy, FinPolicy,
+    JobSpec, LogFormat, parse_duration,
 };
 use jobd::control::ctl;
 
@@ -94,7 +94,8 @@ pub struct CtlArgs {
     #[arg(long, value_name = "PATH")]
     pub pid_file: PathBuf,
     /// How long stop (and restart's stop) waits for the daemon to exit.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
+    /// Range: 100ms to 48h.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = ctl_timeout, allow_hyphen_values = true)]
     pub timeout: Duration,
     /// restart: start with these arguments instead of the running ones.
     #[arg(last = true, value_name = "ARGS")]
@@ -237,6 +238,20 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
+/// `jobd ctl --timeout`: a duration in [`CTL_TIMEOUT_RANGE`] (no
+/// configuration to validate it later).
+fn ctl_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    CTL_TIMEOUT_RANGE.check(d).map_err(|e| e.to_string())?;
+    Ok(d)
+}
+
+/// 0 means off for `--job-timeout` and `--reload-check-every` (as PHP-FPM's
+/// `request_terminate_timeout = 0`); the configuration says off with None.
+fn zero_is_off(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
+}
+
 /// Serving options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -245,6 +260,7 @@ pub struct RunArgs {
     pub listen: SocketAddr,
 
     /// Workers forked at start (0: one process runs jobs one at a time).
+    /// Range: 0 to 10000.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10_000), allow_negative_numbers = true)]
     pub prefork: u32,
 
@@ -262,14 +278,16 @@ pub struct RunArgs {
     pub scoreboard: Option<PathBuf>,
 
     /// On SIGTERM, how long running jobs may finish before they are killed.
+    /// Range: 0 to 24h (0: they are cancelled at once).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration, allow_hyphen_values = true)]
     pub grace: Duration,
 
     /// When cancelling a job: SIGTERM, then SIGKILL after this.
+    /// Range: 0 to 10m (0: SIGKILL at once).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration, allow_hyphen_values = true)]
     pub kill_grace: Duration,
 
-    /// Period of the disconnect scan.
+    /// Period of the disconnect scan. Range: 10ms to 1h.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration, allow_hyphen_values = true)]
     pub check_interval: Duration,
 
@@ -289,14 +307,17 @@ pub struct RunArgs {
     /// After a FIN from a client that acknowledged every byte the handler
     /// sent (it has its answer), how long the handler may go on to exit by
     /// itself before it is cancelled (0: a FIN cancels at once). A FIN
-    /// during a silent phase, and any reset, cancel at once.
+    /// during a silent phase, and any reset, cancel at once. Range: 0 to 1m.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration, allow_hyphen_values = true)]
     pub fin_grace: Duration,
 
     /// A per-job limit, applied to each handler as an rlimit before it runs
     /// (repeatable): cpu=DURATION, as=SIZE, nofile=N, nproc=N, core=SIZE,
     /// fsize=SIZE (sizes with K, M, G). A job killed by its CPU or file
-    /// size limit ends reason=limit-cpu / limit-fsize.
+    /// size limit ends reason=limit-cpu / limit-fsize. Each key once;
+    /// range: cpu at least 1s, as at least 1M, nofile at least 4, nproc at
+    /// least 1, and each at most jobd's own hard limit (unless it has
+    /// CAP_SYS_RESOURCE; nofile also at most fs.nr_open).
     #[arg(long = "job-limit", value_name = "KEY=VALUE", value_parser = jobd::config::parse_job_limit)]
     pub job_limits: Vec<jobd::config::JobLimit>,
 
@@ -307,7 +328,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub containment: ContainmentArg,
 
-    /// TCP keepalive idle time and TCP_USER_TIMEOUT for clients (0: off).
+    /// TCP keepalive idle time and TCP_USER_TIMEOUT for clients, in whole
+    /// seconds. Range: 0 (off) or 1s to 32767s.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
     pub keepalive: Duration,
 
@@ -320,7 +342,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub disconnect_hook: Option<PathBuf>,
 
-    /// Time limit for --disconnect-hook.
+    /// Time limit for --disconnect-hook. Range: 10ms to 10m.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration, allow_hyphen_values = true)]
     pub hook_timeout: Duration,
 
@@ -330,15 +352,18 @@ pub struct RunArgs {
 
     /// Upper bound on workers: when all are busy, the pool grows (doubling
     /// the spawn rate each maintenance tick, up to 32 per tick) to this.
+    /// Range: 1 to 10000, and at least --prefork.
     /// [default: 150, or --prefork when larger]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000), allow_negative_numbers = true)]
     pub max_children: Option<u32>,
 
     /// Workers idle this long are retired, one per tick, down to --prefork.
+    /// Range: 1s to 24h.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
     pub idle_timeout: Duration,
 
     /// A worker exits and is replaced after this many jobs (0: never).
+    /// Range: 0 to 1000000000.
     #[arg(
         long,
         value_name = "N",
@@ -348,7 +373,7 @@ pub struct RunArgs {
     pub max_requests_per_child: u64,
 
     /// Adds a random 0..=J to --max-requests-per-child for each worker, so
-    /// that workers do not all recycle at once.
+    /// that workers do not all recycle at once. Range: 0 to 1000000000.
     #[arg(
         long,
         value_name = "J",
@@ -358,11 +383,13 @@ pub struct RunArgs {
     pub max_requests_jitter: u64,
 
     /// Cancel a job that runs longer than this (reason `timeout`).
+    /// Off by default. Range: 0 (off) or 100ms to 720h.
     #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true)]
     pub job_timeout: Option<Duration>,
 
     /// Check the handler file and jobd's executable this often (mtime,
     /// size, inode); reload as on SIGHUP when one changed.
+    /// Off by default. Range: 0 (off) or 100ms to 24h.
     #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true)]
     pub reload_check_every: Option<Duration>,
 
@@ -396,6 +423,35 @@ pub struct RunArgs {
     /// With --user: the group handlers run as (default: the user's).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+
+    /// At most N jobs at once from one client address (as xinetd's
+    /// per_source, systemd's MaxConnectionsPerSource=): a connection over
+    /// the limit gets no job and is closed at once.
+    /// Range: 1 to --max-children. [default: no limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_per_source: Option<u32>,
+
+    /// Start handlers from an empty environment: only PATH (jobd's, or
+    /// /usr/local/bin:/usr/bin:/bin), the tcpserver and JOBD_* variables,
+    /// --pass-env and --env (and HOME, USER, LOGNAME with --user).
+    #[arg(long)]
+    pub clear_env: bool,
+
+    /// Set KEY=VALUE in every handler's environment (repeatable; applied
+    /// last, over everything else).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+
+    /// With --clear-env: pass jobd's own KEY on to handlers (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub pass_env: Vec<String>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -440,8 +496,8 @@ impl RunArgs {
         c.idle_timeout = self.idle_timeout;
         c.max_requests_per_child = self.max_requests_per_child;
         c.max_requests_jitter = self.max_requests_jitter;
-        c.job_timeout = self.job_timeout;
-        c.reload_check_every = self.reload_check_every;
+        c.job_timeout = zero_is_off(self.job_timeout);
+        c.reload_check_every = zero_is_off(self.reload_check_every);
         c.daemonize = self.daemonize;
         c.pid_file = self.pid_file.clone();
         c.error_log = self.error_log.clone();
@@ -449,6 +505,10 @@ impl RunArgs {
         c.require_root = self.require_root;
         c.user = self.user.clone();
         c.group = self.group.clone();
+        c.max_per_source = self.max_per_source.map(|n| n as usize);
+        c.clear_env = self.clear_env;
+        c.env = self.env.clone();
+        c.pass_env = self.pass_env.clone();
         c.validate()?;
         Ok(c)
     }
@@ -514,6 +574,89 @@ mod tests {
         let ok =
             Cli::try_parse_from(["jobd", "--listen", "[::1]:0", "--script", "/bin/cat"]).unwrap();
         assert!(ok.run.listen.is_ipv6());
+    }
+
+    /// Every numeric flag's range is in its `--help` and in README's flag
+    /// table, as the configuration checks it.
+    #[test]
+    fn help_and_readme_give_each_range() {
+        use clap::CommandFactory;
+        use jobd::config as c;
+        let durations = [
+            c::GRACE_RANGE,
+            c::KILL_GRACE_RANGE,
+            c::CHECK_INTERVAL_RANGE,
+            c::FIN_GRACE_RANGE,
+            c::KEEPALIVE_RANGE,
+            c::HOOK_TIMEOUT_RANGE,
+            c::IDLE_TIMEOUT_RANGE,
+            c::JOB_TIMEOUT_RANGE,
+            c::RELOAD_CHECK_RANGE,
+        ]
+        .map(|r| (r.flag, r.describe()));
+        let counts = [
+            c::PREFORK_RANGE,
+            c::MAX_CHILDREN_RANGE,
+            c::MAX_REQUESTS_RANGE,
+            c::MAX_REQUESTS_JITTER_RANGE,
+        ]
+        .map(|r| (r.flag, r.describe()));
+        let cmd = Cli::command();
+        let help = |cmd: &clap::Command, flag: &str| {
+            let a = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == flag.strip_prefix("--"))
+                .unwrap_or_else(|| panic!("no {flag}"));
+            a.get_long_help()
+                .or(a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        let readme = include_str!("../../../README.md");
+        for (flag, range) in durations.iter().chain(&counts) {
+            let h = help(&cmd, flag);
+            assert!(h.contains(&format!("Range: {range}")), "{flag}: {h:?}");
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{flag} ")))
+                .unwrap_or_else(|| panic!("no README row for {flag}"));
+            assert!(row.contains(range.as_str()), "README {flag}: {row}");
+        }
+        let ctl = cmd.find_subcommand("ctl").unwrap();
+        let h = help(ctl, "--timeout");
+        assert!(
+            h.contains(&format!("Range: {}", c::CTL_TIMEOUT_RANGE.describe())),
+            "{h}"
+        );
+    }
+
+    /// 0 is off for --job-timeout and --reload-check-every; the ranges are
+    /// checked at start, and ctl --timeout when parsed.
+    #[test]
+    fn ranges_are_checked() {
+        let cfg = |args: &[&str]| {
+            let mut v = vec!["jobd", "--script", "/bin/cat"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v).unwrap().run.to_config()
+        };
+        let c = cfg(&["--job-timeout", "0", "--reload-check-every", "0"]).unwrap();
+        assert_eq!((c.job_timeout, c.reload_check_every), (None, None));
+        for (args, want) in [
+            (&["--check-interval", "1us"][..], "--check-interval 1us"),
+            (&["--job-timeout", "1ms"], "--job-timeout 1ms"),
+            (
+                &["--max-requests-jitter", "18446744073709551615"],
+                "--max-requests-jitter 18446744073709551615",
+            ),
+            (&["--keepalive", "500ms"], "--keepalive 500ms"),
+        ] {
+            let e = cfg(args).unwrap_err().to_string();
+            assert!(e.starts_with(want) && e.contains("out of range"), "{e}");
+        }
+        let e = Cli::try_parse_from(["jobd", "ctl", "stop", "--pid-file", "p", "--timeout", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--timeout") && e.contains("100ms to 48h"), "{e}");
     }
 
     #[test]
