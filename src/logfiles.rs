@@ -171,6 +171,9 @@ struct State {
     error_log: Option<PathBuf>,
     access: Option<AccessLog>,
     format: LogFormat,
+    /// Writing the access log failing (a full disk): one line per
+    /// episode.
+    access_fault: crate::episode::Episode,
 }
 
 /// The process-wide log state. jobd's processes are single-threaded (the
@@ -179,6 +182,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     error_log: None,
     access: None,
     format: LogFormat::Text,
+    access_fault: crate::episode::Episode::new("writing the access log"),
 });
 
 fn state() -> std::sync::MutexGuard<'static, State> {
@@ -262,10 +266,12 @@ pub fn open(
     Ok(err)
 }
 
-/// Appends one line to the access log, when there is one. A failed write is
-/// logged (on stderr) and otherwise ignored: it never fails a job.
+/// Appends one line to the access log, when there is one. A failed write
+/// (a full disk) is logged once per episode of failures, with the count
+/// when writes work again, and otherwise ignored: it never fails a job.
 pub fn access(rec: &AccessRecord<'_>) {
-    let st = state();
+    let mut guard = state();
+    let st = &mut *guard;
     let Some(log) = &st.access else {
         return;
     };
@@ -280,8 +286,12 @@ pub fn access(rec: &AccessRecord<'_>) {
         ))),
         Err(e) => Err(io::Error::from(e)),
     };
-    if let Err(e) = r {
-        tracing::warn!(path = %log.path.display(), job = rec.job_id, error = %e, "failed to write the access log");
+    match r {
+        Ok(()) => st.access_fault.ok(None),
+        Err(e) => {
+            let e = io::Error::new(e.kind(), format!("{}: {e}", log.path.display()));
+            st.access_fault.failed(Some(rec.slot), &e);
+        }
     }
 }
 

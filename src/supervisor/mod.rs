@@ -142,6 +142,8 @@ pub(crate) struct Supervisor<'a> {
     /// `--max-per-source` refusals: the count at the last change, when,
     /// and the count when the episode began.
     refused: (u64, Instant, u64),
+    /// Forking a worker failing.
+    fork_fault: crate::episode::Episode,
 }
 
 impl<'a> Supervisor<'a> {
@@ -189,6 +191,7 @@ impl<'a> Supervisor<'a> {
             cgroups,
             own_before,
             refused: (0, Instant::now(), 0),
+            fork_fault: crate::episode::Episode::new("forking a worker"),
         })
     }
 
@@ -640,13 +643,16 @@ impl<'a> Supervisor<'a> {
                     started: Instant::now(),
                     retiring: false,
                 });
+                self.fork_fault.ok(None);
             }
             Err(e) => {
                 board.release();
                 let r = pool::on_exit(false, false, Duration::ZERO, self.quick_deaths);
                 self.quick_deaths = r.quick_deaths;
                 self.hold_until = r.after.map(|d| Instant::now() + d);
-                tracing::error!(slot = i, error = %e, "fork failed; retrying later");
+                // RLIMIT_NPROC, memory: one line per episode; the back-off
+                // above retries.
+                self.fork_fault.failed(Some(i), &e);
             }
         }
     }

@@ -876,3 +876,57 @@ fn clear_env_pass_env_and_env_choose_the_handlers_environment() {
         "{err}"
     );
 }
+
+/// A full disk under the access log: every job still runs and is
+/// answered; the failure is one warning per episode (it was one per job),
+/// and one line with the count once lines fit again.
+#[test]
+fn a_full_disk_under_the_access_log_is_one_line_per_episode() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = util::tempdir();
+    let h = echo_handler(dir.path());
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let _m = Tmpfs::mount(&mnt, "64k");
+    let access = mnt.join("access.log");
+    let mut j = util::Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--max-children",
+            "1",
+            "--access-log",
+            access.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let filler = mnt.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0]).is_ok() {}
+    }
+    for i in 0..40 {
+        echo(j.addr, &format!("full-{i}"));
+    }
+    j.wait_log_n(40, &|l| l.contains("job ended"));
+    let failing = j.count(|l| l.contains("writing the access log failing"));
+    assert_eq!(
+        failing,
+        1,
+        "one line per episode, not per job:\n{}",
+        j.dump()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    for i in 0..4 {
+        echo(j.addr, &format!("space-{i}"));
+    }
+    j.wait_log(|l| l.contains("writing the access log works again"));
+    j.stop_clean();
+}
