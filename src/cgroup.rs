@@ -89,9 +89,10 @@ fn wait_empty(dir: &Path, deadline: Instant) -> bool {
     }
 }
 
-/// Whether `name` is a `jobd-<pid>` tree whose process is gone. A tree
-/// whose pid is alive is never touched, whatever runs under that pid now:
-/// a recycled pid leaves a stale tree in place, which is a leak, never a
+/// Whether `name` is a `jobd-<pid>` tree whose process is gone (or a
+/// zombie: a SIGKILLed jobd its parent has not reaped yet). A tree whose
+/// pid is alive is never touched, whatever runs under that pid now: a
+/// recycled pid leaves a stale tree in place, which is a leak, never a
 /// kill of someone else's jobs.
 fn stale(name: &str) -> bool {
     let Some(pid) = name
@@ -100,7 +101,14 @@ fn stale(name: &str) -> bool {
     else {
         return false;
     };
-    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+    if pid == std::process::id() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the last ')' (the command may hold one).
+        Ok(stat) => stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')),
+        Err(_) => !Path::new(&format!("/proc/{pid}")).exists(),
+    }
 }
 
 /// jobd's cgroup tree: `<own cgroup>/jobd-<pid>`.

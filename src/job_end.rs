@@ -161,6 +161,15 @@ impl JobEnd {
     /// Counts the job in the scoreboard's totals, writes the access-log
     /// line and logs `job ended`.
     pub(crate) fn record(&self, header: &Header) {
+        self.record_then(header, || {});
+    }
+
+    /// [`JobEnd::record`], calling `committed` as soon as the record is
+    /// written (the counters and the access log line), before the log
+    /// line, whose write may block on a slow stderr: the worker marks its
+    /// slot then, so that the window in which its death would have the job
+    /// recorded twice is a few instructions.
+    pub(crate) fn record_then(&self, header: &Header, committed: impl FnOnce()) {
         header.count(Counter::JobsServed);
         if let Some(u) = self.usage {
             header.add(Counter::CpuUserMs, u.user_us / 1000);
@@ -178,6 +187,7 @@ impl JobEnd {
         let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
         let status = self.finish.describe();
         logfiles::access(&self.access_record(&peer, &status));
+        committed();
         let (slot, pid, job, duration_ms) = (self.slot, self.pid, self.job_id, self.duration_ms);
         let outcome = self.outcome_name();
         let reason = self.reason.map_or("-", EndReason::as_str);

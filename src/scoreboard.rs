@@ -155,6 +155,9 @@ pub(crate) enum JobPhase {
     Running = 1,
     /// The job ended; its socket is being closed.
     Ending = 2,
+    /// The worker wrote the job's record; the slot is about to be cleared
+    /// (a worker that dies now must not have the job recorded again).
+    Recorded = 3,
 }
 
 impl JobPhase {
@@ -162,6 +165,7 @@ impl JobPhase {
         match v {
             1 => JobPhase::Running,
             2 => JobPhase::Ending,
+            3 => JobPhase::Recorded,
             _ => JobPhase::None,
         }
     }
@@ -916,6 +920,19 @@ impl Slot {
     pub(crate) fn job_ending(&self) {
         self.job_phase
             .store(JobPhase::Ending as u8, Ordering::SeqCst);
+    }
+
+    /// The job's record is written (before [`Slot::end_job`]).
+    pub(crate) fn job_recorded(&self) {
+        self.job_phase
+            .store(JobPhase::Recorded as u8, Ordering::SeqCst);
+    }
+
+    /// Records the handler's pid (its group) once it is spawned: the job
+    /// is published before the spawn, so that a worker dying in between
+    /// leaves a job the supervisor records.
+    pub(crate) fn set_job_pgid(&self, pgid: i32) {
+        self.job_pgid.store(pgid, Ordering::Release);
     }
 
     /// Clears the job and counts it served.

@@ -757,7 +757,9 @@ impl<'a> Supervisor<'a> {
             },
             sys::monotonic_ns(),
         );
-        if let (Some(end), Some(j)) = (&reading.job_end, job) {
+        // A job its worker recorded before dying is not recorded again.
+        let recorded = board.phase() == crate::scoreboard::JobPhase::Recorded;
+        if let (Some(end), Some(j), false) = (&reading.job_end, job, recorded) {
             // A closure worker killed because its job ignored the cancel:
             // its worker never got to say so.
             if let Some(req) = board.cancel_requested(j.job_id)

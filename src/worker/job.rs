@@ -236,10 +236,14 @@ impl Runner<'_, '_> {
         let board = self.board();
         board.job_ending();
         drop(conn);
-        board.end_job();
         // `--max-per-source`: the place is free before the end is told.
         board.release_source();
-        end.record(self.sb.header());
+        // The record first, then the slot cleared: a worker that dies in
+        // between leaves the job marked recorded, which the supervisor does
+        // not record again; one that dies before leaves it for the
+        // supervisor to record (worker-died).
+        end.record_then(self.sb.header(), || board.job_recorded());
+        board.end_job();
         ran.after
     }
 
@@ -323,6 +327,9 @@ impl Runner<'_, '_> {
         let peer = job.peer.expect("a job has a peer");
         // With cgroups, the handler is born in the worker's job cgroup.
         let in_job_cgroup = self.job_cgroup.is_some();
+        // Published before the spawn: a worker that dies from here on
+        // leaves a job its supervisor records (and whose handler it kills).
+        self.board().begin_job(&job, self.cfg.worker_watch);
         let spawned = self
             .spawner
             .ok_or_else(|| io::Error::other("no handler program"))
@@ -347,7 +354,7 @@ impl Runner<'_, '_> {
             }
         };
         job.pgid = child.as_raw();
-        self.board().begin_job(&job, self.cfg.worker_watch);
+        self.board().set_job_pgid(job.pgid);
         let containment = if in_job_cgroup {
             "cgroup"
         } else if self.overseer.is_inline() {

@@ -5,6 +5,7 @@ mod util;
 
 mod accuracy;
 mod bad_input;
+mod chaos;
 mod containment;
 mod core;
 mod ctl;
