@@ -75,6 +75,22 @@ pub enum DisconnectPolicy {
     Log,
 }
 
+/// `--proxy-protocol`: whether each connection starts with a PROXY
+/// protocol header (HAProxy's `send-proxy` / `send-proxy-v2`) naming the
+/// real client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// No header: the peer is the client.
+    #[default]
+    Off,
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+    /// Either.
+    Any,
+}
+
 /// How a job's whole process tree is contained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Containment {
@@ -307,6 +323,9 @@ pub const KEEPALIVE_RANGE: DurationRange = DurationRange {
 /// `--hook-timeout`: 10 ms to 10 minutes.
 pub const HOOK_TIMEOUT_RANGE: DurationRange =
     DurationRange::new("--hook-timeout", millis(10), secs(600));
+/// `--proxy-timeout`: 10 ms to 1 minute.
+pub const PROXY_TIMEOUT_RANGE: DurationRange =
+    DurationRange::new("--proxy-timeout", millis(10), secs(60));
 /// `--idle-timeout`: 1 s (the pool's maintenance tick) to 24 hours.
 pub const IDLE_TIMEOUT_RANGE: DurationRange =
     DurationRange::new("--idle-timeout", secs(1), secs(86_400));
@@ -490,6 +509,12 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     /// With `clear_env`: variables of jobd's environment passed on.
     pub pass_env: Vec<String>,
+    /// Each connection starts with a PROXY protocol header.
+    pub proxy_protocol: ProxyProtocol,
+    /// How long a connection may take to send its PROXY header.
+    pub proxy_timeout: Duration,
+    /// `SO_REUSEPORT` on the listener: several jobds share one port.
+    pub reuse_port: bool,
 }
 
 /// A configuration error (exit status 2 in the command).
@@ -659,6 +684,9 @@ impl Config {
             clear_env: false,
             env: Vec::new(),
             pass_env: Vec::new(),
+            proxy_protocol: ProxyProtocol::Off,
+            proxy_timeout: Duration::from_secs(5),
+            reuse_port: false,
         }
     }
 
@@ -833,6 +861,7 @@ impl Config {
             (KEEPALIVE_RANGE, self.keepalive),
             (HOOK_TIMEOUT_RANGE, self.hook_timeout),
             (IDLE_TIMEOUT_RANGE, self.idle_timeout),
+            (PROXY_TIMEOUT_RANGE, self.proxy_timeout),
         ] {
             range.check(d)?;
         }

@@ -82,6 +82,9 @@ pub struct DisconnectEvent {
     pub foreign_port: u16,
     /// Why the client counts as gone.
     pub reason: DisconnectReason,
+    /// `--proxy-protocol`: the balancer's address (the foreign host and
+    /// port are then the real client's, from the PROXY header).
+    pub proxy_peer: Option<String>,
     /// Job start (unix ms).
     pub job_start_unix_ms: u64,
     /// When the supervisor detected it (unix ms).

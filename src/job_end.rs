@@ -94,6 +94,8 @@ pub(crate) struct JobEnd {
     pub(crate) pid: i32,
     /// The client.
     pub(crate) peer: Option<SocketAddr>,
+    /// The balancer, when a PROXY header named the client.
+    pub(crate) proxy_peer: Option<SocketAddr>,
     /// How long it ran.
     pub(crate) duration_ms: u64,
     /// How it ended.
@@ -136,6 +138,7 @@ impl JobEnd {
             slot: self.slot,
             pid: self.pid as u32,
             peer,
+            proxy_peer: self.proxy_peer.map(|p| p.to_string()),
             duration_ms: self.duration_ms,
             outcome: self.outcome_name(),
             reason: self.reason.map(EndReason::as_str),
@@ -290,6 +293,7 @@ mod tests {
             slot: 1,
             pid: 42,
             peer: Some("127.0.0.1:5000".parse().unwrap()),
+            proxy_peer: None,
             duration_ms: 12,
             outcome,
             reason,

@@ -131,6 +131,7 @@ mod job_end;
 mod logfiles;
 mod net;
 mod pidfile;
+mod proxy;
 mod scoreboard;
 pub mod server;
 mod spawn;

@@ -106,6 +106,8 @@ pub struct AccessRecord<'a> {
     pub pid: u32,
     /// Client address.
     pub peer: &'a str,
+    /// The balancer's address, behind `--proxy-protocol`.
+    pub proxy_peer: Option<String>,
     /// How long the job ran.
     pub duration_ms: u64,
     /// done, failed, cancelled or timeout.
@@ -311,12 +313,13 @@ fn format_line(time: &str, rec: &AccessRecord<'_>, format: LogFormat) -> String 
             s
         }
         LogFormat::Text => format!(
-            "time={} job={} slot={} pid={} peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={} bytes_sent={} bytes_acked={} client_closed_after_ms={} seen_after_ms={} cpu_user_ms={} cpu_sys_ms={} max_rss_kib={}\n",
+            "time={} job={} slot={} pid={} peer={} proxy_peer={} duration_ms={} outcome={} reason={} status={} exit_code={} signal={} bytes_sent={} bytes_acked={} client_closed_after_ms={} seen_after_ms={} cpu_user_ms={} cpu_sys_ms={} max_rss_kib={}\n",
             time,
             rec.job_id,
             rec.slot,
             rec.pid,
             text_value(rec.peer),
+            text_value(rec.proxy_peer.as_deref().unwrap_or("-")),
             rec.duration_ms,
             text_value(rec.outcome),
             text_value(rec.reason.unwrap_or("-")),
@@ -411,6 +414,7 @@ mod tests {
             slot: 1,
             pid: 4242,
             peer: "127.0.0.1:5555",
+            proxy_peer: None,
             duration_ms: 12,
             outcome: "cancelled",
             reason: Some("client-closed"),
@@ -433,7 +437,7 @@ mod tests {
         assert_eq!(
             l,
             "time=2026-01-02T03:04:05.678Z job=7 slot=1 pid=4242 peer=127.0.0.1:5555 \
-             duration_ms=12 outcome=cancelled reason=client-closed status=\"signal SIGTERM\" \
+             proxy_peer=- duration_ms=12 outcome=cancelled reason=client-closed status=\"signal SIGTERM\" \
              exit_code=- signal=SIGTERM bytes_sent=120 bytes_acked=100 client_closed_after_ms=- seen_after_ms=1.2 cpu_user_ms=3 cpu_sys_ms=1 \
              max_rss_kib=-\n"
         );

@@ -14,8 +14,9 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage,
 
 use crate::sys;
 
-/// Binds a listening TCP socket with SO_REUSEADDR and the given backlog.
-pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+/// Binds a listening TCP socket with SO_REUSEADDR (and SO_REUSEPORT with
+/// `reuse_port`) and the given backlog.
+pub(crate) fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -28,6 +29,9 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
         None,
     )?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if reuse_port {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     let backlog = backlog.min(sys::somaxconn().max(128));
     socket::listen(

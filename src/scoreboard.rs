@@ -529,6 +529,9 @@ crate::sys::shared_struct! {
         /// `--max-per-source`: the client's address (port unused) from the
         /// accept until the job's end.
         source: AtomicAddr,
+        /// `--proxy-protocol`: the real client the header named (the peer
+        /// is then the balancer).
+        client: AtomicAddr,
     }
 }
 
@@ -668,14 +671,30 @@ pub(crate) struct JobView {
     pub(crate) cookie: u64,
     /// Socket inode.
     pub(crate) inode: u64,
-    /// Client address.
+    /// The socket's remote address (the client, or the balancer behind
+    /// `--proxy-protocol`): what the detectors match.
     pub(crate) peer: Option<SocketAddr>,
     /// Local address.
     pub(crate) local: Option<SocketAddr>,
+    /// `--proxy-protocol`: the real client, as the header named it.
+    pub(crate) client: Option<SocketAddr>,
     /// Start, unix ms.
     pub(crate) start_unix_ms: u64,
     /// Start, monotonic ns.
     pub(crate) start_mono_ns: u64,
+}
+
+impl JobView {
+    /// The client as people know it: the one a PROXY header named, else
+    /// the socket's peer.
+    pub(crate) fn shown_peer(&self) -> Option<SocketAddr> {
+        self.client.or(self.peer)
+    }
+
+    /// The balancer's address, when a PROXY header named the client.
+    pub(crate) fn proxy_peer(&self) -> Option<SocketAddr> {
+        self.client.and(self.peer)
+    }
 }
 
 /// Reading a slot: for everyone (the supervisor, its worker, `jobd status`).
@@ -731,6 +750,7 @@ impl Slot {
                 inode: self.inode.load(Ordering::Relaxed),
                 peer: self.peer.load(),
                 local: self.local.load(),
+                client: self.client.load(),
                 start_unix_ms: self.job_start_unix_ms.load(Ordering::Relaxed),
                 start_mono_ns: self.job_start_mono_ns.load(Ordering::Relaxed),
             };
@@ -872,6 +892,7 @@ impl Slot {
         self.inode.store(job.inode, Ordering::Relaxed);
         self.peer.store(job.peer);
         self.local.store(job.local);
+        self.client.store(job.client);
         self.job_start_unix_ms
             .store(job.start_unix_ms, Ordering::Relaxed);
         self.job_start_mono_ns
@@ -1193,6 +1214,7 @@ mod tests {
             inode: 42,
             peer: Some("[::1]:5555".parse().unwrap()),
             local: Some("127.0.0.1:7000".parse().unwrap()),
+            client: None,
             start_unix_ms: 1,
             start_mono_ns: 2,
         };

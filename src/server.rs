@@ -361,7 +361,7 @@ impl Server {
             &self.cfg
         };
         let mut pid_file = cfg.pid_file.as_deref().map(PidFile::acquire).transpose()?;
-        let listener = bind(cfg.listen, cfg.backlog).map_err(|source| Error::Bind {
+        let listener = bind(cfg.listen, cfg.backlog, cfg.reuse_port).map_err(|source| Error::Bind {
             addr: cfg.listen,
             source,
         })?;

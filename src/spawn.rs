@@ -283,6 +283,8 @@ impl Spawner {
             "TCPREMOTEPORT",
             "JOBD_JOB_ID",
             "JOBD_SLOT",
+            "TCPPROXYIP",
+            "TCPPROXYPORT",
         ];
         let mut base_env = if cfg.clear_env {
             // PATH (a handler that runs `sh` or `curl` needs one), and the
@@ -327,6 +329,7 @@ impl Spawner {
         slot: usize,
         peer: SocketAddr,
         local: SocketAddr,
+        proxy: Option<SocketAddr>,
     ) -> io::Result<Pid> {
         let mut env = self.base_env.clone();
         let mut var = |k: &str, v: &str| {
@@ -341,6 +344,10 @@ impl Spawner {
         var("TCPREMOTEPORT", &peer.port().to_string());
         var("JOBD_JOB_ID", &job_id.to_string());
         var("JOBD_SLOT", &slot.to_string());
+        if let Some(p) = proxy {
+            var("TCPPROXYIP", &ip_str(&p));
+            var("TCPPROXYPORT", &p.port().to_string());
+        }
         if !self.limits.is_empty() || run_as().is_some() {
             let fds = [(conn, 0), (conn, 1)];
             let setup = ChildSetup {

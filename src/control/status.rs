@@ -22,8 +22,10 @@ pub struct SlotStatus {
     pub generation: u32,
     /// Current job id.
     pub job_id: Option<u64>,
-    /// Current client.
+    /// Current client (the one a PROXY header named, behind a balancer).
     pub peer: Option<String>,
+    /// The balancer's address, behind `--proxy-protocol`.
+    pub proxy_peer: Option<String>,
     /// Current job's age in milliseconds.
     pub job_age_ms: Option<u64>,
     /// Jobs this worker served.
@@ -145,7 +147,8 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             state,
             generation: s.generation(),
             job_id: job.map(|j| j.job_id),
-            peer: job.and_then(|j| j.peer).map(|p| p.to_string()),
+            peer: job.and_then(|j| j.shown_peer()).map(|p| p.to_string()),
+            proxy_peer: job.and_then(|j| j.proxy_peer()).map(|p| p.to_string()),
             job_age_ms: job.map(|j| now.saturating_sub(j.start_unix_ms)),
             jobs_served: s.jobs_served(),
             job_cpu_ms: job.and_then(|j| handler_cpu_ms(s.pid(), j.pgid)),

@@ -147,7 +147,8 @@ pub(super) fn read_exit(r: &Reaped<'_>, now_mono_ns: u64) -> ExitReading {
             job_id: job.job_id,
             slot: r.slot,
             pid: r.worker.pid.as_raw(),
-            peer: job.peer,
+            peer: job.shown_peer(),
+            proxy_peer: job.proxy_peer(),
             duration_ms: now_mono_ns.saturating_sub(job.start_mono_ns) / 1_000_000,
             outcome,
             reason: Some(reason),
@@ -189,6 +190,7 @@ mod tests {
             inode: 2,
             peer: Some("127.0.0.1:4000".parse().unwrap()),
             local: None,
+            client: None,
             start_unix_ms: 0,
             start_mono_ns: 1_000_000_000,
         }

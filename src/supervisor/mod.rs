@@ -359,6 +359,16 @@ impl<'a> Supervisor<'a> {
             "SIGTERM: stopping; running jobs may finish"
         );
         self.run_before_shutdown();
+        // Stop accepting at once, for every process that shares the
+        // listening socket: new connections are refused (a balancer's next
+        // health check fails and new clients go elsewhere), while running
+        // jobs finish and are still watched.
+        if let Err(e) = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(self.listener),
+            nix::sys::socket::Shutdown::Read,
+        ) {
+            tracing::warn!(error = %e, "failed to close the listener; workers stop accepting anyway");
+        }
         self.phase = Phase::Draining {
             deadline: Instant::now() + self.cfg.grace,
         };
@@ -769,7 +779,7 @@ impl<'a> Supervisor<'a> {
                     i,
                     w.pid.as_raw(),
                     j.job_id,
-                    j.peer,
+                    j.shown_peer(),
                     &req,
                     end.duration_ms,
                     None,

@@ -100,7 +100,11 @@ impl Canceller {
         verdict: Verdict,
         by: By,
     ) {
-        let peer = j.job.peer.map(|p| p.to_string()).unwrap_or_default();
+        let peer = j
+            .job
+            .shown_peer()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         match verdict {
             Verdict::Keep => {
                 tracing::info!(slot = j.slot, pid = j.pid.as_raw(), job = j.job.job_id, peer = %peer, reason = %j.reason.as_str(), verdict_by = by.as_str(), "client disconnected; job kept");

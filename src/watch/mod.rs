@@ -85,7 +85,7 @@ pub(crate) struct Watch {
 }
 
 fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> DisconnectEvent {
-    let peer = job.peer.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+    let peer = job.shown_peer().unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
     let local = job.local.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
     DisconnectEvent {
         slot,
@@ -97,6 +97,7 @@ fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> Disc
         foreign_host: peer.ip().to_string(),
         foreign_port: peer.port(),
         reason,
+        proxy_peer: job.proxy_peer().map(|p| p.to_string()),
         job_start_unix_ms: job.start_unix_ms,
         detected_unix_ms: now_unix_ms(),
     }

@@ -74,6 +74,7 @@ pub(crate) fn job(job_id: u64, kind: JobKind) -> JobView {
         inode: 2000 + job_id,
         peer: Some("127.0.0.1:40000".parse().unwrap()),
         local: Some("127.0.0.1:7000".parse().unwrap()),
+        client: None,
         start_unix_ms: crate::scoreboard::now_unix_ms(),
         start_mono_ns: crate::sys::monotonic_ns(),
     }

@@ -233,6 +233,7 @@ mod tests {
             foreign_host: "127.0.0.1".into(),
             foreign_port: 40000,
             reason: DisconnectReason::ClientClosed,
+            proxy_peer: None,
             job_start_unix_ms: 0,
             detected_unix_ms: 0,
         }

@@ -184,9 +184,10 @@ impl Runner<'_, '_> {
         &self,
         conn: TcpStream,
         peer: SocketAddr,
+        client: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) -> AfterJob {
-        let Some((job, half_closed)) = self.open_job(&conn, peer, local) else {
+        let Some((job, half_closed)) = self.open_job(&conn, peer, client, local) else {
             return AfterJob::default();
         };
         let started = Instant::now();
@@ -210,7 +211,7 @@ impl Runner<'_, '_> {
                 self.slot,
                 std::process::id() as i32,
                 job.job_id,
-                job.peer,
+                job.shown_peer(),
                 req,
                 ran_ms,
                 progress,
@@ -220,7 +221,8 @@ impl Runner<'_, '_> {
             job_id: job.job_id,
             slot: self.slot,
             pid: std::process::id() as i32,
-            peer: Some(peer),
+            peer: job.shown_peer(),
+            proxy_peer: job.proxy_peer(),
             duration_ms: started.elapsed().as_millis() as u64,
             outcome,
             reason,
@@ -276,6 +278,7 @@ impl Runner<'_, '_> {
         &self,
         conn: &TcpStream,
         peer: SocketAddr,
+        client: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) -> Option<(JobView, bool)> {
         let (slot, pid) = (self.slot, std::process::id());
@@ -309,6 +312,7 @@ impl Runner<'_, '_> {
                 .unwrap_or(0),
             peer: Some(peer),
             local: Some(local),
+            client,
             start_unix_ms: crate::scoreboard::now_unix_ms(),
             start_mono_ns: sys::monotonic_ns(),
         };
@@ -324,7 +328,7 @@ impl Runner<'_, '_> {
         started: Instant,
     ) -> Ran {
         let (slot, pid) = (self.slot, std::process::id());
-        let peer = job.peer.expect("a job has a peer");
+        let peer = job.shown_peer().expect("a job has a peer");
         // With cgroups, the handler is born in the worker's job cgroup.
         let in_job_cgroup = self.job_cgroup.is_some();
         // Published before the spawn: a worker that dies from here on
@@ -340,6 +344,7 @@ impl Runner<'_, '_> {
                     slot,
                     peer,
                     job.local.expect("a job has a local address"),
+                    job.proxy_peer(),
                 )
             });
         let child = match spawned {
@@ -362,7 +367,14 @@ impl Runner<'_, '_> {
         } else {
             "subreaper"
         };
-        tracing::info!(slot, pid, job = job.job_id, peer = %peer, handler_pid = child.as_raw(), containment, "job started");
+        match job.proxy_peer() {
+            Some(proxy) => {
+                tracing::info!(slot, pid, job = job.job_id, peer = %peer, proxy_peer = %proxy, handler_pid = child.as_raw(), containment, "job started")
+            }
+            None => {
+                tracing::info!(slot, pid, job = job.job_id, peer = %peer, handler_pid = child.as_raw(), containment, "job started")
+            }
+        }
         if half_closed {
             self.log_kept_fin(job.job_id);
         }
@@ -381,7 +393,7 @@ impl Runner<'_, '_> {
     /// Runs a closure job in this process, with the kill switch armed.
     fn run_closure(&self, conn: &TcpStream, job: JobView, f: &crate::config::JobFn) -> Ran {
         let (slot, pid) = (self.slot, std::process::id());
-        let peer = job.peer.expect("a job has a peer");
+        let peer = job.shown_peer().expect("a job has a peer");
         let board = self.board();
         board.begin_job(&job, false);
         tracing::info!(slot, pid, job = job.job_id, peer = %peer, "job started");
@@ -565,7 +577,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             self.runner.slot,
             std::process::id() as i32,
             self.job.job_id,
-            self.job.peer,
+            self.job.shown_peer(),
             &req,
             ran_ms,
             progress,

@@ -24,9 +24,10 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
 use crate::cgroup::{JobCgroup, SlotCgroups};
-use crate::config::Config;
+use crate::config::{Config, ProxyProtocol};
 use crate::episode::Episode;
 use crate::hooks::Hooks;
+use crate::proxy;
 use crate::scoreboard::{Counter, Scoreboard, SlotState};
 use crate::sys;
 use inline::InlineWatch;
@@ -260,8 +261,33 @@ fn run(
             Ok((conn, peer)) => {
                 accept_fault.ok(Some(slot));
                 backoff = Duration::ZERO;
+                // `--proxy-protocol`: the header names the real client
+                // before anything else is decided.
+                let client = if cfg.proxy_protocol == ProxyProtocol::Off {
+                    None
+                } else {
+                    board.set_state(SlotState::Busy);
+                    let h = proxy::read_header(&conn, cfg.proxy_protocol, cfg.proxy_timeout);
+                    board.set_state(SlotState::Idle);
+                    match h {
+                        Ok(proxy::Header::Proxied { client, .. }) => Some(client),
+                        Ok(proxy::Header::Local) => {
+                            // The balancer's own health check: no job.
+                            tracing::debug!(slot, peer = %peer, "PROXY LOCAL header (a health check): no job");
+                            continue;
+                        }
+                        Err(proxy::HeaderError::Closed) => {
+                            tracing::debug!(slot, peer = %peer, "connection closed before its PROXY header: no job");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(slot, peer = %peer, error = %e, "connection closed: it {e}");
+                            continue;
+                        }
+                    }
+                };
                 if let Some(max) = cfg.max_per_source {
-                    let ip = match peer.ip() {
+                    let ip = match client.unwrap_or(peer).ip() {
                         std::net::IpAddr::V6(v6) => v6
                             .to_ipv4_mapped()
                             .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
@@ -288,7 +314,7 @@ fn run(
                     }
                 }
                 // serve() gives the place back when the job ends.
-                after.merge(runner.serve(conn, peer, fixed_local));
+                after.merge(runner.serve(conn, peer, client, fixed_local));
                 served += 1;
                 if max_requests.is_some_and(|m| served >= m) && !after.exit_now {
                     tracing::info!(
@@ -305,6 +331,11 @@ fn run(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
                 // The client left the backlog before we took it.
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // The supervisor shut the listener down (draining): this
+                // worker is done accepting.
+                after.retire = true;
             }
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: the client stays in the

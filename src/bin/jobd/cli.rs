@@ -192,6 +192,31 @@ impl From<ContainmentArg> for Containment {
     }
 }
 
+/// `--proxy-protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyArg {
+    /// No header: the peer is the client.
+    Off,
+    /// The text header (HAProxy `send-proxy`).
+    V1,
+    /// The binary header (HAProxy `send-proxy-v2`).
+    V2,
+    /// Either.
+    Any,
+}
+
+impl From<ProxyArg> for jobd::config::ProxyProtocol {
+    fn from(a: ProxyArg) -> Self {
+        use jobd::config::ProxyProtocol as P;
+        match a {
+            ProxyArg::Off => P::Off,
+            ProxyArg::V1 => P::V1,
+            ProxyArg::V2 => P::V2,
+            ProxyArg::Any => P::Any,
+        }
+    }
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormatArg {
@@ -445,6 +470,23 @@ pub struct RunArgs {
     /// With --clear-env: pass jobd's own KEY on to handlers (repeatable).
     #[arg(long, value_name = "KEY")]
     pub pass_env: Vec<String>,
+
+    /// Each connection starts with a PROXY protocol header (from HAProxy
+    /// or another balancer) naming the real client: handlers, logs,
+    /// events and status then show that client. A LOCAL header (a health
+    /// check) starts no job; a missing or bad header closes the connection.
+    #[arg(long, value_enum, default_value = "off")]
+    pub proxy_protocol: ProxyArg,
+
+    /// How long a connection may take to send its PROXY header.
+    /// Range: 10ms to 1m.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration, allow_hyphen_values = true)]
+    pub proxy_timeout: Duration,
+
+    /// Set SO_REUSEPORT on the listener, so that several jobds (or an
+    /// upgraded one) share the port; the kernel spreads new connections.
+    #[arg(long)]
+    pub reuse_port: bool,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -509,6 +551,9 @@ impl RunArgs {
         c.clear_env = self.clear_env;
         c.env = self.env.clone();
         c.pass_env = self.pass_env.clone();
+        c.proxy_protocol = self.proxy_protocol.into();
+        c.proxy_timeout = self.proxy_timeout;
+        c.reuse_port = self.reuse_port;
         c.validate()?;
         Ok(c)
     }
