@@ -13,4 +13,5 @@ mod daemon;
 mod disconnect;
 mod examples;
 mod pool;
+mod scaleout;
 mod survival;

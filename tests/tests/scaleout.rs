@@ -1,0 +1,293 @@
+//! Scale-out and deployment (issue 12) without a balancer: PROXY protocol
+//! headers written by the test, draining on SIGTERM, `--reuse-port`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use crate::util::{self, DEADLINE, Jobd};
+
+/// A PROXY v2 header for a TCP connection from `client` to `dest`.
+fn v2(client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21); // v2, PROXY
+    match (client, dest) {
+        (SocketAddr::V4(c), SocketAddr::V4(d)) => {
+            h.push(0x11);
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&c.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        (SocketAddr::V6(c), SocketAddr::V6(d)) => {
+            h.push(0x21);
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&c.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        _ => panic!("one family"),
+    }
+    h
+}
+
+/// The v2 LOCAL header HAProxy's health checks send.
+fn v2_local() -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    h
+}
+
+fn line(s: &TcpStream) -> String {
+    let mut l = String::new();
+    BufReader::new(s).read_line(&mut l).unwrap();
+    l
+}
+
+fn start(mode: &str, dir: tempfile::TempDir, access: &std::path::Path) -> Jobd {
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        "echo \"$TCPREMOTEIP $TCPREMOTEPORT ${TCPPROXYIP:-none} $$\"\nIFS= read -r l\necho \"got $l\"\nIFS= read -r l\n[ \"$l\" = done ] || exec sleep 300",
+    );
+    Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--proxy-protocol",
+            mode,
+            "--access-log",
+            access.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    )
+}
+
+/// PROXY v2 and v1: the handler, the job lines, the cancellation line and
+/// the access log carry the real client; the balancer is `proxy_peer` and
+/// TCPPROXYIP; the bytes after the header reach the handler untouched.
+#[test]
+fn a_proxy_header_names_the_real_client_everywhere() {
+    for mode in ["v2", "v1", "any"] {
+        let dir = util::tempdir();
+        let access = dir.path().join("access.log");
+        let mut j = start(mode, dir, &access);
+        let client: SocketAddr = "203.0.113.7:4242".parse().unwrap();
+        let mut s = TcpStream::connect(j.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let header = if mode == "v1" {
+            format!(
+                "PROXY TCP4 203.0.113.7 {} 4242 {}\r\n",
+                j.addr.ip(),
+                j.addr.port()
+            )
+            .into_bytes()
+        } else {
+            v2(client, j.addr)
+        };
+        // The header and the first line in one segment: nothing of the
+        // line may be eaten with the header.
+        let mut first = header.clone();
+        first.extend_from_slice(b"hello\n");
+        s.write_all(&first).unwrap();
+        let hello = line(&s);
+        let mut f = hello.split_whitespace();
+        assert_eq!(f.next(), Some("203.0.113.7"), "{mode}: {hello}");
+        assert_eq!(f.next(), Some("4242"), "{mode}: {hello}");
+        assert_eq!(f.next(), Some("127.0.0.1"), "{mode}: TCPPROXYIP: {hello}");
+        let handler: i32 = f.next().unwrap().parse().unwrap();
+        assert_eq!(line(&s).trim(), "got hello", "{mode}");
+        let started = j.wait_log(|l| l.contains("job started"));
+        assert!(
+            started.contains("peer=203.0.113.7:4242") && started.contains("proxy_peer=127.0.0.1:"),
+            "{started}"
+        );
+        // The client goes: the cancellation names it.
+        drop(s);
+        let cancel = j.wait_log(|l| l.contains("job cancelled"));
+        assert!(cancel.contains("peer=203.0.113.7:4242"), "{cancel}");
+        util::wait_until("the handler gone", || !util::alive(handler));
+        let rec = util::wait_file_line(&access, |l| l.contains("outcome=cancelled"));
+        assert_eq!(util::field(&rec, "peer"), "203.0.113.7:4242", "{rec}");
+        assert!(
+            util::field(&rec, "proxy_peer").starts_with("127.0.0.1:"),
+            "{rec}"
+        );
+        j.stop_clean();
+    }
+}
+
+/// HAProxy's health checks (a v2 LOCAL header, then a close), a
+/// connection closed before or right after its header, start no job and
+/// no cancellation; a missing or malformed header closes the connection
+/// with one warning naming the peer.
+#[test]
+fn health_checks_and_bad_headers_start_no_job() {
+    let dir = util::tempdir();
+    let access = dir.path().join("access.log");
+    let mut j = start("v2", dir, &access);
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(j.addr).unwrap();
+        s.write_all(&v2_local()).unwrap();
+        drop(s);
+    }
+    for _ in 0..5 {
+        drop(TcpStream::connect(j.addr).unwrap()); // closed before its header
+    }
+    let mut s = TcpStream::connect(j.addr).unwrap();
+    s.write_all(&v2("198.51.100.1:1000".parse().unwrap(), j.addr))
+        .unwrap();
+    drop(s); // right after its header
+    let mut bad = TcpStream::connect(j.addr).unwrap();
+    bad.set_read_timeout(Some(DEADLINE)).unwrap();
+    let local = bad.local_addr().unwrap();
+    bad.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = bad.read_to_end(&mut out);
+    assert!(out.is_empty(), "no job answered a bad header");
+    let warn = j.wait_log(|l| l.contains("no valid PROXY header"));
+    assert!(warn.contains(&format!("peer={local}")), "{warn}");
+    // A real job afterwards is the first and only one.
+    let mut s = TcpStream::connect(j.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut first = v2("203.0.113.8:5000".parse().unwrap(), j.addr);
+    first.extend_from_slice(b"x\n");
+    s.write_all(&first).unwrap();
+    assert!(line(&s).starts_with("203.0.113.8 5000"));
+    (&s).write_all(b"done\n").unwrap();
+    assert_eq!(line(&s).trim(), "got x");
+    drop(s);
+    j.wait_log(|l| l.contains("job ended"));
+    let started = j.count(|l| l.contains("job started"));
+    assert!(started <= 2, "{}", j.dump());
+    assert_eq!(
+        j.count(|l| l.contains("job cancelled") && !l.contains("203.0.113.8")),
+        0,
+        "{}",
+        j.dump()
+    );
+    assert_eq!(
+        j.count(|l| l.contains("no valid PROXY header")),
+        1,
+        "{}",
+        j.dump()
+    );
+    j.stop_clean();
+}
+
+/// A header that never completes is given up after `--proxy-timeout`
+/// (one warning), and the worker serves the next client.
+#[test]
+fn a_slow_proxy_header_times_out() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo \"$TCPREMOTEIP\"");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--max-children",
+            "1",
+            "--proxy-protocol",
+            "any",
+            "--proxy-timeout",
+            "300ms",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let mut slow = TcpStream::connect(j.addr).unwrap();
+    slow.write_all(b"PROXY TCP4 1.2").unwrap();
+    let t = Instant::now();
+    j.wait_log(|l| l.contains("sent no complete PROXY header within"));
+    assert!(t.elapsed() < DEADLINE);
+    let mut s = TcpStream::connect(j.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(
+        format!(
+            "PROXY TCP4 192.0.2.9 {} 9 {}\r\n",
+            j.addr.ip(),
+            j.addr.port()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(line(&s).trim(), "192.0.2.9");
+    drop(slow);
+    j.stop_clean();
+}
+
+/// Draining: on SIGTERM jobd refuses new connections at once, while a
+/// running job finishes (and is still watched).
+#[test]
+fn sigterm_refuses_new_connections_at_once_and_lets_running_jobs_finish() {
+    let dir = util::tempdir();
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        "echo started\nIFS= read -r l\necho \"done $l\"",
+    );
+    let mut j = Jobd::start_in(dir, &["--prefork", "2", "--script", h.to_str().unwrap()]);
+    let (mut s, l) = j.request_line("");
+    assert_eq!(l.trim(), "started");
+    j.signal("TERM");
+    j.wait_log(|l| l.contains("SIGTERM: stopping"));
+    util::wait_until("new connections refused", || {
+        TcpStream::connect(j.addr).is_err()
+    });
+    s.write_all(b"late\n").unwrap();
+    assert_eq!(line(&s).trim(), "done late");
+    drop(s);
+    assert!(j.wait_exit().success());
+}
+
+/// `--reuse-port`: two jobds serve one port; both get clients.
+#[test]
+fn reuse_port_lets_two_jobds_share_a_port() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo \"$PPID\"");
+    let a = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--reuse-port",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let port = a.addr.port().to_string();
+    let dir2 = util::tempdir();
+    let h2 = util::script(dir2.path(), "h.sh", "echo \"$PPID\"");
+    let listen = format!("127.0.0.1:{port}");
+    let b = Jobd::start_in(
+        dir2,
+        &[
+            "--listen",
+            &listen,
+            "--prefork",
+            "1",
+            "--reuse-port",
+            "--script",
+            h2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(a.addr, b.addr);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let mut out = String::new();
+        let mut s = TcpStream::connect(a.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.read_to_string(&mut out).unwrap();
+        seen.insert(out.trim().to_string());
+        if seen.len() >= 2 {
+            break;
+        }
+    }
+    assert!(seen.len() >= 2, "one jobd got every client: {seen:?}");
+    drop((a, b));
+}
