@@ -633,6 +633,10 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// Socket activation: the passed socket is unusable, or `--listen`
+    /// names another address.
+    #[error("{0}")]
+    Activation(String),
     /// A `--job-limit` value that no handler could run under, or that
     /// jobd could not set.
     #[error("--job-limit {limit}: {why}")]
@@ -645,10 +649,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// `--listen`'s default, 127.0.0.1:7000.
+    pub fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7000))
+    }
+
     /// Defaults for everything but the job.
     pub fn new(job: JobSpec) -> Config {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            listen: Config::default_listen(),
             prefork: 4,
             scoreboard: None,
             grace: Duration::from_secs(30),

@@ -41,6 +41,51 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Resu
     Ok(TcpListener::from(fd))
 }
 
+/// The listening socket passed by systemd (socket activation: `LISTEN_PID`
+/// is ours and `LISTEN_FDS` at least 1), when there is one: fd 3, checked
+/// to be a listening TCP socket; `want` (an explicit `--listen`) must be
+/// its address. Its backlog and options are the service manager's.
+pub(crate) fn activated(want: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
+    let mut fds = sd_notify::listen_fds().map_err(|e| format!("socket activation: {e}"))?;
+    let Some(raw) = fds.next() else {
+        return Ok(None);
+    };
+    if fds.len() > 0 {
+        tracing::warn!(
+            more = fds.len(),
+            "socket activation passed several sockets; jobd serves on the first (fd 3)"
+        );
+    }
+    let fd = sys::take_passed_fd(raw);
+    let listening = socket::getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
+    let stream = socket::getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+    let addr = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        });
+    let Some(addr) = addr.filter(|_| listening && stream) else {
+        return Err("socket activation: fd 3 is not a listening TCP socket".into());
+    };
+    if let Some(w) = want
+        && w != addr
+    {
+        return Err(format!(
+            "--listen {w} does not match the socket passed by the service manager ({addr}); leave --listen out"
+        ));
+    }
+    let fl = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+    let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(|e| e.to_string())?;
+    tracing::info!(listen = %addr, "serving on the socket passed by the service manager");
+    Ok(Some(TcpListener::from(fd)))
+}
+
 /// TCP keepalive and TCP_USER_TIMEOUT, set once on the listener: accepted
 /// sockets inherit them (Linux copies these options at accept), which saves
 /// five system calls per job.

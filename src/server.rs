@@ -361,10 +361,19 @@ impl Server {
             &self.cfg
         };
         let mut pid_file = cfg.pid_file.as_deref().map(PidFile::acquire).transpose()?;
-        let listener = bind(cfg.listen, cfg.backlog, cfg.reuse_port).map_err(|source| Error::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        // systemd socket activation, else our own bind. An explicit
+        // (non-default) --listen must match the passed socket.
+        let default_listen = Config::default_listen();
+        let want = (cfg.listen != default_listen).then_some(cfg.listen);
+        let listener = match crate::net::activated(want).map_err(ConfigError::Activation)? {
+            Some(l) => l,
+            None => {
+                bind(cfg.listen, cfg.backlog, cfg.reuse_port).map_err(|source| Error::Bind {
+                    addr: cfg.listen,
+                    source,
+                })?
+            }
+        };
         let local = listener.local_addr().map_err(Error::Setup)?;
         if let Err(e) = set_keepalive(&listener, cfg.keepalive) {
             tracing::warn!(error = %e, "failed to set TCP keepalive on the listener");
@@ -450,6 +459,9 @@ impl Server {
                 ));
             }
             sb.header().set_containment_group();
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                tracing::debug!(error = %e, "sd_notify failed");
+            }
             let code = run_inline(cfg, &self.hooks, &sb, &listener);
             sb.header().set_supervisor_pid(0);
             if code == 0 {

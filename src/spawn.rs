@@ -17,11 +17,24 @@ use nix::unistd::Pid;
 
 use crate::config::{Config, JobLimit, JobSpec};
 
+/// systemd's variables for jobd itself (socket activation, notify,
+/// watchdog): never passed on.
+const SERVICE_VARS: [&str; 6] = [
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
 /// This process's environment as `KEY=VALUE` strings for a child, without
-/// the keys in `except`.
+/// the keys in `except` and the service manager's.
 pub(crate) fn environ(except: &[&str]) -> Vec<CString> {
     std::env::vars_os()
         .filter(|(k, _)| !except.iter().any(|o| k == o))
+        // The service manager's protocol is jobd's, not its children's.
+        .filter(|(k, _)| !SERVICE_VARS.iter().any(|o| k == o))
         .filter_map(|(k, v)| {
             let mut kv = k.into_vec();
             kv.push(b'=');

@@ -18,6 +18,7 @@
 //! workers' pidfds, and the pool rules ([`pool`], pure) every tick.
 
 mod children;
+mod notify;
 pub(crate) mod pool;
 mod reload;
 
@@ -144,6 +145,8 @@ pub(crate) struct Supervisor<'a> {
     refused: (u64, Instant, u64),
     /// Forking a worker failing.
     fork_fault: crate::episode::Episode,
+    /// `sd_notify` to the service manager.
+    notifier: notify::Notifier,
 }
 
 impl<'a> Supervisor<'a> {
@@ -192,6 +195,7 @@ impl<'a> Supervisor<'a> {
             own_before,
             refused: (0, Instant::now(), 0),
             fork_fault: crate::episode::Episode::new("forking a worker"),
+            notifier: notify::Notifier::new(),
         })
     }
 
@@ -201,6 +205,7 @@ impl<'a> Supervisor<'a> {
         for i in 0..self.cfg.prefork {
             self.spawn(i);
         }
+        self.notifier.ready();
         loop {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
@@ -216,6 +221,10 @@ impl<'a> Supervisor<'a> {
                 Phase::Draining { deadline } | Phase::Killing { deadline } => earliest(deadline),
             }
             earliest(self.watch.next_due());
+            let line = self.notifier.wants_status(now).then(|| self.status_line());
+            if let Some(t) = self.notifier.tick(now, line) {
+                earliest(t);
+            }
             if let Some(t) = self.sweep_orphans_at {
                 earliest(t);
             }
@@ -308,6 +317,20 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// The one-line summary for the service manager's `STATUS=`.
+    fn status_line(&self) -> String {
+        let h = self.sb.header();
+        format!(
+            "{} workers ({} busy); {} jobs served, {} cancelled",
+            self.live_workers(),
+            self.busy_count(),
+            h.get(Counter::JobsServed),
+            h.get(Counter::CancelledDisconnect)
+                + h.get(Counter::CancelledTimeout)
+                + h.get(Counter::CancelledShutdown)
+        )
+    }
+
     fn live_workers(&self) -> usize {
         self.slots.iter().filter(|s| s.worker.is_some()).count()
     }
@@ -359,6 +382,7 @@ impl<'a> Supervisor<'a> {
             "SIGTERM: stopping; running jobs may finish"
         );
         self.run_before_shutdown();
+        self.notifier.stopping();
         // Stop accepting at once, for every process that shares the
         // listening socket: new connections are refused (a balancer's next
         // health check fails and new clients go elsewhere), while running
@@ -387,6 +411,7 @@ impl<'a> Supervisor<'a> {
         if self.phase == Phase::Running {
             self.run_before_shutdown();
         }
+        self.notifier.stopping();
         tracing::info!(
             busy = self.busy_count(),
             "{why}: cancelling all jobs and stopping"
@@ -594,6 +619,7 @@ impl<'a> Supervisor<'a> {
         }
         self.generation += 1;
         self.sb.header().set_generation(self.generation);
+        self.notifier.reloading();
         tracing::info!(
             generation = self.generation,
             "{why}: reloading; workers are replaced once idle"

@@ -63,6 +63,14 @@ pub fn cloexec_inherited() -> usize {
     marked
 }
 
+/// Takes ownership of a descriptor a service manager passed (socket
+/// activation: fd 3 onwards, announced by `LISTEN_FDS`).
+pub fn take_passed_fd(raw: std::os::fd::RawFd) -> OwnedFd {
+    // SAFETY: the descriptor was passed to this process by its service
+    // manager for it to own; nothing else in jobd holds or closes it.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
+}
+
 /// The result of [`fork`], as in `nix::unistd::ForkResult`.
 pub enum Forked {
     /// In the parent: the child's pid.

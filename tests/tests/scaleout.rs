@@ -291,3 +291,201 @@ fn reuse_port_lets_two_jobds_share_a_port() {
     assert!(seen.len() >= 2, "one jobd got every client: {seen:?}");
     drop((a, b));
 }
+
+/// systemd socket activation, through `systemd-socket-activate` (which
+/// binds, sets LISTEN_PID and LISTEN_FDS, and execs jobd): jobd serves on
+/// the passed socket; an explicit `--listen` naming another address is
+/// refused (exit 2); handlers do not see the LISTEN_* variables.
+#[test]
+fn socket_activation_serves_on_the_passed_socket() {
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists()) else {
+        panic!("systemd-socket-activate is missing: install the systemd package (.ci/run does)");
+    };
+    let dir = util::tempdir();
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        "echo \"listen_fds=${LISTEN_FDS:-unset} notify=${NOTIFY_SOCKET:-unset}\"",
+    );
+    // A free port (bound and released: the activator binds it again).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let tag = util::fresh_tag();
+    let mut child = std::process::Command::new(activate)
+        .args([
+            "-l",
+            &addr.to_string(),
+            util::jobd_bin(),
+            "--prefork",
+            "1",
+            "--script",
+            h.to_str().unwrap(),
+        ])
+        .env("JOBD_TEST_TAG", &tag)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            l2.lock().unwrap().push(l);
+        }
+    });
+    let has = |needle: &str| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+    // The activator starts jobd on the first connection, which jobd then
+    // takes from the passed socket's queue.
+    let mut s = None;
+    util::wait_until("the activator listening", || {
+        s = TcpStream::connect(addr).ok();
+        s.is_some()
+    });
+    let mut s = s.unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    util::wait_until("jobd serving on the passed socket", || {
+        has("serving on the socket passed by the service manager")
+    });
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(
+        out.trim(),
+        "listen_fds=unset notify=unset",
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    util::send(child.id() as i32, "TERM");
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}: {:?}", lines.lock().unwrap());
+    util::wait_gone(&tag);
+    // An explicit --listen elsewhere is a configuration error (the
+    // activator execs jobd on the first connection).
+    let port2 = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr2: SocketAddr = format!("127.0.0.1:{port2}").parse().unwrap();
+    let mut child = std::process::Command::new(activate)
+        .args([
+            "-l",
+            &addr2.to_string(),
+            util::jobd_bin(),
+            "--listen",
+            "127.0.0.1:1",
+            "--script",
+            h.to_str().unwrap(),
+        ])
+        .env("JOBD_TEST_TAG", &tag)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut c = None;
+    util::wait_until("the second activator listening", || {
+        c = TcpStream::connect(addr2).ok();
+        c.is_some()
+    });
+    let mut st = None;
+    let exited = util::poll_until(Instant::now() + DEADLINE, || {
+        st = child.try_wait().unwrap();
+        st.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("jobd with a mismatched --listen did not exit");
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(st.unwrap().code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not match the socket passed"),
+        "{stderr}"
+    );
+    drop(c);
+}
+
+/// sd_notify: with NOTIFY_SOCKET (a datagram socket the test creates) and
+/// WATCHDOG_USEC, jobd sends READY=1, a STATUS= line, WATCHDOG=1 pings,
+/// RELOADING=1 on SIGHUP and STOPPING=1 on SIGTERM.
+#[test]
+fn sd_notify_tells_ready_status_watchdog_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = util::tempdir();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let h = util::script(dir.path(), "h.sh", "echo hi");
+    let tag = util::fresh_tag();
+    let mut child = std::process::Command::new(util::jobd_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--prefork",
+            "1",
+            "--script",
+            h.to_str().unwrap(),
+        ])
+        .env("JOBD_TEST_TAG", &tag)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got: Vec<String> = Vec::new();
+    let recv_until = |what: &str, got: &mut Vec<String>| {
+        let deadline = Instant::now() + DEADLINE;
+        while !got.iter().any(|m| m.contains(what)) {
+            assert!(Instant::now() < deadline, "no {what} in {got:?}");
+            let mut buf = [0u8; 4096];
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {what}: {e}; got {got:?}"));
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    recv_until("READY=1", &mut got);
+    recv_until("STATUS=", &mut got);
+    let status = got.iter().find(|m| m.contains("STATUS=")).unwrap().clone();
+    assert!(
+        status.contains("workers") && status.contains("jobs served"),
+        "{status}"
+    );
+    // Pings every 100 ms: several within a second.
+    let before = got.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    for _ in 0..3 {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).unwrap();
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() > before,
+        "{got:?}"
+    );
+    util::send(child.id() as i32, "HUP");
+    recv_until("RELOADING=1", &mut got);
+    util::send(child.id() as i32, "TERM");
+    recv_until("STOPPING=1", &mut got);
+    assert!(child.wait().unwrap().success());
+    util::wait_gone(&tag);
+}
