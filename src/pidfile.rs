@@ -164,6 +164,23 @@ impl PidFile {
         Ok(pf)
     }
 
+    /// An upgrade's new jobd: the pid file is locked by `old`, the
+    /// supervisor that started us (checked by the caller: our parent).
+    /// Taken over without waiting for its lock: [`PidFile::write_pid`]
+    /// puts a new locked file in its place; the old jobd does not remove
+    /// a path that no longer names its file.
+    pub fn take_over(path: &Path, old: i32) -> Result<PidFile, PidFileError> {
+        match PidFile::acquire(path) {
+            Err(PidFileError::AlreadyRunning { pid: Some(p), .. }) if p == old => Ok(PidFile {
+                path: path.into(),
+                current: (0, 0),
+                held: Vec::new(),
+                owner: std::process::id(),
+            }),
+            other => other,
+        }
+    }
+
     /// Writes `pid` (after daemonizing, the pid changed): a new file in the
     /// same directory, locked, written, then renamed over the path. The
     /// calling process becomes the one that removes the file at exit.

@@ -1065,6 +1065,28 @@ impl Scoreboard {
         Ok(sb)
     }
 
+    /// An upgrade's new jobd: the old one still holds (and uses) the file
+    /// at `path`, so a new one is made next to it, exclusively, and renamed
+    /// over it: the old jobd goes on with its mapping of the file it had,
+    /// `jobd status` reads the new one.
+    pub(crate) fn create_replacing(
+        path: &Path,
+        nslots: usize,
+    ) -> Result<Scoreboard, ScoreboardError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scoreboard".into());
+        let tmp = path.with_file_name(format!(".{name}.{}.new", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let sb = Scoreboard::create(&tmp, nslots)?;
+        std::fs::rename(&tmp, path).map_err(|source| ScoreboardError::Create {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(sb)
+    }
+
     /// After the file was truncated under jobd (see
     /// [`crate::sys::shm::take_truncated`]): marks the header valid again.
     /// The counters and slots that were zeroed stay so until written

@@ -353,18 +353,32 @@ impl Server {
             Ok(threads) => return Err(Error::Threaded(threads)),
             Err(e) => return Err(Error::Setup(e)),
         }
+        // An upgrade's new jobd (started by the old supervisor, our parent,
+        // with its listener): it is already detached, it takes the pid file
+        // and a fresh scoreboard over, and tells the old one when it serves.
+        let upgrade_from = crate::supervisor::upgrade::upgrading_from();
         let owned;
-        let cfg = if self.cfg.daemonize {
-            owned = absolute_paths(&self.cfg).map_err(Error::Daemonize)?;
+        let cfg = if self.cfg.daemonize || upgrade_from.is_some() {
+            let mut c = absolute_paths(&self.cfg).map_err(Error::Daemonize)?;
+            if upgrade_from.is_some() {
+                c.daemonize = false;
+            }
+            owned = c;
             &owned
         } else {
             &self.cfg
         };
-        let mut pid_file = cfg.pid_file.as_deref().map(PidFile::acquire).transpose()?;
+        let mut pid_file = match (cfg.pid_file.as_deref(), upgrade_from) {
+            (Some(p), Some(old)) => Some(PidFile::take_over(p, old)?),
+            (Some(p), None) => Some(PidFile::acquire(p)?),
+            (None, _) => None,
+        };
         // systemd socket activation, else our own bind. An explicit
         // (non-default) --listen must match the passed socket.
         let default_listen = Config::default_listen();
-        let want = (cfg.listen != default_listen).then_some(cfg.listen);
+        // (An upgrade's new jobd inherits the socket whatever --listen said:
+        // port 0 picked the one it has.)
+        let want = (cfg.listen != default_listen && upgrade_from.is_none()).then_some(cfg.listen);
         let listener = match crate::net::activated(want).map_err(ConfigError::Activation)? {
             Some(l) => l,
             None => {
@@ -379,6 +393,7 @@ impl Server {
             tracing::warn!(error = %e, "failed to set TCP keepalive on the listener");
         }
         let sb = match &cfg.scoreboard {
+            Some(p) if upgrade_from.is_some() => Scoreboard::create_replacing(p, cfg.slots())?,
             Some(p) => Scoreboard::create(p, cfg.slots())?,
             None => Scoreboard::anonymous(cfg.slots())?,
         };
@@ -450,6 +465,14 @@ impl Server {
         }
         if let Some(f) = &self.hooks.after_init {
             f(&InitInfo { local_addr: local });
+        }
+        if upgrade_from.is_some() {
+            // The pid file names us only now that everything is set up:
+            // a new jobd that failed before leaves the old one's in place.
+            if let Some(p) = pid_file.as_mut() {
+                p.write_pid(std::process::id())?;
+            }
+            crate::supervisor::upgrade::tell_old_ready();
         }
         let result = if cfg.prefork == 0 {
             // The one process contains its jobs by their process group.

@@ -19,7 +19,9 @@ use crate::config::{Config, JobLimit, JobSpec};
 
 /// systemd's variables for jobd itself (socket activation, notify,
 /// watchdog): never passed on.
-const SERVICE_VARS: [&str; 6] = [
+const SERVICE_VARS: [&str; 8] = [
+    "JOBD_UPGRADE_FROM",
+    "JOBD_UPGRADE_NOTIFY",
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",

@@ -75,6 +75,10 @@ pub enum Verb {
     Restart,
     /// SIGKILL the supervisor, its workers and their job process trees.
     ForceStop,
+    /// SIGUSR2: the supervisor starts the jobd executable again with the
+    /// listening socket inherited, and drains once the new one serves;
+    /// waits until the pid file names the new supervisor.
+    Upgrade,
 }
 
 /// One `jobd ctl` request.
@@ -131,6 +135,14 @@ pub fn run(req: &Request, check_start: StartArgsCheck<'_>) -> i32 {
             Found::Unknown(why) => fail("reload", &why),
         },
         Verb::Restart => restart(args, check_start),
+        Verb::Upgrade => match find(path) {
+            Found::Running(j) => upgrade(path, &j, args.timeout),
+            Found::NotRunning(why) => {
+                eprintln!("jobd ctl upgrade: jobd is not running ({why})");
+                NOT_RUNNING
+            }
+            Found::Unknown(why) => fail("upgrade", &why),
+        },
         Verb::ForceStop => match find(path) {
             Found::Running(j) => match force_stop(&j, args.timeout) {
                 Ok(n) => {
@@ -207,6 +219,38 @@ enum Found {
     /// Cannot tell: the file holds no pid, cannot be read, or names a
     /// process that is not a jobd.
     Unknown(String),
+}
+
+/// `upgrade`: SIGUSR2, then waits until the pid file names another running
+/// jobd (the new supervisor writes it once it serves). 0 then; 1 when the
+/// old one still names itself after `timeout` (it keeps serving; its log
+/// says why the new one did not start).
+fn upgrade(path: &Path, old: &Running, timeout: Duration) -> i32 {
+    if let Err(e) = old.signal(Signal::SIGUSR2) {
+        return fail("upgrade", &e);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Found::Running(new) = find(path)
+            && new.pid != old.pid
+        {
+            println!(
+                "jobd upgraded: pid {} serves; pid {} drains its running jobs",
+                new.pid, old.pid
+            );
+            return 0;
+        }
+        if Instant::now() >= deadline {
+            return fail(
+                "upgrade",
+                &format!(
+                    "no new jobd took over within {timeout:?}; pid {} keeps serving (its log says why)",
+                    old.pid
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads and checks the pid file.

@@ -21,6 +21,7 @@ mod children;
 mod notify;
 pub(crate) mod pool;
 mod reload;
+pub(crate) mod upgrade;
 
 use std::net::TcpListener;
 use std::os::fd::AsFd;
@@ -147,6 +148,12 @@ pub(crate) struct Supervisor<'a> {
     fork_fault: crate::episode::Episode,
     /// `sd_notify` to the service manager.
     notifier: notify::Notifier,
+    /// The executable as it was at start (an upgrade runs what is there now).
+    exe: Option<std::path::PathBuf>,
+    /// An upgrade under way, and the new supervisor once it took over (our
+    /// child until we exit).
+    upgrade: Option<upgrade::Upgrade>,
+    upgraded_to: Option<Pid>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -196,6 +203,9 @@ impl<'a> Supervisor<'a> {
             refused: (0, Instant::now(), 0),
             fork_fault: crate::episode::Episode::new("forking a worker"),
             notifier: notify::Notifier::new(),
+            exe: std::fs::read_link("/proc/self/exe").ok(),
+            upgrade: None,
+            upgraded_to: None,
         })
     }
 
@@ -221,6 +231,9 @@ impl<'a> Supervisor<'a> {
                 Phase::Draining { deadline } | Phase::Killing { deadline } => earliest(deadline),
             }
             earliest(self.watch.next_due());
+            if self.upgrade.is_some() {
+                earliest(now + Duration::from_millis(20));
+            }
             let line = self.notifier.wants_status(now).then(|| self.status_line());
             if let Some(t) = self.notifier.tick(now, line) {
                 earliest(t);
@@ -343,6 +356,7 @@ impl<'a> Supervisor<'a> {
             match sig {
                 Signal::SIGCHLD => self.child_exited = true,
                 Signal::SIGTERM => self.begin_drain(),
+                Signal::SIGUSR2 => self.begin_upgrade(),
                 Signal::SIGINT => self.begin_kill("SIGINT"),
                 Signal::SIGHUP => self.reload("SIGHUP"),
                 Signal::SIGTTIN => self.add_worker(),
@@ -373,6 +387,72 @@ impl<'a> Supervisor<'a> {
     }
 
     fn begin_drain(&mut self) {
+        self.drain(true);
+    }
+
+    /// SIGUSR2: starts the jobd executable again with our listener (see
+    /// [`upgrade`]); this supervisor drains once the new one serves.
+    fn begin_upgrade(&mut self) {
+        if self.phase != Phase::Running || self.upgrade.is_some() || self.upgraded_to.is_some() {
+            tracing::warn!(
+                "SIGUSR2: an upgrade is already under way, or jobd is stopping; ignored"
+            );
+            return;
+        }
+        let Some(exe) = self.exe.clone() else {
+            tracing::error!("SIGUSR2: upgrade refused: the executable's path is unknown");
+            return;
+        };
+        match upgrade::Upgrade::start(&exe, self.listener) {
+            Ok(u) => {
+                tracing::info!(exe = %exe.display(), pid = u.pid.as_raw(), "SIGUSR2: upgrade: started the new jobd; this one serves until it is ready");
+                self.upgrade = Some(u);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGUSR2: upgrade failed to start; this jobd keeps serving")
+            }
+        }
+    }
+
+    /// Follows an upgrade under way: the new jobd ready (we drain), gone or
+    /// late (we keep serving).
+    fn follow_upgrade(&mut self, now: Instant) {
+        let Some(u) = &self.upgrade else {
+            return;
+        };
+        match u.poll() {
+            upgrade::Heard::Ready => {
+                let pid = u.pid;
+                self.upgrade = None;
+                self.upgraded_to = Some(pid);
+                tracing::info!(
+                    new_pid = pid.as_raw(),
+                    "upgrade: the new jobd serves; this one stops accepting and drains"
+                );
+                self.notifier.main_pid(pid);
+                self.drain(false);
+            }
+            upgrade::Heard::Nothing if now >= u.deadline => {
+                let pid = u.pid;
+                // Our own unreaped child: its pid is its own.
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                if let Some(u) = &mut self.upgrade {
+                    u.deadline = now + Duration::from_secs(3600); // reaped soon
+                }
+                tracing::error!(
+                    new_pid = pid.as_raw(),
+                    timeout_s = upgrade::READY_TIMEOUT.as_secs(),
+                    "upgrade failed: the new jobd was not ready in time and was killed; this jobd keeps serving"
+                );
+            }
+            upgrade::Heard::Nothing => {}
+        }
+    }
+
+    /// Stops accepting and lets the running jobs finish within --grace;
+    /// `close_listener`: the listener is shut down for every process that
+    /// shares it (not when a new jobd serves on it).
+    fn drain(&mut self, close_listener: bool) {
         if self.phase != Phase::Running {
             return;
         }
@@ -382,15 +462,19 @@ impl<'a> Supervisor<'a> {
             "SIGTERM: stopping; running jobs may finish"
         );
         self.run_before_shutdown();
-        self.notifier.stopping();
+        if self.upgraded_to.is_none() {
+            self.notifier.stopping();
+        }
         // Stop accepting at once, for every process that shares the
         // listening socket: new connections are refused (a balancer's next
         // health check fails and new clients go elsewhere), while running
         // jobs finish and are still watched.
-        if let Err(e) = nix::sys::socket::shutdown(
-            std::os::fd::AsRawFd::as_raw_fd(self.listener),
-            nix::sys::socket::Shutdown::Read,
-        ) {
+        if close_listener
+            && let Err(e) = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(self.listener),
+                nix::sys::socket::Shutdown::Read,
+            )
+        {
             tracing::warn!(error = %e, "failed to close the listener; workers stop accepting anyway");
         }
         self.phase = Phase::Draining {
@@ -498,6 +582,7 @@ impl<'a> Supervisor<'a> {
             self.after_truncation();
         }
         let now = Instant::now();
+        self.follow_upgrade(now);
         self.per_source_episode(now);
         // The tick's look: again while it finds something.
         if self.sweep_orphans_at.is_some_and(|t| now >= t) {
@@ -709,6 +794,8 @@ impl<'a> Supervisor<'a> {
             self.slot_of(p).is_some()
                 || self.watch.owns(p)
                 || self.own_before.contains(&p)
+                || self.upgrade.as_ref().is_some_and(|u| u.pid == p)
+                || self.upgraded_to == Some(p)
                 // Under cgroups a job process is in jobd's tree.
                 || self.cgroups.is_some_and(|t| !t.holds(p.as_raw()))
         };
@@ -741,6 +828,13 @@ impl<'a> Supervisor<'a> {
             if let Some(i) = self.slot_of(pid) {
                 let status = children::reap(pid);
                 self.worker_exited(i, status);
+            } else if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                let st = children::reap(pid);
+                self.upgrade = None;
+                tracing::error!(new_pid = pid.as_raw(), status = ?st, "upgrade failed: the new jobd exited before it served; this jobd keeps serving");
+            } else if self.upgraded_to == Some(pid) {
+                let st = children::reap(pid);
+                tracing::warn!(new_pid = pid.as_raw(), status = ?st, "the jobd that took over from this one exited");
             } else if let Some(k) = self.own_before.iter().position(|&p| p == pid) {
                 // The embedding program's own child: reaped (it would stay
                 // a zombie otherwise), its group left alone.

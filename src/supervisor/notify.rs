@@ -52,6 +52,11 @@ impl Notifier {
         self.send(&[NotifyState::Ready]);
     }
 
+    /// Another process (the upgraded jobd) is now the service's main one.
+    pub(super) fn main_pid(&self, pid: nix::unistd::Pid) {
+        self.send(&[NotifyState::MainPid(pid.as_raw() as u32)]);
+    }
+
     /// Stopping (drain or kill).
     pub(super) fn stopping(&self) {
         self.send(&[NotifyState::Stopping]);

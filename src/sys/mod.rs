@@ -71,6 +71,26 @@ pub fn take_passed_fd(raw: std::os::fd::RawFd) -> OwnedFd {
     unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
 }
 
+/// Puts descriptor `from` on number `to`, inheritable (no close-on-exec):
+/// in a forked child about to exec.
+pub fn put_on_fd(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> io::Result<()> {
+    if from == to {
+        // SAFETY: `from` is open in this process (the caller's listener).
+        let b = unsafe { BorrowedFd::borrow_raw(from) };
+        nix::fcntl::fcntl(
+            b,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+        return Ok(());
+    }
+    // SAFETY: dup2 onto a number of the calling (forked) process; whatever
+    // was there is replaced, as the caller wants.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The result of [`fork`], as in `nix::unistd::ForkResult`.
 pub enum Forked {
     /// In the parent: the child's pid.

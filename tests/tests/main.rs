@@ -12,6 +12,7 @@ mod ctl;
 mod daemon;
 mod disconnect;
 mod examples;
+mod haproxy;
 mod pool;
 mod scaleout;
 mod survival;

@@ -40,10 +40,18 @@ fn v2_local() -> Vec<u8> {
     h
 }
 
-fn line(s: &TcpStream) -> String {
-    let mut l = String::new();
-    BufReader::new(s).read_line(&mut l).unwrap();
-    l
+/// One line, read a byte at a time: nothing after it is taken from the
+/// socket (a BufReader per call would swallow the next line).
+fn line(mut s: &TcpStream) -> String {
+    let mut l = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 {
+        l.push(b[0]);
+        if b[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&l).into_owned()
 }
 
 fn start(mode: &str, dir: tempfile::TempDir, access: &std::path::Path) -> Jobd {
@@ -488,4 +496,133 @@ fn sd_notify_tells_ready_status_watchdog_reloading_and_stopping() {
     recv_until("STOPPING=1", &mut got);
     assert!(child.wait().unwrap().success());
     util::wait_gone(&tag);
+}
+
+/// `jobd ctl upgrade` under a running load of short jobs plus two long
+/// ones: no connection fails or is refused; the pid file names the new
+/// supervisor, which serves every new client; the old one's long jobs
+/// finish, one by itself and one cancelled (by the old generation) when
+/// its client leaves; the old supervisor then exits.
+#[test]
+fn ctl_upgrade_hands_over_without_refusing_a_connection() {
+    let dir = util::tempdir();
+    let pid_file = dir.path().join("jobd.pid");
+    let sb = dir.path().join("sb");
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        concat!(
+            "sup=$(awk '{print $4}' /proc/$PPID/stat)\n",
+            "IFS= read -r what\n",
+            "if [ \"$what\" = long ]; then echo \"long $sup\"; IFS= read -r _; echo \"finished $sup\"; exit 0; fi\n",
+            "if [ \"$what\" = hold ]; then echo \"hold $sup\"; exec sleep 300; fi\n",
+            "echo \"short $sup\"",
+        ),
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "4",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let old = j.pid();
+    let addr = j.addr;
+    let long = |what: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(format!("{what}\n").as_bytes()).unwrap();
+        let l = line(&s);
+        assert_eq!(l.trim(), format!("{what} {old}"));
+        s
+    };
+    let (a, b) = (long("long"), long("hold"));
+    // The load: short jobs, back to back, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let load = std::thread::spawn(move || {
+        let (mut ok, mut failed, mut by) = (0u32, Vec::new(), std::collections::BTreeMap::new());
+        let until = Instant::now() + DEADLINE;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+            let r = TcpStream::connect(addr).and_then(|mut s| {
+                s.set_read_timeout(Some(DEADLINE))?;
+                s.write_all(b"short\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            });
+            match r {
+                Ok(out) if out.starts_with("short ") => {
+                    ok += 1;
+                    *by.entry(out.trim().to_string()).or_insert(0u32) += 1;
+                }
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        (ok, failed, by)
+    });
+    let out = std::process::Command::new(util::jobd_bin())
+        .args([
+            "ctl",
+            "upgrade",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--timeout",
+            "15s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        j.dump()
+    );
+    let new = util::read_pid(&pid_file);
+    assert_ne!(new, old);
+    // New clients reach the new supervisor's workers.
+    util::wait_until("a short job on the new generation", || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(b"short\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.trim() == format!("short {new}")
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, by) = load.join().unwrap();
+    eprintln!(
+        "upgrade under load: {ok} short jobs answered ({by:?}), {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed or refused during the upgrade: {failed:?}"
+    );
+    // The old generation's long jobs: one finishes, one is abandoned.
+    (&a).write_all(b"go\n").unwrap();
+    assert_eq!(line(&a).trim(), format!("finished {old}"));
+    drop(b);
+    j.wait_log(|l| l.contains("job cancelled") && l.contains("reason=client-closed"));
+    drop(a);
+    // (Not wait_exit: the new jobd shares the old one's stderr pipe, so
+    // the log reader sees no EOF until it stops too.)
+    let mut st = None;
+    util::wait_until("the old supervisor exits once drained", || {
+        st = j.child.try_wait().unwrap();
+        st.is_some()
+    });
+    assert!(st.unwrap().success(), "{st:?}");
+    assert!(util::alive(new));
+    let st = Jobd::status_json(&sb);
+    assert_eq!(st["supervisor_pid"], new, "{st}");
+    util::send(new, "TERM");
+    util::wait_until("the new jobd stopped", || !util::alive(new));
 }

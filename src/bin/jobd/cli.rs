@@ -76,6 +76,12 @@ pub enum CtlVerb {
     Restart,
     /// SIGKILL the supervisor, its workers and their job process trees.
     ForceStop,
+    /// Zero-downtime binary upgrade: SIGUSR2 makes the supervisor start the
+    /// jobd executable again (same path and arguments) with the listening
+    /// socket inherited; once the new one serves, the old one drains (its
+    /// running jobs finish, still watched). Exit 0 when the pid file names
+    /// the new supervisor, 1 when none took over within --timeout.
+    Upgrade,
 }
 
 /// `jobd ctl` options.
@@ -243,6 +249,7 @@ impl From<CtlVerb> for ctl::Verb {
             CtlVerb::Reload => ctl::Verb::Reload,
             CtlVerb::Restart => ctl::Verb::Restart,
             CtlVerb::ForceStop => ctl::Verb::ForceStop,
+            CtlVerb::Upgrade => ctl::Verb::Upgrade,
         }
     }
 }
