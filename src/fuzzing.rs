@@ -101,6 +101,8 @@ pub fn hook_event(data: &[u8]) {
         .unwrap_or(0);
     let (local_host, foreign_host) = text.split_at(mid);
     let (local_host, foreign_host) = (local_host.to_string(), foreign_host.to_string());
+    // `--proxy-protocol`: the balancer's address, any text here too.
+    let proxy_peer = (flags & 0x40 != 0).then(|| format!("{foreign_host}{local_host}"));
     let reason = match flags % 3 {
         0 => DisconnectReason::ClientClosed,
         1 => DisconnectReason::ClientReset,
@@ -116,6 +118,7 @@ pub fn hook_event(data: &[u8]) {
         foreign_host,
         foreign_port: u16::from_ne_bytes([ports[2], ports[3]]),
         reason,
+        proxy_peer,
         job_start_unix_ms,
         detected_unix_ms,
     };
@@ -129,6 +132,7 @@ pub fn hook_event(data: &[u8]) {
     assert_eq!(v["local_host"], ev.local_host.as_str());
     assert_eq!(v["foreign_host"], ev.foreign_host.as_str());
     assert_eq!(v["reason"], reason.as_str());
+    assert_eq!(v["proxy_peer"].as_str(), ev.proxy_peer.as_deref());
     assert_eq!(v["job_start_unix_ms"], job_start_unix_ms);
     assert_eq!(v["detected_unix_ms"], detected_unix_ms);
 }
