@@ -136,3 +136,19 @@ pub fn hook_event(data: &[u8]) {
     assert_eq!(v["job_start_unix_ms"], job_start_unix_ms);
     assert_eq!(v["detected_unix_ms"], detected_unix_ms);
 }
+
+/// The PROXY protocol header parser, in every mode: never panics; a header
+/// it accepts is never longer than the input, and one found in `any` mode
+/// is the one the version-specific mode finds.
+pub fn proxy_header(data: &[u8]) {
+    use crate::config::ProxyProtocol as P;
+    let any = crate::proxy::parse(data, P::Any);
+    for mode in [P::V1, P::V2, P::Any] {
+        if let Ok(Some((_, len))) = crate::proxy::parse(data, mode) {
+            assert!(len <= data.len() && len > 0);
+            if mode != P::Any {
+                assert_eq!(any, crate::proxy::parse(data, mode));
+            }
+        }
+    }
+}

@@ -263,7 +263,9 @@ impl Status {
             "jobs served {}  failed {}  cancelled {} (disconnect {}: closed {}, reset {}, unresponsive {}; timeout {}, shutdown {})  gone before start {}\n",
             t.jobs_served,
             t.jobs_failed,
-            t.cancelled_disconnect + t.timeouts + t.cancelled_shutdown,
+            t.cancelled_disconnect
+                .saturating_add(t.timeouts)
+                .saturating_add(t.cancelled_shutdown),
             t.cancelled_disconnect,
             t.cancelled_client_closed,
             t.cancelled_client_reset,
@@ -309,5 +311,23 @@ impl Status {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `cargo fuzz` (scoreboard target): counters read from a
+    /// corrupt file overflowed the cancellations' sum in the table (a
+    /// panic in debug builds); it saturates now.
+    #[test]
+    fn render_survives_counters_at_their_limit() {
+        let sb = Scoreboard::anonymous(1).unwrap();
+        sb.header().add(Counter::CancelledDisconnect, u64::MAX);
+        sb.header().add(Counter::CancelledTimeout, 1);
+        sb.header().add(Counter::CancelledShutdown, 1);
+        let text = snapshot(&sb).render();
+        assert!(text.contains(&format!("cancelled {}", u64::MAX)), "{text}");
     }
 }

@@ -386,7 +386,7 @@ fn walk_datagram(
                 return match err.code() {
                     // An acknowledgement: the request is complete.
                     None => Ok(Flow::Done),
-                    Some(code) => Err(DetectError::Kernel(-code.get())),
+                    Some(code) => Err(DetectError::Kernel(code.get().wrapping_neg())),
                 };
             }
             NLMSG_DONE => {
@@ -395,7 +395,7 @@ fn walk_datagram(
                     let done = DoneBuffer::new_checked(payload)
                         .map_err(|e| DetectError::Malformed(format!("bad done message: {e}")))?;
                     if done.code() != 0 {
-                        return Err(DetectError::Kernel(-done.code()));
+                        return Err(DetectError::Kernel(done.code().wrapping_neg()));
                     }
                 }
                 return Ok(Flow::Done);
@@ -992,6 +992,26 @@ pub(crate) mod tests {
         message(SOCK_DIAG_BY_FAMILY, 1, &[AF_INET, 1, 0, 0], &mut short);
         let r = walk_datagram(&short, 1, true, &mut |_| {});
         assert!(matches!(r, Err(DetectError::Malformed(_))), "{r:?}");
+    }
+
+    /// Found by `cargo fuzz` (sock_diag target): an error or done code of
+    /// i32::MIN overflowed the negation into an errno (a panic in debug
+    /// builds). Both inputs are the fuzzer's, byte for byte.
+    #[test]
+    fn an_i32_min_error_code_does_not_overflow() {
+        let err = hex("240000000200000000000000000000000000008000000000000000000000000000000000");
+        let r = walk_datagram(&err, 0, true, &mut |_| {});
+        assert!(matches!(r, Err(DetectError::Kernel(i32::MIN))), "{r:?}");
+        let done = hex("1400000003000000000000000000000000000080");
+        let r = walk_datagram(&done, 0, true, &mut |_| {});
+        assert!(matches!(r, Err(DetectError::Kernel(i32::MIN))), "{r:?}");
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]

@@ -339,8 +339,8 @@ impl<'a> Supervisor<'a> {
             self.busy_count(),
             h.get(Counter::JobsServed),
             h.get(Counter::CancelledDisconnect)
-                + h.get(Counter::CancelledTimeout)
-                + h.get(Counter::CancelledShutdown)
+                .saturating_add(h.get(Counter::CancelledTimeout))
+                .saturating_add(h.get(Counter::CancelledShutdown))
         )
     }
 

@@ -789,6 +789,8 @@ fn max_per_source_keeps_one_client_from_taking_every_worker() {
     j.wait_log(|l| l.contains("job ended") && l.contains("peer=127.0.0.1:"));
     let a3 = connect_from("127.0.0.1", j.addr);
     assert_eq!(line(&a3).trim(), "started 127.0.0.1");
+    // (The log line may come after the handler's answer: wait for it.)
+    j.wait_log_n(4, &|l| l.contains("job started"));
     assert_eq!(j.count(|l| l.contains("job started")), 4, "{}", j.dump());
     drop((a2, a3, b));
     j.stop_clean();
