@@ -6,4 +6,5 @@
 //! process it has identified as the jobd of the pid file, through a pidfd.
 
 pub mod ctl;
+pub mod openmetrics;
 pub mod status;

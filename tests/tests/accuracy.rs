@@ -321,6 +321,57 @@ fn access_log_job_end_lines_and_status_totals_agree() {
     };
     assert_eq!(t["cpu_user_ms"], cpu("cpu_user_ms"));
     assert_eq!(t["cpu_sys_ms"], cpu("cpu_sys_ms"));
+    // The same sequence in OpenMetrics, read by a real parser (the
+    // Python prometheus_client's, installed by .ci/run).
+    let om = std::process::Command::new(util::jobd_bin())
+        .args([
+            "status",
+            "--format",
+            "openmetrics",
+            "--scoreboard",
+            sbp.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(om.status.success());
+    let parse = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(concat!(
+            "import sys\n",
+            "from prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n",
+            "for f in p(sys.stdin.read()):\n",
+            "  for s in f.samples:\n",
+            "    print(s.name, ','.join(f'{k}={v}' for k, v in sorted(s.labels.items())), s.value)\n",
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 with python3-prometheus-client (.ci/run installs it)");
+    let mut parse = parse;
+    std::io::Write::write_all(parse.stdin.as_mut().unwrap(), &om.stdout).unwrap();
+    let parsed = parse.wait_with_output().unwrap();
+    let samples = String::from_utf8_lossy(&parsed.stdout);
+    assert!(
+        parsed.status.success(),
+        "the OpenMetrics parser refused:\n{}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        String::from_utf8_lossy(&om.stdout)
+    );
+    for want in [
+        "jobd_jobs_ended_total  5",
+        "jobd_jobs_failed_total  1",
+        "jobd_jobs_cancelled_total reason=client-closed 1",
+        "jobd_jobs_cancelled_total reason=client-reset 1",
+        "jobd_jobs_cancelled_total reason=timeout 1",
+        "jobd_jobs_cancelled_total reason=shutdown 0",
+        "jobd_up  1",
+    ] {
+        assert!(
+            samples.lines().any(|l| l == want),
+            "{want:?} not in:\n{samples}"
+        );
+    }
     // One cancel line per cancelled job, each before its job's end line.
     let logs = j.logs();
     for job in 1..=5u64 {

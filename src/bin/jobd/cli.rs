@@ -114,9 +114,24 @@ pub struct StatusArgs {
     /// The scoreboard file given to jobd with --scoreboard.
     #[arg(long, value_name = "PATH")]
     pub scoreboard: PathBuf,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table (same as --format json).
     #[arg(long)]
     pub json: bool,
+    /// table, json, or openmetrics (OpenMetrics text for a textfile
+    /// collector, ending in `# EOF`).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: StatusFormat,
+}
+
+/// `jobd status --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// The human-readable table.
+    Table,
+    /// One JSON object.
+    Json,
+    /// OpenMetrics text.
+    Openmetrics,
 }
 
 /// `--detector`: which socket table the periodic scan reads.

@@ -37,13 +37,18 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Status(args)) => match jobd::status::read(&args.scoreboard) {
             Ok(st) => {
-                let text = if args.json {
-                    format!(
+                let format = if args.json {
+                    cli::StatusFormat::Json
+                } else {
+                    args.format
+                };
+                let text = match format {
+                    cli::StatusFormat::Json => format!(
                         "{}\n",
                         serde_json::to_string(&st).expect("status serializes")
-                    )
-                } else {
-                    st.render()
+                    ),
+                    cli::StatusFormat::Openmetrics => jobd::control::openmetrics::encode(&st),
+                    cli::StatusFormat::Table => st.render(),
                 };
                 // A closed stdout (`jobd status | head -1`) is no error.
                 match std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()) {
