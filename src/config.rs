@@ -515,6 +515,8 @@ pub struct Config {
     pub proxy_timeout: Duration,
     /// `SO_REUSEPORT` on the listener: several jobds share one port.
     pub reuse_port: bool,
+    /// Serve `/metrics`, `/status` and `/status.json` over HTTP here.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A configuration error (exit status 2 in the command).
@@ -696,6 +698,7 @@ impl Config {
             proxy_protocol: ProxyProtocol::Off,
             proxy_timeout: Duration::from_secs(5),
             reuse_port: false,
+            metrics_listen: None,
         }
     }
 
@@ -739,6 +742,16 @@ impl Config {
         self.check_handler()?;
         if self.prefork == 0 && matches!(self.job, JobSpec::Closure(_)) {
             return Err(ConfigError::InlineClosure);
+        }
+        if self.prefork == 0 && self.metrics_listen.is_some() {
+            return Err(ConfigError::OutOfRange {
+                flag: "--metrics-listen",
+                value: self
+                    .metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                range: "needs --prefork 1 or more (the supervisor serves it)".into(),
+            });
         }
         if !self.job_limits.is_empty() && matches!(self.job, JobSpec::Closure(_)) {
             return Err(ConfigError::LimitsNeedHandler);

@@ -389,6 +389,16 @@ impl Server {
             }
         };
         let local = listener.local_addr().map_err(Error::Setup)?;
+        // `--metrics-listen`: bound now (an address in use is an error at
+        // start), served by the supervisor's loop.
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => {
+                // SO_REUSEPORT: an upgrade's new jobd binds it while the old one drains.
+                let l = bind(addr, 64, true).map_err(|source| Error::Bind { addr, source })?;
+                Some(l)
+            }
+            None => None,
+        };
         if let Err(e) = set_keepalive(&listener, cfg.keepalive) {
             tracing::warn!(error = %e, "failed to set TCP keepalive on the listener");
         }
@@ -458,6 +468,11 @@ impl Server {
             pid = std::process::id(),
             "listening on {local}"
         );
+        if let Some(m) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(
+                "metrics on {m} (GET /metrics, /status, /status.json; no authentication)"
+            );
+        }
         if let Some(w) = ready {
             w.send(&Ready::Up {
                 pid: std::process::id() as i32,
@@ -495,7 +510,14 @@ impl Server {
         } else {
             let cgroups = resolve_containment(cfg)?;
             sb.header().set_containment(cgroups.is_some());
-            let sup = Supervisor::new(cfg, &self.hooks, &sb, &listener, cgroups.as_ref());
+            let sup = Supervisor::new(
+                cfg,
+                &self.hooks,
+                &sb,
+                &listener,
+                cgroups.as_ref(),
+                metrics_listener,
+            );
             let result = sup.map_err(Error::Setup).map(Supervisor::run);
             if let Some(t) = &cgroups {
                 t.remove();

@@ -18,6 +18,7 @@
 //! workers' pidfds, and the pool rules ([`pool`], pure) every tick.
 
 mod children;
+mod metrics;
 mod notify;
 pub(crate) mod pool;
 mod reload;
@@ -154,6 +155,8 @@ pub(crate) struct Supervisor<'a> {
     /// child until we exit).
     upgrade: Option<upgrade::Upgrade>,
     upgraded_to: Option<Pid>,
+    /// `--metrics-listen`: the HTTP server, in this loop.
+    metrics: Option<metrics::Metrics>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -163,6 +166,7 @@ impl<'a> Supervisor<'a> {
         sb: &'a Scoreboard,
         listener: &'a TcpListener,
         cgroups: Option<&'a CgroupTree>,
+        metrics_listener: Option<TcpListener>,
     ) -> std::io::Result<Supervisor<'a>> {
         let sigfd = sys::handled_signalfd()?;
         let wake = EventFd::from_value_and_flags(
@@ -206,6 +210,7 @@ impl<'a> Supervisor<'a> {
             exe: std::fs::read_link("/proc/self/exe").ok(),
             upgrade: None,
             upgraded_to: None,
+            metrics: metrics_listener.map(metrics::Metrics::new),
         })
     }
 
@@ -234,6 +239,9 @@ impl<'a> Supervisor<'a> {
             if self.upgrade.is_some() {
                 earliest(now + Duration::from_millis(20));
             }
+            if let Some(t) = self.metrics.as_ref().and_then(|m| m.next_due()) {
+                earliest(t);
+            }
             let line = self.notifier.wants_status(now).then(|| self.status_line());
             if let Some(t) = self.notifier.tick(now, line) {
                 earliest(t);
@@ -248,20 +256,37 @@ impl<'a> Supervisor<'a> {
                 .unwrap_or(PollTimeout::MAX),
                 None => PollTimeout::NONE,
             };
-            let (sig_ready, wake_ready) = {
-                let mut fds = [
+            let (sig_ready, wake_ready, http_ready) = {
+                let mut fds = vec![
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
                 ];
+                if let Some(m) = &self.metrics {
+                    fds.extend(
+                        m.fds()
+                            .into_iter()
+                            .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                    );
+                }
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => tracing::error!(error = %e, "poll failed in supervisor"),
                 }
-                (
-                    fds[0].revents().is_some_and(|r| !r.is_empty()),
-                    fds[1].revents().is_some_and(|r| !r.is_empty()),
-                )
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]), fds[2..].iter().any(ready))
             };
+            if http_ready
+                || self
+                    .metrics
+                    .as_ref()
+                    .and_then(|m| m.next_due())
+                    .is_some_and(|t| Instant::now() >= t)
+            {
+                let sb = self.sb;
+                if let Some(m) = &mut self.metrics {
+                    m.serve(&|| crate::control::status::snapshot(sb));
+                }
+            }
             if sig_ready {
                 self.handle_signals();
             }

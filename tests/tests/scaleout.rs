@@ -626,3 +626,115 @@ fn ctl_upgrade_hands_over_without_refusing_a_connection() {
     util::send(new, "TERM");
     util::wait_until("the new jobd stopped", || !util::alive(new));
 }
+
+/// One HTTP request to `addr`; the whole answer.
+fn http(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `--metrics-listen` (issue 13, the server): /metrics in OpenMetrics
+/// (parsed by the Python prometheus_client) and Prometheus text,
+/// /status.json, /status as HTML; 404, 405, 400; a client that sends
+/// nothing does not stall jobd, which serves jobs and other scrapes
+/// meanwhile.
+#[test]
+fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo hi");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let line = j.wait_log(|l| l.contains("metrics on "));
+    let maddr: SocketAddr = line
+        .split("metrics on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A stalled client, holding a connection open with nothing sent.
+    let stalled = TcpStream::connect(maddr).unwrap();
+    let mut out = String::new();
+    TcpStream::connect(j.addr)
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.trim(), "hi");
+    j.wait_log(|l| l.contains("job ended"));
+    let om = http(
+        maddr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    );
+    assert!(om.starts_with("HTTP/1.1 200 OK\r\n"), "{om}");
+    assert!(
+        om.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{om}"
+    );
+    let body = om.split("\r\n\r\n").nth(1).unwrap();
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let mut parse = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(concat!(
+            "import sys\n",
+            "from prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n",
+            "print(sum(len(f.samples) for f in p(sys.stdin.read())))\n",
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    parse
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let parsed = parse.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "the OpenMetrics parser refused:\n{body}"
+    );
+    assert!(body.contains("jobd_jobs_ended_total 1"), "{body}");
+    let prom = http(maddr, "GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n");
+    assert!(
+        prom.contains("Content-Type: text/plain; version=0.0.4"),
+        "{prom}"
+    );
+    assert!(!prom.contains("# EOF"), "{prom}");
+    let json = http(maddr, "GET /status.json HTTP/1.1\r\n\r\n");
+    let v: serde_json::Value =
+        serde_json::from_str(json.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(v["totals"]["jobs_served"], 1, "{v}");
+    let page = http(maddr, "GET /status HTTP/1.1\r\n\r\n");
+    assert!(
+        page.contains("text/html")
+            && page.contains("<meta http-equiv=\"refresh\"")
+            && page.contains("<table>"),
+        "{page}"
+    );
+    assert!(http(maddr, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(http(maddr, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(http(maddr, "hello\r\n\r\n").starts_with("HTTP/1.1 400"));
+    // The stalled one is answered 408 after its deadline, and closed.
+    let mut stalled = stalled;
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut late = String::new();
+    stalled.read_to_string(&mut late).unwrap();
+    assert!(late.starts_with("HTTP/1.1 408"), "{late}");
+    j.stop_clean();
+}

@@ -509,6 +509,13 @@ pub struct RunArgs {
     /// upgraded one) share the port; the kernel spreads new connections.
     #[arg(long)]
     pub reuse_port: bool,
+
+    /// Serve GET /metrics (OpenMetrics, or the Prometheus text format),
+    /// /status (an HTML page) and /status.json over HTTP on this address
+    /// (port 0 picks a free one; logged as `metrics on IP:PORT`). No
+    /// authentication: bind it to loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -576,6 +583,7 @@ impl RunArgs {
         c.proxy_protocol = self.proxy_protocol.into();
         c.proxy_timeout = self.proxy_timeout;
         c.reuse_port = self.reuse_port;
+        c.metrics_listen = self.metrics_listen;
         c.validate()?;
         Ok(c)
     }

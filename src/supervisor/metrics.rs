@@ -1,0 +1,368 @@
+//! `--metrics-listen ADDR`: a small HTTP/1.1 server run inside the
+//! supervisor's own loop (no thread, no blocking call): its listener and
+//! connections are non-blocking descriptors in the supervisor's poll set.
+//!
+//! - `GET /metrics`: OpenMetrics text (`application/openmetrics-text`), or
+//!   the Prometheus text format when the request's `Accept` does not name
+//!   OpenMetrics;
+//! - `GET /status`: an HTML page that refreshes itself (no JavaScript);
+//! - `GET /status.json`: what `jobd status --json` prints.
+//!
+//! Other paths get 404, other methods 405, a request that is not HTTP 400.
+//! At most [`MAX_CONNS`] connections at once (more are closed at once);
+//! a request must arrive within [`READ_DEADLINE`] and fit in
+//! [`MAX_REQUEST`] bytes; each connection gets one answer and is closed.
+//! No authentication: bind it to loopback or a private network.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use crate::control::status::Status;
+
+/// Connections served at once.
+pub(super) const MAX_CONNS: usize = 16;
+/// Time for a client to send its request.
+pub(super) const READ_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest request head read.
+pub(super) const MAX_REQUEST: usize = 8192;
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// The server's listener and its open connections.
+pub(super) struct Metrics {
+    listener: TcpListener,
+    conns: Vec<Conn>,
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    Metrics { openmetrics: bool },
+    Status,
+    StatusJson,
+    NotFound,
+    NotAllowed,
+    Bad,
+}
+
+/// Reads the route from a complete request head. Pure.
+pub(super) fn route(head: &str) -> Route {
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or("");
+    let mut parts = first.split(' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Route::Bad;
+    };
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
+        return Route::Bad;
+    }
+    if method != "GET" && method != "HEAD" {
+        return Route::NotAllowed;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    match path {
+        "/metrics" => {
+            let accept = lines
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
+                .map(|(_, v)| v.to_ascii_lowercase())
+                .unwrap_or_default();
+            Route::Metrics {
+                openmetrics: accept.contains("application/openmetrics-text") || accept.is_empty(),
+            }
+        }
+        "/status" => Route::Status,
+        "/status.json" => Route::StatusJson,
+        _ => Route::NotFound,
+    }
+}
+
+impl Metrics {
+    pub(super) fn new(listener: TcpListener) -> Metrics {
+        Metrics {
+            listener,
+            conns: Vec::new(),
+        }
+    }
+
+    /// The descriptors to poll: the listener, then each connection.
+    pub(super) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        std::iter::once(self.listener.as_fd())
+            .chain(self.conns.iter().map(|c| c.stream.as_fd()))
+            .collect()
+    }
+
+    /// The earliest read deadline, if a connection is open.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.conns.iter().map(|c| c.deadline).min()
+    }
+
+    /// Accepts what waits, reads what arrived, answers complete requests
+    /// (`status` makes the snapshot when one is needed), closes late ones.
+    pub(super) fn serve(&mut self, status: &dyn Fn() -> Status) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
+                        continue; // dropped: closed at once
+                    }
+                    self.conns.push(Conn {
+                        stream,
+                        buf: Vec::new(),
+                        deadline: Instant::now() + READ_DEADLINE,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break, // WouldBlock, or a transient accept error
+            }
+        }
+        let now = Instant::now();
+        self.conns.retain_mut(|c| {
+            let mut chunk = [0u8; 2048];
+            loop {
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => return false,
+                    Ok(n) => {
+                        c.buf.extend_from_slice(&chunk[..n]);
+                        if c.buf.len() > MAX_REQUEST {
+                            respond(
+                                &mut c.stream,
+                                431,
+                                "text/plain",
+                                b"request too large\n",
+                                false,
+                            );
+                            return false;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            let Some(end) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if now >= c.deadline {
+                    respond(
+                        &mut c.stream,
+                        408,
+                        "text/plain",
+                        b"request timeout\n",
+                        false,
+                    );
+                    return false;
+                }
+                return true;
+            };
+            let head = String::from_utf8_lossy(&c.buf[..end]).into_owned();
+            let head_only = head.starts_with("HEAD ");
+            match route(&head) {
+                Route::Metrics { openmetrics } => {
+                    let text = crate::control::openmetrics::encode(&status());
+                    if openmetrics {
+                        respond(
+                            &mut c.stream,
+                            200,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            text.as_bytes(),
+                            head_only,
+                        );
+                    } else {
+                        let prom = prometheus_text(&text);
+                        respond(
+                            &mut c.stream,
+                            200,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            prom.as_bytes(),
+                            head_only,
+                        );
+                    }
+                }
+                Route::StatusJson => {
+                    let body = serde_json::to_string(&status()).unwrap_or_default() + "\n";
+                    respond(
+                        &mut c.stream,
+                        200,
+                        "application/json",
+                        body.as_bytes(),
+                        head_only,
+                    );
+                }
+                Route::Status => {
+                    let body = html(&status());
+                    respond(
+                        &mut c.stream,
+                        200,
+                        "text/html; charset=utf-8",
+                        body.as_bytes(),
+                        head_only,
+                    );
+                }
+                Route::NotFound => {
+                    respond(&mut c.stream, 404, "text/plain", b"not found\n", head_only)
+                }
+                Route::NotAllowed => respond(
+                    &mut c.stream,
+                    405,
+                    "text/plain",
+                    b"only GET and HEAD\n",
+                    false,
+                ),
+                Route::Bad => respond(&mut c.stream, 400, "text/plain", b"bad request\n", false),
+            }
+            false
+        });
+    }
+}
+
+/// The Prometheus text format from OpenMetrics: no `# EOF`, and the info
+/// metric as a gauge named `..._info` (the older format has no info type).
+fn prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|r| r.strip_suffix(" info"))
+        {
+            out.push_str(&format!("# TYPE {name}_info gauge\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            if om.contains(&format!("# TYPE {name} info")) {
+                out.push_str(&format!("# HELP {name}_info {help}\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The status page: totals and slots, refreshing itself every 2 s.
+fn html(st: &Status) -> String {
+    let t = &st.totals;
+    let mut h = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>jobd status</title><style>body{font-family:sans-serif}table{border-collapse:collapse}\
+         td,th{border:1px solid #999;padding:2px 8px;text-align:right}</style></head><body>\n",
+    );
+    h.push_str(&format!(
+        "<h1>jobd {} (pid {}) on {}</h1>\n<p>generation {}, containment {}</p>\n",
+        if st.running { "running" } else { "not running" },
+        st.supervisor_pid,
+        escape(st.listen.as_deref().unwrap_or("?")),
+        st.generation,
+        st.containment
+    ));
+    h.push_str(&format!(
+        "<p>workers {} (min {}, max {}): idle {}, busy {}, starting {}; max children reached {}</p>\n",
+        t.workers, t.min_workers, t.max_children, t.idle, t.busy, t.starting, t.max_children_reached
+    ));
+    h.push_str(&format!(
+        "<p>jobs ended {}, failed {}; cancelled: client closed {}, reset {}, unresponsive {}, timeout {}, shutdown {}; gone before start {}</p>\n",
+        t.jobs_served,
+        t.jobs_failed,
+        t.cancelled_client_closed,
+        t.cancelled_client_reset,
+        t.cancelled_client_unresponsive,
+        t.timeouts,
+        t.cancelled_shutdown,
+        t.gone_before_start
+    ));
+    h.push_str("<table><tr><th>slot</th><th>pid</th><th>state</th><th>gen</th><th>job</th><th>client</th><th>age</th><th>CPU</th><th>served</th></tr>\n");
+    for s in &st.slots {
+        let dash = || "-".to_string();
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            s.slot,
+            s.pid,
+            s.state.as_str(),
+            s.generation,
+            s.job_id.map_or_else(dash, |j| j.to_string()),
+            escape(s.peer.as_deref().unwrap_or("-")),
+            s.job_age_ms.map_or_else(dash, |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+            s.job_cpu_ms.map_or_else(dash, |ms| format!("{:.2}s", ms as f64 / 1000.0)),
+            s.jobs_served
+        ));
+    }
+    h.push_str("</table>\n</body></html>\n");
+    h
+}
+
+/// Writes one whole answer (non-blocking: an answer is a few KiB, which a
+/// fresh socket's send buffer takes; one that does not fit is cut short
+/// and the connection closed).
+fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u8], head_only: bool) {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    let mut msg = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n{}\r\n",
+        body.len(),
+        if code == 405 { "Allow: GET, HEAD\r\n" } else { "" }
+    )
+    .into_bytes();
+    if !head_only {
+        msg.extend_from_slice(body);
+    }
+    let _ = stream.write_all(&msg);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0"),
+            Route::Metrics { openmetrics: true }
+        );
+        assert_eq!(
+            route("GET /metrics HTTP/1.1\r\nAccept: text/plain"),
+            Route::Metrics { openmetrics: false }
+        );
+        assert_eq!(route("GET /status?x=1 HTTP/1.0"), Route::Status);
+        assert_eq!(route("GET /status.json HTTP/1.1"), Route::StatusJson);
+        assert_eq!(route("GET /nope HTTP/1.1"), Route::NotFound);
+        assert_eq!(route("POST /metrics HTTP/1.1"), Route::NotAllowed);
+        assert_eq!(route("hello"), Route::Bad);
+        assert_eq!(route("GET metrics HTTP/1.1"), Route::Bad);
+    }
+
+    #[test]
+    fn prometheus_text_has_no_eof_and_no_info_type() {
+        let om = "# HELP jobd_build jobd's version.\n# TYPE jobd_build info\njobd_build_info{version=\"1\"} 1\n# TYPE jobd_up gauge\njobd_up 1\n# EOF\n";
+        let p = prometheus_text(om);
+        assert!(!p.contains("# EOF") && !p.contains(" info\n"), "{p}");
+        assert!(p.contains("# TYPE jobd_build_info gauge"), "{p}");
+        assert!(p.contains("# HELP jobd_build_info jobd's version."), "{p}");
+    }
+}
