@@ -14,6 +14,11 @@
 //!   `--containment subreaper`, compared with `jobd/*` (the cost of cgroups)
 //!   with H the shell echo handler (`read -r l; echo "$l"`) or a tiny C echo
 //!   program built here with `cc -O2 -static`;
+//! - `ceiling/sh`, `ceiling/c`: the leanest correct prefork exec server,
+//!   `benches/ceiling.c` built here with `cc -O2`: 4 worker processes (as
+//!   `--prefork 4`) that only `accept4`, `posix_spawn` H with the connection
+//!   on fds 0 and 1 in a new process group, close the connection and
+//!   `waitpid` it; no scoreboard, no logs, no watch;
 //! - `tcpserver-c4/*`, `tcpserver-c64/*`: `tcpserver -c N -b 1024 -H -R -l 0`
 //!   (no DNS or ident lookups: tcpserver's fastest setup) with the same H;
 //! - `socat/*`: `socat TCP-LISTEN:port,bind=127.0.0.1,fork,reuseaddr,backlog=1024 EXEC:H`;
@@ -24,7 +29,10 @@
 //!   accepting on one listener (backlog 1024) and running the same echo.
 //!
 //! Runs are interleaved: for each round, for each concurrency, every server
-//! in turn; the table gives medians over the rounds and ratios of medians.
+//! in turn; the table gives medians over the rounds and ratios of medians:
+//! beside each row's own reference, every handler row's jobs/s over
+//! `ceiling/H` and over `tcpserver-c4/H` (so `jobd / ceiling` and
+//! `jobd / tcpserver` on the `jobd/*` rows).
 //! The generator's own CPU (getrusage of this process, and the client
 //! threads alone from schedstat) is printed beside the machine's busy share,
 //! to show that the generator is not the bottleneck.
@@ -64,6 +72,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The ceiling server's source (see the module comment).
+const CEILING_C: &str = include_str!("ceiling.c");
 
 /// Reads one line (up to 4 KiB) and writes it back: the job of both the
 /// closure server and the bare server.
@@ -123,17 +133,32 @@ enum Kind {
     /// is the difference from `jobd/*` (which uses cgroups when it can).
     JobdSubreaper(Handler),
     Tcpserver(u32, Handler),
+    /// `benches/ceiling.c`: the leanest prefork exec server, 4 workers.
+    Ceiling(Handler),
     Socat(Handler),
     Closure,
     Bare,
 }
 
 impl Kind {
+    /// The handler of a handler server.
+    fn handler(self) -> Option<Handler> {
+        match self {
+            Kind::Jobd(h)
+            | Kind::JobdSubreaper(h)
+            | Kind::Tcpserver(_, h)
+            | Kind::Ceiling(h)
+            | Kind::Socat(h) => Some(h),
+            Kind::Closure | Kind::Bare => None,
+        }
+    }
+
     fn name(self) -> String {
         match self {
             Kind::Jobd(h) => format!("jobd/{}", h.name()),
             Kind::JobdSubreaper(h) => format!("jobd-subreaper/{}", h.name()),
             Kind::Tcpserver(c, h) => format!("tcpserver-c{c}/{}", h.name()),
+            Kind::Ceiling(h) => format!("ceiling/{}", h.name()),
             Kind::Socat(h) => format!("socat/{}", h.name()),
             Kind::Closure => "jobd-closure".into(),
             Kind::Bare => "bare-4threads".into(),
@@ -144,11 +169,13 @@ impl Kind {
 const ALL: &[Kind] = &[
     Kind::Jobd(Handler::Sh),
     Kind::JobdSubreaper(Handler::Sh),
+    Kind::Ceiling(Handler::Sh),
     Kind::Tcpserver(4, Handler::Sh),
     Kind::Tcpserver(64, Handler::Sh),
     Kind::Socat(Handler::Sh),
     Kind::Jobd(Handler::C),
     Kind::JobdSubreaper(Handler::C),
+    Kind::Ceiling(Handler::C),
     Kind::Tcpserver(4, Handler::C),
     Kind::Tcpserver(64, Handler::C),
     Kind::Socat(Handler::C),
@@ -422,6 +449,14 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
                 START_TIMEOUT,
             )?
         }
+        Kind::Ceiling(hd) => {
+            let bin = handlers
+                .ceiling
+                .as_ref()
+                .map_err(|e| format!("no ceiling server: {e}"))?;
+            let args: Vec<OsString> = vec!["4".into(), h(hd)?.into()];
+            spawn_jobd_like(&name, bin, &args, &[], dir, START_TIMEOUT)?
+        }
         Kind::Tcpserver(c, hd) => {
             let bin = anchors
                 .tcpserver
@@ -482,6 +517,34 @@ fn extra_jobd_args() -> Vec<OsString> {
 struct Handlers {
     sh: PathBuf,
     c: Option<PathBuf>,
+    /// The ceiling server's binary, or why there is none.
+    ceiling: Result<PathBuf, String>,
+}
+
+/// Builds `benches/ceiling.c` with `cc -O2` in `dir`.
+fn build_ceiling(dir: &Path) -> Result<PathBuf, String> {
+    let src = dir.join("ceiling.c");
+    std::fs::write(&src, CEILING_C).map_err(|e| format!("write ceiling.c: {e}"))?;
+    let out = dir.join("ceiling");
+    let cc = which("cc").or_else(|| which("gcc")).ok_or("no cc or gcc")?;
+    let r = std::process::Command::new(&cc)
+        .arg("-O2")
+        .arg("-Wall")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", cc.display()))?;
+    if r.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "cc failed ({}): {}",
+            r.status,
+            last_lines(&String::from_utf8_lossy(&r.stderr), 3)
+        ))
+    }
 }
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
@@ -535,7 +598,8 @@ fn main() -> std::process::ExitCode {
         Ok((p, how)) => (Some(p), how.to_string()),
         Err(e) => (None, format!("unavailable: {e}")),
     };
-    let handlers = Handlers { sh, c };
+    let ceiling = build_ceiling(tmp.path());
+    let handlers = Handlers { sh, c, ceiling };
 
     println!("load: {}", machine_line());
     println!(
@@ -543,6 +607,13 @@ fn main() -> std::process::ExitCode {
         dur.as_secs_f64()
     );
     println!("load: C echo handler: {c_link}");
+    println!(
+        "load: ceiling server: {}",
+        match &handlers.ceiling {
+            Ok(_) => "benches/ceiling.c, cc -O2, 4 workers".to_string(),
+            Err(e) => format!("MISSING: ceiling rows skipped ({e})"),
+        }
+    );
     if !extra_jobd_args().is_empty() {
         println!(
             "load: LOAD_JOBD_ARGS: jobd/* run with extra flags {:?}",
@@ -737,7 +808,7 @@ fn find(sum: &[Summary], kind: Kind, conc: usize) -> Option<&Summary> {
 /// handler servers, the bare server for the closure.
 fn reference(kind: Kind) -> Option<Kind> {
     match kind {
-        Kind::Jobd(h) | Kind::Socat(h) => Some(Kind::Tcpserver(4, h)),
+        Kind::Jobd(h) | Kind::Socat(h) | Kind::Ceiling(h) => Some(Kind::Tcpserver(4, h)),
         // Against jobd with cgroups: the ratio is cgroup containment's cost.
         Kind::JobdSubreaper(h) => Some(Kind::Jobd(h)),
         Kind::Tcpserver(c, h) if c != 4 => Some(Kind::Tcpserver(4, h)),
@@ -746,14 +817,27 @@ fn reference(kind: Kind) -> Option<Kind> {
     }
 }
 
+/// jobs/s of `s` over jobs/s of `other` at the same concurrency, if both
+/// ran (and `s` is not `other`).
+fn ratio_to(sum: &[Summary], s: &Summary, other: Option<Kind>) -> Option<f64> {
+    let o = other.filter(|&k| k != s.kind)?;
+    find(sum, o, s.conc).map(|r| s.jobs_per_s / r.jobs_per_s)
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
 fn print_table(sum: &[Summary], concs: &[usize]) {
     println!();
     println!(
-        "{:>4}  {:<18} {:>3} {:>9} {:>8} {:>8} {:>8} {:>8} {:<16} {:>5} {:>6} {:>6} {:>6} {:>9}",
+        "{:>4}  {:<18} {:>3} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:<16} {:>5} {:>6} {:>6} {:>6} {:>9}",
         "conc",
         "server",
         "n",
         "jobs/s",
+        "/ceiling",
+        "/tcpsrv",
         "ratio",
         "p99 rat",
         "p50 ms",
@@ -768,6 +852,8 @@ fn print_table(sum: &[Summary], concs: &[usize]) {
     for &c in concs {
         for s in sum.iter().filter(|s| s.conc == c) {
             let r = reference(s.kind).and_then(|k| find(sum, k, c));
+            let to_ceiling = ratio_to(sum, s, s.kind.handler().map(Kind::Ceiling));
+            let to_tcpserver = ratio_to(sum, s, s.kind.handler().map(|h| Kind::Tcpserver(4, h)));
             let (ratio, p99r, vs) = match r {
                 Some(r) => (
                     format!("{:.2}x", s.jobs_per_s / r.jobs_per_s),
@@ -777,11 +863,13 @@ fn print_table(sum: &[Summary], concs: &[usize]) {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
-                "{:>4}  {:<18} {:>3} {:>9.0} {:>8} {:>8} {:>8.2} {:>8.2} {:<16} {:>5} {:>6.0} {:>6.0} {:>6.0} {:>9.0}",
+                "{:>4}  {:<18} {:>3} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8.2} {:>8.2} {:<16} {:>5} {:>6.0} {:>6.0} {:>6.0} {:>9.0}",
                 c,
                 s.kind.name(),
                 s.n,
                 s.jobs_per_s,
+                fmt_ratio(to_ceiling),
+                fmt_ratio(to_tcpserver),
                 ratio,
                 p99r,
                 s.p50_ms,
@@ -804,6 +892,8 @@ fn print_table(sum: &[Summary], concs: &[usize]) {
                     "reference": r.map(|r| r.kind.name()),
                     "jobs_per_s_ratio": r.map(|r| round3(s.jobs_per_s / r.jobs_per_s)),
                     "p99_ratio": r.map(|r| round3(s.p99_ms / r.p99_ms)),
+                    "jobs_per_s_over_ceiling": to_ceiling.map(round3),
+                    "jobs_per_s_over_tcpserver_c4": to_tcpserver.map(round3),
                     "bench_cpu_pct_of_core": round2(s.bench_cpu_pct),
                     "client_threads_cpu_pct_of_core": round2(s.client_cpu_pct),
                     "machine_busy_pct": round2(s.machine_pct),
@@ -814,7 +904,9 @@ fn print_table(sum: &[Summary], concs: &[usize]) {
         println!();
     }
     println!(
-        "columns: medians over rounds; ratio = jobs/s over `vs` (same handler, same round set); \
+        "columns: medians over rounds; /ceiling, /tcpsrv = jobs/s over ceiling/H's and \
+         tcpserver-c4/H's (same handler H; on a jobd/H row: jobd / ceiling, jobd / tcpserver); \
+         ratio = jobs/s over `vs` (same handler, same round set); \
          p99 rat = p99 over vs's p99 (< 1 is better); bench% = this program's CPU \
          (getrusage, % of one core; for bare-4threads it includes the in-process server); \
          clnt% = the client threads alone; mach% = whole machine busy (% of all cores); \
