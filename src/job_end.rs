@@ -113,6 +113,9 @@ pub(crate) struct JobEnd {
     /// For a job cancelled on a disconnect: from the hang-up to its
     /// detection, in µs (as on its `job cancelled` line).
     pub(crate) seen_after_us: Option<u32>,
+    /// A disconnect's cancellation: who saw the hang-up, the hang-up to
+    /// its detection and to the job's tree gone, µs (into the histograms).
+    pub(crate) latency: Option<(SeenBy, u64, u64)>,
     /// CPU time and peak memory of the job's processes (the handler and
     /// every descendant reaped; for a closure, the worker's CPU time while
     /// it ran), when known.
@@ -174,6 +177,15 @@ impl JobEnd {
     /// recorded twice is a few instructions.
     pub(crate) fn record_then(&self, header: &Header, committed: impl FnOnce()) {
         header.count(Counter::JobsServed);
+        if let Some((by, detect, gone)) = self.latency {
+            use crate::scoreboard::Latency;
+            let (d, g) = match by {
+                SeenBy::WorkerWatch => (Latency::DetectWatch, Latency::GoneWatch),
+                _ => (Latency::DetectScan, Latency::GoneScan),
+            };
+            header.observe(d, detect);
+            header.observe(g, gone);
+        }
         if let Some(u) = self.usage {
             header.add(Counter::CpuUserMs, u.user_us / 1000);
             header.add(Counter::CpuSysMs, u.sys_us / 1000);
@@ -301,6 +313,7 @@ mod tests {
             progress: None,
             client_closed_after_ms: None,
             seen_after_us: None,
+            latency: None,
             usage: None,
         }
     }

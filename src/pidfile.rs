@@ -261,6 +261,10 @@ impl PidFile {
                     tracing::warn!(path = %self.path.display(), error = %e, "failed to remove the pid file");
                 }
             }
+            Ok(_) if HANDED_OVER.load(std::sync::atomic::Ordering::Relaxed) => tracing::info!(
+                path = %self.path.display(),
+                "the pid file names the jobd that took over; leaving it"
+            ),
             Ok(_) => tracing::warn!(
                 path = %self.path.display(),
                 "the pid file was replaced by another file; leaving it"
@@ -268,6 +272,15 @@ impl PidFile {
             Err(_) => {}
         }
     }
+}
+
+/// Set once an upgrade handed the service over: the new jobd's pid file
+/// in our place is expected, not a warning.
+static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An upgrade handed the service (and the pid file) to a new jobd.
+pub(crate) fn handed_over() {
+    HANDED_OVER.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Drop for PidFile {

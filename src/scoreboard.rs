@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use crate::sys::SharedMap;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"JOBDSB01");
-const HEADER_SIZE: usize = 512;
+const HEADER_SIZE: usize = 1024;
 const SLOT_SIZE: usize = 256;
 
 /// Upper bound on slots; `--max-children` is validated against it.
@@ -369,6 +369,60 @@ pub(crate) enum Counter {
     /// Connections closed at once by `--max-per-source`.
     PerSourceRefused,
 }
+/// The upper bounds of the latency histograms' buckets, µs (the last one
+/// is +Inf).
+pub(crate) const LATENCY_BUCKETS_US: [u64; 10] = [
+    1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+];
+
+crate::sys::shared_struct! {
+    /// A latency histogram: a count per bucket of [`LATENCY_BUCKETS_US`]
+    /// (and one above), their sum and their count.
+    pub(crate) struct Hist {
+        buckets: [AtomicU64; 11],
+        sum_us: AtomicU64,
+        count: AtomicU64,
+    }
+}
+
+/// Which latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Latency {
+    /// From the hang-up to its detection, seen by the worker watch.
+    DetectWatch = 0,
+    /// The same, seen by the supervisor's scan.
+    DetectScan = 1,
+    /// From the hang-up to the job's whole tree gone, worker watch.
+    GoneWatch = 2,
+    /// The same, scan.
+    GoneScan = 3,
+}
+
+impl Hist {
+    fn observe(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts per bucket (not cumulative), the sum (µs) and the count.
+    pub(crate) fn read(&self) -> ([u64; 11], u64, u64) {
+        let mut b = [0u64; 11];
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = self.buckets[i].load(Ordering::Relaxed);
+        }
+        (
+            b,
+            self.sum_us.load(Ordering::Relaxed),
+            self.count.load(Ordering::Relaxed),
+        )
+    }
+}
+
 crate::sys::shared_struct! {
     /// A socket address stored as atomics.
     pub(crate) struct AtomicAddr {
@@ -471,6 +525,8 @@ crate::sys::shared_struct! {
         /// 1 while connections are being refused by `--max-per-source`
         /// (one log line per episode, whichever worker refuses).
         per_source_episode: AtomicU32,
+        /// Cancellation latencies, by [`Latency`].
+        latency: [Hist; 4],
     }
 }
 
@@ -588,6 +644,16 @@ impl Header {
     /// stopped); true if one ran.
     pub(crate) fn end_per_source_episode(&self) -> bool {
         self.per_source_episode.swap(0, Ordering::AcqRel) == 1
+    }
+
+    /// Adds one latency observation, µs.
+    pub(crate) fn observe(&self, which: Latency, us: u64) {
+        self.latency[which as usize].observe(us);
+    }
+
+    /// A latency histogram.
+    pub(crate) fn latency(&self, which: Latency) -> &Hist {
+        &self.latency[which as usize]
     }
 
     pub(crate) fn set_supervisor_pid(&self, pid: i32) {

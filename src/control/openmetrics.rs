@@ -53,6 +53,39 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct By {
+    by: String,
+}
+
+/// Histograms already bucketed (read from the scoreboard), one per label
+/// set, encoded through the crate's histogram encoder.
+/// One histogram: its labels, sum, count and (bound, count) buckets.
+type Series = (By, f64, u64, Vec<(f64, u64)>);
+
+#[derive(Debug)]
+struct Bucketed(Vec<Series>);
+
+impl prometheus_client::encoding::EncodeMetric for Bucketed {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, sum, count, buckets) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    *sum, *count, buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 /// The status as OpenMetrics text, ending in `# EOF`.
 pub fn encode(st: &Status) -> String {
     let t = &st.totals;
@@ -182,6 +215,33 @@ pub fn encode(st: &Status) -> String {
         "faults counted: detection retries, failed accepts, --max-per-source refusals",
         faults,
     );
+    for (what, name, help) in [
+        (
+            "detection",
+            "hangup_to_detection_seconds",
+            "cancelled disconnects: from the hang-up to its detection, by who saw it",
+        ),
+        (
+            "gone",
+            "hangup_to_gone_seconds",
+            "cancelled disconnects: from the hang-up to the job's whole process tree gone, by who saw it",
+        ),
+    ] {
+        let series = st
+            .latency
+            .iter()
+            .filter(|h| h.what == what)
+            .map(|h| {
+                let buckets = h
+                    .buckets
+                    .iter()
+                    .map(|&(le, n)| (le.unwrap_or(f64::INFINITY), n))
+                    .collect();
+                (By { by: h.by.into() }, h.sum_seconds, h.count, buckets)
+            })
+            .collect();
+        r.register(name, help, Bucketed(series));
+    }
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &r);

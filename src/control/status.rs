@@ -92,6 +92,23 @@ pub struct Totals {
     pub per_source_refused: u64,
 }
 
+/// A cancellation latency histogram (jobs cancelled on a disconnect).
+#[derive(Debug, Serialize)]
+pub struct LatencyHistogram {
+    /// `detection` (hang-up to its detection) or `gone` (hang-up to the
+    /// job's whole tree gone).
+    pub what: &'static str,
+    /// Who saw the hang-up: `worker-watch` or `scan`.
+    pub by: &'static str,
+    /// Upper bounds in seconds (the last is +Inf, shown as null in JSON)
+    /// and the count in each bucket (not cumulative).
+    pub buckets: Vec<(Option<f64>, u64)>,
+    /// The sum of the observations, seconds.
+    pub sum_seconds: f64,
+    /// How many.
+    pub count: u64,
+}
+
 /// The whole status.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -110,6 +127,8 @@ pub struct Status {
     pub totals: Totals,
     /// Slots (empty slots omitted).
     pub slots: Vec<SlotStatus>,
+    /// Cancellation latencies since start.
+    pub latency: Vec<LatencyHistogram>,
 }
 
 /// Reads the scoreboard at `path`.
@@ -190,7 +209,35 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             per_source_refused: h.get(Counter::PerSourceRefused),
         },
         slots,
+        latency: latencies(h),
     }
+}
+
+fn latencies(h: &crate::scoreboard::Header) -> Vec<LatencyHistogram> {
+    use crate::scoreboard::{LATENCY_BUCKETS_US, Latency};
+    [
+        (Latency::DetectWatch, "detection", "worker-watch"),
+        (Latency::DetectScan, "detection", "scan"),
+        (Latency::GoneWatch, "gone", "worker-watch"),
+        (Latency::GoneScan, "gone", "scan"),
+    ]
+    .into_iter()
+    .map(|(which, what, by)| {
+        let (b, sum_us, count) = h.latency(which).read();
+        let buckets = b
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (LATENCY_BUCKETS_US.get(i).map(|&us| us as f64 / 1e6), n))
+            .collect();
+        LatencyHistogram {
+            what,
+            by,
+            buckets,
+            sum_seconds: sum_us as f64 / 1e6,
+            count,
+        }
+    })
+    .collect()
 }
 
 /// The listener's accept queue length and backlog, over sock_diag (as

@@ -156,6 +156,7 @@ pub(super) fn read_exit(r: &Reaped<'_>, now_mono_ns: u64) -> ExitReading {
             progress: None,
             client_closed_after_ms: None,
             seen_after_us: None,
+            latency: None,
             usage: None,
         }
     });

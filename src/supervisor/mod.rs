@@ -450,6 +450,7 @@ impl<'a> Supervisor<'a> {
                 let pid = u.pid;
                 self.upgrade = None;
                 self.upgraded_to = Some(pid);
+                crate::pidfile::handed_over();
                 tracing::info!(
                     new_pid = pid.as_raw(),
                     "upgrade: the new jobd serves; this one stops accepting and drains"

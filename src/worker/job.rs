@@ -109,6 +109,9 @@ struct Ran {
     /// CPU time and peak memory of the job's processes.
     usage: Option<ChildUsage>,
     after: AfterJob,
+    /// When the worker first read the job's cancel request (the latency
+    /// from the hang-up to the tree gone is measured from it).
+    cancel_seen_at: Option<Instant>,
 }
 
 impl Ran {
@@ -123,6 +126,7 @@ impl Ran {
             progress: None,
             usage: None,
             after: AfterJob::default(),
+            cancel_seen_at: None,
         }
     }
 }
@@ -234,6 +238,17 @@ impl Runner<'_, '_> {
                 .cancel
                 .filter(|c| c.seen_by != SeenBy::Nobody)
                 .map(|c| c.seen_after_us),
+            // Hang-up to tree gone: the hang-up to its detection, plus the
+            // detection (as the worker read its request) to now, the job
+            // reaped and swept.
+            latency: match (ran.cancel, ran.cancel_seen_at) {
+                (Some(c), Some(at)) if c.seen_by != SeenBy::Nobody => Some((
+                    c.seen_by,
+                    u64::from(c.seen_after_us),
+                    u64::from(c.seen_after_us) + at.elapsed().as_micros() as u64,
+                )),
+                _ => None,
+            },
         };
         let board = self.board();
         board.job_ending();
@@ -448,6 +463,7 @@ impl Runner<'_, '_> {
                 max_rss_kib: 0,
             }),
             after,
+            cancel_seen_at: None,
         }
     }
 }
@@ -480,6 +496,8 @@ struct HandlerWait<'r, 'a, 'w> {
     /// What the client had received at that moment.
     progress_at_cancel: Option<TcpProgress>,
     kill_at: Option<Instant>,
+    /// When the cancel request was first read.
+    cancel_seen_at: Option<Instant>,
     /// `--prefork 0`: the end of a SIGTERM's grace period.
     grace_at: Option<Instant>,
     draining: bool,
@@ -510,6 +528,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             cancel: None,
             progress_at_cancel: None,
             kill_at: None,
+            cancel_seen_at: None,
             grace_at: None,
             draining: false,
         }
@@ -641,6 +660,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
     /// A new cancel request: acted on at once, or after the FIN grace when
     /// the client closed having acknowledged every byte it was sent.
     fn on_request(&mut self, req: CancelRequest) {
+        self.cancel_seen_at.get_or_insert_with(Instant::now);
         let grace = self.cfg().fin_grace;
         let answered = req.reason == CancelReason::ClientClosed
             && !grace.is_zero()
@@ -854,6 +874,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
             progress: self.progress_at_cancel,
             usage: Some(usage),
             after: self.after,
+            cancel_seen_at: self.cancel_seen_at,
         }
     }
 }
