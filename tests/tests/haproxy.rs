@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,12 @@ const ABORTS: usize = 4;
 const LONG_JOBS: usize = 2;
 const DRAIN_CLIENTS: usize = 10;
 const ALL_JOBS: usize = SPREAD_CLIENTS + ABORTS + LONG_JOBS + DRAIN_CLIENTS;
+/// The upgrade's clients: its two long jobs, and the load of short jobs
+/// (all from one address).
+const UPGRADE_LONGS: usize = 2;
+const CLIENT_ADDRS: usize = ALL_JOBS + UPGRADE_LONGS + 1;
+/// Bounds of the load of short jobs during the upgrade.
+const LOAD_MAX_JOBS: usize = 5000;
 
 /// Lines of the long job's answer, after its `started` line.
 const LONG_LINES: usize = 5000;
@@ -50,6 +56,10 @@ me="$TCPREMOTEIP $TCPREMOTEPORT $TCPPROXYIP $TCPPROXYPORT $E2E_HOST"
 case "$cmd" in
 hello)
   echo "hello $arg $me" ;;
+short)
+  # Which supervisor ran it: the one of our worker ($PPID).
+  read -r _ _ _ sup _ < /proc/$PPID/stat
+  echo "short $arg $sup $E2E_HOST" ;;
 hold)
   # Silent until cancelled: the handler and a child, pids to a file.
   sleep 600 &
@@ -68,7 +78,16 @@ esac
 
 // ---- processes ----
 
-type Log = Arc<(Mutex<Vec<(Instant, String)>>, Condvar)>;
+/// A process's stderr as read so far, and whether it ended (every
+/// process holding the pipe closed it: after an upgrade, the new jobd
+/// holds the old one's).
+#[derive(Default)]
+struct LogBuf {
+    lines: Vec<(Instant, String)>,
+    eof: bool,
+}
+
+type Log = Arc<(Mutex<LogBuf>, Condvar)>;
 
 /// A process of the test (jobd or HAProxy, maybe through `ip netns
 /// exec`, which execs it: the child's pid is its pid), with its stderr
@@ -114,16 +133,18 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({program}): {e}"));
-        let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let log: Log = Arc::new((Mutex::new(LogBuf::default()), Condvar::new()));
         let stderr = child.stderr.take().unwrap();
         let l2 = log.clone();
         std::thread::spawn(move || {
+            let (m, cv) = &*l2;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let (m, cv) = &*l2;
-                m.lock().unwrap().push((Instant::now(), line));
+                m.lock().unwrap().lines.push((Instant::now(), line));
                 cv.notify_all();
             }
+            m.lock().unwrap().eof = true;
+            cv.notify_all();
         });
         Proc {
             name: name.to_string(),
@@ -141,12 +162,12 @@ impl Proc {
 
     fn lines(&self) -> Vec<String> {
         let g = self.log.0.lock().unwrap();
-        g.iter().map(|(_, l)| l.clone()).collect()
+        g.lines.iter().map(|(_, l)| l.clone()).collect()
     }
 
     fn timed_lines(&self, pred: impl Fn(&str) -> bool) -> Vec<(Instant, String)> {
         let g = self.log.0.lock().unwrap();
-        g.iter().filter(|(_, l)| pred(l)).cloned().collect()
+        g.lines.iter().filter(|(_, l)| pred(l)).cloned().collect()
     }
 
     fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
@@ -160,45 +181,56 @@ impl Proc {
         self.exited.is_none()
     }
 
-    /// Waits until `n` lines match `pred` (or the process exits, or the
-    /// deadline passes: a panic with the log).
+    /// Waits until `n` lines match `pred` (or its log ends, or the
+    /// deadline passes: a panic with the log). The end of the log, not the
+    /// exit of the process, is what says no more line will come: a line
+    /// read after the exit was seen is still found, and the old jobd of an
+    /// upgrade has exited while the new one still writes to the same pipe.
     fn wait_lines(&mut self, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + DEADLINE;
-        loop {
-            {
-                let (m, cv) = &*self.log;
-                let g = m.lock().unwrap();
-                let found: Vec<String> = g
-                    .iter()
-                    .filter(|(_, l)| pred(l))
-                    .map(|(_, l)| l.clone())
-                    .collect();
-                if found.len() >= n {
-                    return found;
-                }
-                let now = Instant::now();
-                assert!(
-                    now < deadline,
-                    "{}: timed out waiting for {n} matching log lines; log:\n{}",
-                    self.name,
-                    g.iter()
-                        .map(|(_, l)| l.as_str())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-                // Woken by each new line; the exit is checked each 100 ms.
-                let _ = cv
-                    .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
-                    .unwrap();
+        let why = loop {
+            let (m, cv) = &*self.log;
+            let g = m.lock().unwrap();
+            let found: Vec<String> = g
+                .lines
+                .iter()
+                .filter(|(_, l)| pred(l))
+                .map(|(_, l)| l.clone())
+                .collect();
+            if found.len() >= n {
+                return found;
             }
-            assert!(
-                self.running(),
-                "{} exited with {:?}; log:\n{}",
-                self.name,
-                self.exited,
-                self.lines().join("\n")
-            );
-        }
+            if g.eof {
+                break "its log ended";
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break "timed out";
+            }
+            // Woken by each new line and by the end of the log.
+            let _ = cv.wait_timeout(g, deadline - now).unwrap();
+        };
+        self.running();
+        panic!(
+            "{}: {why} waiting for {n} matching log lines (exit status {:?}); log:\n{}",
+            self.name,
+            self.exited,
+            self.lines().join("\n")
+        );
+    }
+
+    /// Waits until every process holding its stderr closed it: its log is
+    /// complete.
+    fn wait_log_end(&self) {
+        let (m, cv) = &*self.log;
+        let g = m.lock().unwrap();
+        let (g, t) = cv.wait_timeout_while(g, DEADLINE, |g| !g.eof).unwrap();
+        assert!(
+            !t.timed_out(),
+            "{}: its log did not end (a process still holds its stderr)",
+            self.name
+        );
+        drop(g);
     }
 
     fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
@@ -425,7 +457,7 @@ fn namespaces() -> Result<Topology, String> {
         &ns("lb"),
     ])?;
     net.links.push(root_if.clone());
-    let clients: Vec<Ipv4Addr> = (0..ALL_JOBS as u8).map(|i| at(10 + i)).collect();
+    let clients: Vec<Ipv4Addr> = (0..CLIENT_ADDRS as u8).map(|i| at(10 + i)).collect();
     let mut batch = format!("addr add {}/26 dev {root_if}\n", at(1));
     for c in &clients {
         batch += &format!("addr add {c}/32 dev {root_if}\n");
@@ -496,7 +528,7 @@ fn loopback() -> Topology {
             SocketAddr::from(([127, 0, 0, 2], 0)),
             SocketAddr::from(([127, 0, 0, 3], 0)),
         ],
-        clients: (0..ALL_JOBS as u8)
+        clients: (0..CLIENT_ADDRS as u8)
             .map(|i| Ipv4Addr::new(127, 0, 1, 10 + i))
             .collect(),
     }
@@ -506,6 +538,11 @@ fn loopback() -> Topology {
 
 /// A client connection from `src` (port picked by the kernel) to `dst`.
 fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> TcpStream {
+    try_connect_from(src, dst).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`connect_from`], its failure an error (with what failed).
+fn try_connect_from(src: Ipv4Addr, dst: SocketAddr) -> Result<TcpStream, String> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
     let fd = socket(
         AddressFamily::Inet,
@@ -513,17 +550,17 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> TcpStream {
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .unwrap();
+    .map_err(|e| format!("socket: {e}"))?;
     bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(src, 0)))
-        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+        .map_err(|e| format!("bind {src}: {e}"))?;
     let SocketAddr::V4(d) = dst else {
         unreachable!()
     };
     connect(fd.as_raw_fd(), &SockaddrIn::from(d))
-        .unwrap_or_else(|e| panic!("connect {src} -> {dst}: {e}"));
+        .map_err(|e| format!("connect {src} -> {dst}: {e}"))?;
     let s = TcpStream::from(fd);
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s
+    Ok(s)
 }
 
 /// A long job's client: its stream, a reader of it, what its handler saw,
@@ -584,6 +621,173 @@ fn hellos(srcs: &[Ipv4Addr], front: SocketAddr, first: usize) -> Vec<(SocketAddr
             .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     })
+}
+
+/// Starts long job `arg` from `src`: its client's stream, a reader of it,
+/// what its handler saw, and the client's address.
+fn start_long(d: &Path, arg: &str, src: Ipv4Addr, front: SocketAddr) -> Long {
+    nix::unistd::mkfifo(
+        &d.join(format!("go-{arg}")),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let mut s = connect_from(src, front);
+    let me = s.local_addr().unwrap();
+    s.write_all(format!("long {arg}\n").as_bytes()).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut first = String::new();
+    r.read_line(&mut first).unwrap();
+    let words: Vec<&str> = first.split_whitespace().collect();
+    assert!(
+        words.len() == 7 && words[0] == "started" && words[1] == arg,
+        "long job {arg}: {first:?}"
+    );
+    let seen = parse_seen(&words[2..], &first);
+    assert_eq!(seen.remote, me, "long job {arg}: {first:?}");
+    (s, r, seen, me)
+}
+
+/// Lets long job `arg` go on (through its FIFO) and reads the rest of its
+/// answer: all of it, in order.
+fn finish_long(d: &Path, arg: &str, r: &mut BufReader<TcpStream>, me: SocketAddr) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join(format!("go-{arg}")))
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let mut rest = String::new();
+    r.read_to_string(&mut rest)
+        .unwrap_or_else(|e| panic!("long job {arg} ({me}): {e}"));
+    let lines: Vec<&str> = rest.lines().collect();
+    assert_eq!(
+        lines.len(),
+        LONG_LINES + 1,
+        "long job {arg} ({me}): a short answer"
+    );
+    assert!(
+        lines[..LONG_LINES]
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == (i + 1).to_string()),
+        "long job {arg}: a garbled answer"
+    );
+    assert!(
+        lines[LONG_LINES].starts_with(&format!("finished {arg} {} {} ", me.ip(), me.port())),
+        "long job {arg}: {:?}",
+        lines[LONG_LINES]
+    );
+}
+
+/// The pids of hold job `arg` (its handler and the handler's child), and
+/// what it saw, from the file it writes.
+fn hold_pids(d: &Path, arg: &str) -> (i32, i32, Seen) {
+    let file = d.join(format!("hold-{arg}"));
+    let mut text = String::new();
+    util::wait_until(&format!("the pids of hold job {arg}"), || {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        !text.is_empty()
+    });
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(words.len(), 7, "{text:?}");
+    (
+        words[0].parse().unwrap(),
+        words[1].parse().unwrap(),
+        parse_seen(&words[2..], &text),
+    )
+}
+
+/// One job of the upgrade's load: when its client connected and got its
+/// whole answer, and the supervisor that ran it (or what failed).
+struct Short {
+    start: Instant,
+    end: Instant,
+    sup: Result<i32, String>,
+}
+
+/// One `short` job from `src`, expected on `host`: the pid of the
+/// supervisor that ran it.
+fn short(src: Ipv4Addr, front: SocketAddr, i: usize, host: &str) -> Result<i32, String> {
+    let mut s = try_connect_from(src, front)?;
+    let me = s.local_addr().map_err(|e| e.to_string())?;
+    s.write_all(format!("short {i}\n").as_bytes())
+        .map_err(|e| format!("{me}: write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("{me}: read: {e} (after {out:?})"))?;
+    let w: Vec<&str> = out.split_whitespace().collect();
+    match w[..] {
+        ["short", n, sup, h] if n == i.to_string() && h == host => {
+            sup.parse().map_err(|_| format!("{me}: {out:?}"))
+        }
+        _ => Err(format!("{me}: answer {out:?}")),
+    }
+}
+
+/// A load of short jobs, back to back, from one client address: until
+/// stopped, [`LOAD_MAX_JOBS`] jobs, or [`DEADLINE`]. Stopped on `Drop`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<Mutex<Vec<Short>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(src: Ipv4Addr, front: SocketAddr, host: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, done2) = (stop.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let until = Instant::now() + DEADLINE;
+            for i in 0..LOAD_MAX_JOBS {
+                if stop2.load(Ordering::Relaxed) || Instant::now() >= until {
+                    break;
+                }
+                let start = Instant::now();
+                let sup = short(src, front, i, host);
+                let end = Instant::now();
+                done2.lock().unwrap().push(Short { start, end, sup });
+            }
+        });
+        Load {
+            stop,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many jobs ended (answered or failed) that `pred` accepts.
+    fn count(&self, pred: impl Fn(&Short) -> bool) -> usize {
+        self.done.lock().unwrap().iter().filter(|s| pred(s)).count()
+    }
+
+    fn finish(mut self) -> Vec<Short> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.done.lock().unwrap())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The parent of process `pid`.
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ")
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The supervisor of job handler `pid`: its worker's parent.
+fn supervisor_of(pid: i32) -> Option<i32> {
+    ppid(ppid(pid)?)
 }
 
 // ---- HAProxy ----
@@ -755,7 +959,10 @@ fn is_health_check(l: &str) -> bool {
 /// nothing; (3) a client that aborts (FIN, RST) has its job tree killed
 /// within a second, its address in the cancel line; (4) SIGTERM to one
 /// host drains it: its running job finishes, HAProxy marks it down, and
-/// every new client is served by the other.
+/// every new client is served by the other; (5) `jobd ctl upgrade` of the
+/// other, under a load of short jobs with two long ones running: no
+/// connection fails or is refused, the new generation serves, and the old
+/// one finishes its long job, cancels the abandoned one, and exits.
 #[test]
 fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
     assert!(
@@ -834,6 +1041,9 @@ fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
             d.join(format!("{host}-access.log")).to_str().unwrap(),
             "--env",
             &format!("E2E_HOST={host}"),
+            // (`jobd ctl upgrade` finds the supervisor by it.)
+            "--pid-file",
+            d.join(format!("{host}.pid")).to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -985,18 +1195,12 @@ fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
         let mut s = connect_from(src, front);
         let me = s.local_addr().unwrap();
         s.write_all(format!("hold {k}\n").as_bytes()).unwrap();
-        let file = d.join(format!("hold-{k}"));
-        let mut text = String::new();
-        util::wait_until(&format!("the pids of hold job {k}"), || {
-            text = std::fs::read_to_string(&file).unwrap_or_default();
-            !text.is_empty()
-        });
-        let words: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(words.len(), 7, "{text:?}");
-        let (handler, child): (i32, i32) = (words[0].parse().unwrap(), words[1].parse().unwrap());
-        let seen = parse_seen(&words[2..], &text);
-        assert_eq!(seen.remote, me, "hold job {k}: {text:?}");
-        assert!(util::alive(handler) && util::alive(child), "{text:?}");
+        let (handler, child, seen) = hold_pids(&d, &k.to_string());
+        assert_eq!(seen.remote, me, "hold job {k}: {seen:?}");
+        assert!(
+            util::alive(handler) && util::alive(child),
+            "hold job {k}: {handler} {child}"
+        );
         let t0 = Instant::now();
         if rst {
             util::reset(s);
@@ -1045,25 +1249,7 @@ fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
     // where the first is not).
     let mut longs = vec![];
     for (k, src) in take(LONG_JOBS).into_iter().enumerate() {
-        nix::unistd::mkfifo(
-            &d.join(format!("go-{k}")),
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-        )
-        .unwrap();
-        let mut s = connect_from(src, front);
-        let me = s.local_addr().unwrap();
-        s.write_all(format!("long {k}\n").as_bytes()).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut first = String::new();
-        r.read_line(&mut first).unwrap();
-        let words: Vec<&str> = first.split_whitespace().collect();
-        assert!(
-            words.len() == 7 && words[0] == "started",
-            "long job {k}: {first:?}"
-        );
-        let seen = parse_seen(&words[2..], &first);
-        assert_eq!(seen.remote, me);
-        longs.push(Some((s, r, seen, me)));
+        longs.push(Some(start_long(&d, &k.to_string(), src, front)));
     }
     let host_of = |l: &Option<Long>| l.as_ref().unwrap().2.host;
     assert_ne!(
@@ -1121,33 +1307,7 @@ fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
     // The running jobs finish: their clients get the whole answer.
     for k in [on_b1, 1 - on_b1] {
         let (s, mut r, seen, me) = longs[k].take().unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(d.join(format!("go-{k}")))
-            .unwrap()
-            .write_all(b"go\n")
-            .unwrap();
-        let mut rest = String::new();
-        r.read_to_string(&mut rest)
-            .unwrap_or_else(|e| panic!("long job {k} ({me}): {e}"));
-        let lines: Vec<&str> = rest.lines().collect();
-        assert_eq!(
-            lines.len(),
-            LONG_LINES + 1,
-            "long job {k} ({me}): a short answer"
-        );
-        assert!(
-            lines[..LONG_LINES]
-                .iter()
-                .enumerate()
-                .all(|(i, l)| *l == (i + 1).to_string()),
-            "long job {k}: a garbled answer"
-        );
-        assert!(
-            lines[LONG_LINES].starts_with(&format!("finished {k} {} {} ", me.ip(), me.port())),
-            "long job {k}: {:?}",
-            lines[LONG_LINES]
-        );
+        finish_long(&d, &k.to_string(), &mut r, me);
         drop(s);
         let end = w.backends[seen.host]
             .wait_line(|l| l.contains("job ended") && l.contains(&format!(" peer={me} ")));
@@ -1169,13 +1329,240 @@ fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
         drain_total.as_secs_f64() * 1000.0,
     );
 
+    // (5) `jobd ctl upgrade` of b2 (the host left) under a load of short
+    // jobs, with two long jobs running on it: no connection fails or is
+    // refused (not even one that HAProxy retried: its counters for b2 do
+    // not move), the new generation serves, the old one's long job
+    // finishes in full and its abandoned one is cancelled by it, then it
+    // exits.
+    let up = 1;
+    let pid_file = d.join("b2.pid");
+    let old = w.backends[up].pid();
+    assert_eq!(util::read_pid(&pid_file), old, "b2's pid file");
+    let srcs = take(UPGRADE_LONGS + 1);
+    let (fin, mut fin_r, seen, fin_me) = start_long(&d, "u", srcs[0], front);
+    assert_eq!(seen.host, up, "the upgrade's long job went to b1");
+    let line =
+        w.backends[up].wait_line(|l| is_job_started(l) && l.contains(&format!(" peer={fin_me} ")));
+    let fin_pid: i32 = util::field(&line, "handler_pid").parse().unwrap();
+    let mut abandon = connect_from(srcs[1], front);
+    let ab_me = abandon.local_addr().unwrap();
+    abandon.write_all(b"hold u\n").unwrap();
+    let (ab_handler, ab_child, seen) = hold_pids(&d, "u");
+    assert_eq!((seen.remote, seen.host), (ab_me, up), "{seen:?}");
+    for p in [fin_pid, ab_handler] {
+        assert_eq!(
+            supervisor_of(p),
+            Some(old),
+            "the long job of handler {p} is not run by b2's supervisor"
+        );
+    }
+    let hap_counters = ["wretr", "wredis", "econ", "eresp", "chkfail", "chkdown"];
+    let b2_counters = || -> Vec<u64> {
+        let rows = show_stat(&stats);
+        let row = rows
+            .iter()
+            .find(|r| r.get("pxname").is_some_and(|p| p == "jobd") && r["svname"] == "b2")
+            .expect("b2 in HAProxy's stats");
+        hap_counters
+            .iter()
+            .map(|c| row.get(*c).and_then(|v| v.parse().ok()).unwrap_or(0))
+            .collect()
+    };
+    let counters_before = b2_counters();
+    let load = Load::start(srcs[2], front, "b2");
+    util::wait_until("the load to run", || load.count(|_| true) >= 20);
+    // The upgrade, and when the pid file names the new supervisor.
+    let args = [
+        "ctl",
+        "upgrade",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--timeout",
+        "15s",
+    ];
+    let mut cmd = match &w.topo.backend_ns[up] {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, util::jobd_bin()]);
+            c
+        }
+        None => Command::new(util::jobd_bin()),
+    };
+    let t_ctl = Instant::now();
+    let mut ctl = cmd
+        .args(args)
+        .env_remove("JOBD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jobd ctl upgrade");
+    let (mut new_at, mut ctl_at) = (None, None);
+    let deadline = t_ctl + DEADLINE;
+    while (new_at.is_none() || ctl_at.is_none()) && Instant::now() < deadline {
+        if new_at.is_none() {
+            let pid: i32 = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if pid > 0 && pid != old {
+                new_at = Some((pid, t_ctl.elapsed()));
+            }
+        }
+        if ctl_at.is_none() && ctl.try_wait().unwrap().is_some() {
+            ctl_at = Some(t_ctl.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if ctl_at.is_none() {
+        let _ = ctl.kill();
+    }
+    let out = ctl.wait_with_output().unwrap();
+    let ctl_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        ctl_at.is_some() && out.status.success(),
+        "jobd ctl upgrade: {:?} after {:?}: {ctl_out}",
+        out.status,
+        t_ctl.elapsed()
+    );
+    let (new, new_after) = new_at.expect("no new pid in b2's pid file");
+    let ctl_after = ctl_at.unwrap();
+    assert_eq!(util::read_pid(&pid_file), new);
+    assert!(
+        util::alive(new) && ctl_out.contains(&format!("pid {new} serves")),
+        "{ctl_out}"
+    );
+    let is_handed = |l: &str| l.contains("upgrade: the new jobd serves");
+    w.backends[up].wait_line(is_handed);
+    let handed_at = w.backends[up].timed_lines(is_handed)[0].0;
+    let t_ctl_done = t_ctl + ctl_after;
+    // The load goes on a while, served by the new generation.
+    util::wait_until("the new generation to serve the load", || {
+        t_ctl_done.elapsed() >= Duration::from_millis(750) && load.count(|s| s.sup == Ok(new)) >= 50
+    });
+    let shorts = load.finish();
+    let failed: Vec<&String> = shorts.iter().filter_map(|s| s.sup.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} short jobs failed or were refused around the upgrade, e.g. {:?}",
+        failed.len(),
+        shorts.len(),
+        &failed[..failed.len().min(10)]
+    );
+    let by = |pid: i32| shorts.iter().filter(|s| s.sup == Ok(pid)).count();
+    let (by_old, by_new) = (by(old), by(new));
+    assert_eq!(
+        by_old + by_new,
+        shorts.len(),
+        "short jobs run by neither supervisor"
+    );
+    assert!(by_old > 0 && by_new > 0, "old {by_old}, new {by_new}");
+    let t_new = t_ctl + new_after;
+    let during = shorts
+        .iter()
+        .filter(|s| s.end >= t_ctl && s.start <= t_new)
+        .count();
+    let old_during = shorts
+        .iter()
+        .filter(|s| s.end >= t_ctl && s.sup == Ok(old))
+        .count();
+    // Once the old one said it stops accepting, new clients go to the new.
+    let late_old: Vec<Duration> = shorts
+        .iter()
+        .filter(|s| s.sup == Ok(old) && s.start > handed_at)
+        .map(|s| s.start - handed_at)
+        .collect();
+    assert!(
+        late_old.iter().all(|d| *d < Duration::from_millis(250)),
+        "the old supervisor ran jobs whose clients came {late_old:?} after it stopped accepting"
+    );
+    let counters_after = b2_counters();
+    let moved: Vec<String> = hap_counters
+        .iter()
+        .zip(counters_before.iter().zip(&counters_after))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(c, (a, b))| format!("{c} {a} -> {b}"))
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "HAProxy saw b2 fail during the upgrade: {moved:?}"
+    );
+    let b2_status = server_field(&stats, "b2", "status");
+    assert_eq!(b2_status, "UP", "b2 after the upgrade");
+    // The old generation's long jobs: one finishes in full, ...
+    assert!(
+        w.backends[up].running() && util::alive(fin_pid) && util::alive(ab_handler),
+        "the old b2 supervisor or its long jobs did not wait"
+    );
+    finish_long(&d, "u", &mut fin_r, fin_me);
+    drop((fin, fin_r));
+    let end = w.backends[up]
+        .wait_line(|l| l.contains("job ended") && l.contains(&format!(" peer={fin_me} ")));
+    assert_eq!(util::field(&end, "outcome"), "done", "{end}");
+    // ... the other's client goes: the old generation cancels it, its
+    // tree goes, and the old supervisor exits.
+    assert!(
+        w.backends[up].running(),
+        "the old b2 supervisor exited with a job running"
+    );
+    let t_ab = Instant::now();
+    drop(abandon);
+    let gone = util::poll_until(t_ab + DEADLINE, || {
+        !util::alive(ab_handler) && !util::alive(ab_child)
+    });
+    assert!(
+        gone,
+        "the abandoned job's tree ({ab_handler}, {ab_child}) outlived its client"
+    );
+    let ab_gone = t_ab.elapsed();
+    let cancel =
+        w.backends[up].wait_line(|l| is_cancel(l) && l.contains(&format!(" peer={ab_me} ")));
+    let st = w.backends[up].wait_exit();
+    assert!(st.success(), "the old b2 supervisor exited with {st:?}");
+    let old_exit = t_ab.elapsed();
+    assert!(util::alive(new), "the new b2 supervisor is gone");
+    assert_eq!(util::read_pid(&pid_file), new);
+    eprintln!(
+        "haproxy e2e: ctl upgrade of b2 under load: pid file named the new supervisor {new} \
+         {:.0} ms after ctl started (ctl exited 0 at {:.0} ms, old {old} stopped accepting at \
+         {:.0} ms); {} short jobs through HAProxy ({during} during the upgrade, {old_during} \
+         answered by the old generation after ctl started; old {by_old}, new {by_new}), \
+         failures=0, HAProxy retries/errors on b2: 0; long job finished in full, the abandoned \
+         one cancelled by the old generation (reason={}), its tree gone in {:.1} ms, old \
+         supervisor exited 0 {:.0} ms after its client left",
+        new_after.as_secs_f64() * 1000.0,
+        ctl_after.as_secs_f64() * 1000.0,
+        (handed_at - t_ctl).as_secs_f64() * 1000.0,
+        shorts.len(),
+        util::field(&cancel, "reason"),
+        ab_gone.as_secs_f64() * 1000.0,
+        old_exit.as_secs_f64() * 1000.0,
+    );
+
     // Over the whole run: one job per client, four cancels, every job in
     // an access log.
-    let mut b2 = w.backends.pop().unwrap();
+    let b2 = w.backends.pop().unwrap();
     let b1 = w.backends.pop().unwrap();
-    util::send(b2.pid(), "TERM");
-    let st = b2.wait_exit();
-    assert!(st.success(), "b2 exited with {st:?}");
+    // The new b2 supervisor is no child of ours: stopped by its pid. (It
+    // carries b2's tag: the cleanup on a failure finds it.)
+    assert!(
+        util::tagged_pids(&b2.tag).contains(&new),
+        "the new b2 supervisor {new} lost b2's tag"
+    );
+    util::send(new, "TERM");
+    util::wait_until("the new b2 supervisor to stop", || !util::alive(new));
+    b2.wait_log_end();
+    assert_eq!(
+        b2.count(|l| l.contains("jobd stopped")),
+        2,
+        "b2's two generations did not both stop"
+    );
+    let all_jobs = ALL_JOBS + UPGRADE_LONGS + shorts.len();
     let started: Vec<usize> = [&b1, &b2].iter().map(|b| b.count(is_job_started)).collect();
     let cancels: Vec<usize> = [&b1, &b2].iter().map(|b| b.count(is_cancel)).collect();
     let checks: Vec<usize> = [&b1, &b2]
@@ -1192,11 +1579,17 @@ fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
         .collect();
     assert_eq!(
         started[0] + started[1],
-        ALL_JOBS,
+        all_jobs,
         "jobs started: {started:?}"
     );
-    assert_eq!(logged[0] + logged[1], ALL_JOBS, "access lines: {logged:?}");
-    assert_eq!(cancels[0] + cancels[1], ABORTS, "cancel lines: {cancels:?}");
+    assert_eq!(logged[0] + logged[1], all_jobs, "access lines: {logged:?}");
+    assert_eq!(
+        cancels[0] + cancels[1],
+        ABORTS + 1,
+        "cancel lines: {cancels:?}"
+    );
+    // No warning or error on either host, the upgrade's handover included
+    // (its pid file takeover is logged at info).
     for b in [&b1, &b2] {
         for l in b.lines() {
             assert!(
@@ -1233,7 +1626,7 @@ fn haproxy_spreads_cancels_and_drains_jobs_over_two_jobd_hosts() {
     let mean = latencies.iter().sum::<Duration>().as_secs_f64() * 1000.0 / latencies.len() as f64;
     let max = latencies.iter().max().unwrap().as_secs_f64() * 1000.0;
     eprintln!(
-        "haproxy e2e: jobs per backend: b1 {}, b2 {} (of {ALL_JOBS}); cancels b1 {}, b2 {}; \
+        "haproxy e2e: jobs per backend: b1 {}, b2 {} (of {all_jobs}); cancels b1 {}, b2 {}; \
          health checks seen b1 {}, b2 {}; cancel latency through HAProxy mean {mean:.1} ms, \
          max {max:.1} ms; whole test {:.1} s",
         started[0],
