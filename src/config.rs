@@ -323,6 +323,9 @@ pub const KEEPALIVE_RANGE: DurationRange = DurationRange {
 /// `--hook-timeout`: 10 ms to 10 minutes.
 pub const HOOK_TIMEOUT_RANGE: DurationRange =
     DurationRange::new("--hook-timeout", millis(10), secs(600));
+/// `--slow-job-log`: 100 ms to 24 hours.
+pub const SLOW_JOB_RANGE: DurationRange =
+    DurationRange::new("--slow-job-log", millis(100), secs(86_400));
 /// `--proxy-timeout`: 10 ms to 1 minute.
 pub const PROXY_TIMEOUT_RANGE: DurationRange =
     DurationRange::new("--proxy-timeout", millis(10), secs(60));
@@ -517,6 +520,8 @@ pub struct Config {
     pub reuse_port: bool,
     /// Serve `/metrics`, `/status` and `/status.json` over HTTP here.
     pub metrics_listen: Option<SocketAddr>,
+    /// Report a job running longer than this, once, with its process tree.
+    pub slow_job_log: Option<Duration>,
 }
 
 /// A configuration error (exit status 2 in the command).
@@ -699,6 +704,7 @@ impl Config {
             proxy_timeout: Duration::from_secs(5),
             reuse_port: false,
             metrics_listen: None,
+            slow_job_log: None,
         }
     }
 
@@ -884,6 +890,10 @@ impl Config {
             (HOOK_TIMEOUT_RANGE, self.hook_timeout),
             (IDLE_TIMEOUT_RANGE, self.idle_timeout),
             (PROXY_TIMEOUT_RANGE, self.proxy_timeout),
+            (
+                SLOW_JOB_RANGE,
+                self.slow_job_log.unwrap_or(SLOW_JOB_RANGE.min),
+            ),
         ] {
             range.check(d)?;
         }

@@ -22,6 +22,7 @@ mod metrics;
 mod notify;
 pub(crate) mod pool;
 mod reload;
+mod slowlog;
 pub(crate) mod upgrade;
 
 use std::net::TcpListener;
@@ -157,6 +158,8 @@ pub(crate) struct Supervisor<'a> {
     upgraded_to: Option<Pid>,
     /// `--metrics-listen`: the HTTP server, in this loop.
     metrics: Option<metrics::Metrics>,
+    /// `--slow-job-log`: the jobs reported.
+    slowlog: slowlog::SlowLog,
 }
 
 impl<'a> Supervisor<'a> {
@@ -211,6 +214,7 @@ impl<'a> Supervisor<'a> {
             upgrade: None,
             upgraded_to: None,
             metrics: metrics_listener.map(metrics::Metrics::new),
+            slowlog: slowlog::SlowLog::default(),
         })
     }
 
@@ -353,6 +357,24 @@ impl<'a> Supervisor<'a> {
             );
             self.refused = (n, at, n);
         }
+    }
+
+    /// `--slow-job-log`: the running jobs (of workers in our records), and
+    /// a report of each one past `after`, once.
+    fn report_slow_jobs(&mut self, after: Duration) {
+        let now_ns = sys::monotonic_ns();
+        let jobs: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let w = s.worker.as_ref()?;
+                let job = self.sb.slot(i).job()?;
+                let age = Duration::from_nanos(now_ns.saturating_sub(job.start_mono_ns));
+                Some((i, w.pid, job.job_id, job.shown_peer(), age))
+            })
+            .collect();
+        self.slowlog.check(after, &jobs);
     }
 
     /// The one-line summary for the service manager's `STATUS=`.
@@ -609,6 +631,9 @@ impl<'a> Supervisor<'a> {
         }
         let now = Instant::now();
         self.follow_upgrade(now);
+        if let Some(after) = self.cfg.slow_job_log {
+            self.report_slow_jobs(after);
+        }
         self.per_source_episode(now);
         // The tick's look: again while it finds something.
         if self.sweep_orphans_at.is_some_and(|t| now >= t) {

@@ -738,3 +738,50 @@ fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
     assert!(late.starts_with("HTTP/1.1 408"), "{late}");
     j.stop_clean();
 }
+
+/// `--slow-job-log` (issue 13): a job past the limit is reported once,
+/// with its client, age and process tree (the handler and its child with
+/// their command lines); a short job is not.
+#[test]
+fn a_slow_job_is_reported_once_with_its_process_tree() {
+    let dir = util::tempdir();
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        "IFS= read -r what\n[ \"$what\" = quick ] && { echo quick; exit 0; }\nsleep 30 &\necho \"slow $!\"\nwait",
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--slow-job-log",
+            "300ms",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let mut q = TcpStream::connect(j.addr).unwrap();
+    q.write_all(b"quick\n").unwrap();
+    let mut out = String::new();
+    q.read_to_string(&mut out).unwrap();
+    assert_eq!(out.trim(), "quick");
+    let (s, l) = j.request_line("slow\n");
+    let child: i32 = l.trim().strip_prefix("slow ").unwrap().parse().unwrap();
+    let report = j.wait_log(|l| l.contains("slow job: running longer than --slow-job-log"));
+    assert!(
+        report.contains("job=2 ") && report.contains("peer=127.0.0.1:"),
+        "{report}"
+    );
+    assert!(report.contains("processes=2"), "{report}");
+    assert!(
+        report.contains(&format!("pid={child} ")) && report.contains("sleep 30"),
+        "{report}"
+    );
+    let age: u64 = util::field(&report, "age_ms").parse().unwrap();
+    assert!(age >= 300, "{report}");
+    drop(s);
+    j.wait_log(|l| l.contains("job ended") && l.contains("job=2 "));
+    assert_eq!(j.count(|l| l.contains("slow job:")), 1, "{}", j.dump());
+    j.stop_clean();
+}

@@ -516,6 +516,12 @@ pub struct RunArgs {
     /// authentication: bind it to loopback or a private network.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Once a job has run longer than this, log one warning with its
+    /// client, age and process tree (pid, state, CPU, command line of each
+    /// process), as PHP-FPM's slowlog. Range: 100ms to 24h. [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true)]
+    pub slow_job_log: Option<Duration>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -584,6 +590,7 @@ impl RunArgs {
         c.proxy_timeout = self.proxy_timeout;
         c.reuse_port = self.reuse_port;
         c.metrics_listen = self.metrics_listen;
+        c.slow_job_log = self.slow_job_log;
         c.validate()?;
         Ok(c)
     }
