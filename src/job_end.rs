@@ -177,6 +177,15 @@ impl JobEnd {
     /// recorded twice is a few instructions.
     pub(crate) fn record_then(&self, header: &Header, committed: impl FnOnce()) {
         header.count(Counter::JobsServed);
+        if let (Outcome::Cancelled, Some(EndReason::Cancel(r))) = (self.outcome, self.reason) {
+            header.note_cancel(
+                self.job_id,
+                r,
+                self.latency.map_or(SeenBy::Nobody, |l| l.0),
+                self.latency.map(|(_, d, g)| (d, g)),
+                self.peer,
+            );
+        }
         if let Some((by, detect, gone)) = self.latency {
             use crate::scoreboard::Latency;
             let (d, g) = match by {

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use crate::sys::SharedMap;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"JOBDSB01");
-const HEADER_SIZE: usize = 1024;
+const HEADER_SIZE: usize = 2048;
 const SLOT_SIZE: usize = 256;
 
 /// Upper bound on slots; `--max-children` is validated against it.
@@ -375,6 +375,36 @@ pub(crate) const LATENCY_BUCKETS_US: [u64; 10] = [
     1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
 ];
 
+/// How many recent cancellations the scoreboard keeps.
+pub(crate) const RECENT_CANCELS: usize = 8;
+
+crate::sys::shared_struct! {
+    /// One recent cancellation (for `/status`), written by the worker that
+    /// carried it out; display only.
+    pub(crate) struct RecentCancel {
+        /// 0: an empty entry (written last).
+        job_id: AtomicU64,
+        at_unix_ms: AtomicU64,
+        reason: AtomicU32,
+        seen_by: AtomicU32,
+        seen_after_us: AtomicU64,
+        gone_us: AtomicU64,
+        peer: AtomicAddr,
+    }
+}
+
+/// A recent cancellation as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RecentCancelView {
+    pub(crate) job_id: u64,
+    pub(crate) at_unix_ms: u64,
+    pub(crate) reason: &'static str,
+    pub(crate) seen_by: &'static str,
+    pub(crate) seen_after_us: Option<u64>,
+    pub(crate) gone_us: Option<u64>,
+    pub(crate) peer: Option<SocketAddr>,
+}
+
 crate::sys::shared_struct! {
     /// A latency histogram: a count per bucket of [`LATENCY_BUCKETS_US`]
     /// (and one above), their sum and their count.
@@ -527,6 +557,9 @@ crate::sys::shared_struct! {
         per_source_episode: AtomicU32,
         /// Cancellation latencies, by [`Latency`].
         latency: [Hist; 4],
+        /// The last cancellations, a ring indexed by `next_cancel`.
+        next_cancel: AtomicU64,
+        recent: [RecentCancel; RECENT_CANCELS],
     }
 }
 
@@ -649,6 +682,53 @@ impl Header {
     /// Adds one latency observation, µs.
     pub(crate) fn observe(&self, which: Latency, us: u64) {
         self.latency[which as usize].observe(us);
+    }
+
+    /// Records a cancellation in the ring of recent ones.
+    pub(crate) fn note_cancel(
+        &self,
+        job_id: u64,
+        reason: CancelReason,
+        seen_by: SeenBy,
+        latency_us: Option<(u64, u64)>,
+        peer: Option<SocketAddr>,
+    ) {
+        let i = self.next_cancel.fetch_add(1, Ordering::Relaxed) as usize % RECENT_CANCELS;
+        let e = &self.recent[i];
+        e.job_id.store(0, Ordering::Release);
+        e.at_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        e.reason.store(reason as u32, Ordering::Relaxed);
+        e.seen_by.store(seen_by as u32, Ordering::Relaxed);
+        let (d, g) = latency_us.map_or((u64::MAX, u64::MAX), |(d, g)| (d, g));
+        e.seen_after_us.store(d, Ordering::Relaxed);
+        e.gone_us.store(g, Ordering::Relaxed);
+        e.peer.store(peer);
+        e.job_id.store(job_id, Ordering::Release);
+    }
+
+    /// The recent cancellations, newest first.
+    pub(crate) fn recent_cancels(&self) -> Vec<RecentCancelView> {
+        let next = self.next_cancel.load(Ordering::Acquire) as usize;
+        (0..RECENT_CANCELS.min(next))
+            .filter_map(|k| {
+                let e = &self.recent[(next - 1 - k) % RECENT_CANCELS];
+                let job_id = e.job_id.load(Ordering::Acquire);
+                if job_id == 0 {
+                    return None;
+                }
+                let some = |v: u64| (v != u64::MAX).then_some(v);
+                Some(RecentCancelView {
+                    job_id,
+                    at_unix_ms: e.at_unix_ms.load(Ordering::Relaxed),
+                    reason: CancelReason::from_u32(e.reason.load(Ordering::Relaxed))
+                        .map_or("?", CancelReason::as_str),
+                    seen_by: SeenBy::from_u8(e.seen_by.load(Ordering::Relaxed) as u8).as_str(),
+                    seen_after_us: some(e.seen_after_us.load(Ordering::Relaxed)),
+                    gone_us: some(e.gone_us.load(Ordering::Relaxed)),
+                    peer: e.peer.load(),
+                })
+            })
+            .collect()
     }
 
     /// A latency histogram.
@@ -1151,6 +1231,12 @@ impl Scoreboard {
             source,
         })?;
         Ok(sb)
+    }
+
+    /// Whether the header still carries its magic (a truncated file's
+    /// restored pages read as zeroes, whichever process faulted on them).
+    pub(crate) fn header_valid(&self) -> bool {
+        self.header().magic.load(Ordering::Acquire) == MAGIC
     }
 
     /// After the file was truncated under jobd (see

@@ -109,6 +109,26 @@ pub struct LatencyHistogram {
     pub count: u64,
 }
 
+/// One of the last cancellations.
+#[derive(Debug, Serialize)]
+pub struct RecentCancellation {
+    /// Job id.
+    pub job_id: u64,
+    /// When (unix ms).
+    pub at_unix_ms: u64,
+    /// The client.
+    pub peer: Option<String>,
+    /// Why (`client-closed`, `timeout`...).
+    pub reason: &'static str,
+    /// Who saw the hang-up (`worker-watch`, `scan`; `nobody` for a
+    /// timeout or a shutdown).
+    pub seen_by: &'static str,
+    /// Hang-up to detection, ms.
+    pub seen_after_ms: Option<f64>,
+    /// Hang-up to the job's tree gone, ms.
+    pub gone_ms: Option<f64>,
+}
+
 /// The whole status.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -129,6 +149,8 @@ pub struct Status {
     pub slots: Vec<SlotStatus>,
     /// Cancellation latencies since start.
     pub latency: Vec<LatencyHistogram>,
+    /// The last cancellations, newest first (at most 8).
+    pub recent_cancellations: Vec<RecentCancellation>,
 }
 
 /// Reads the scoreboard at `path`.
@@ -210,6 +232,19 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
         },
         slots,
         latency: latencies(h),
+        recent_cancellations: h
+            .recent_cancels()
+            .into_iter()
+            .map(|c| RecentCancellation {
+                job_id: c.job_id,
+                at_unix_ms: c.at_unix_ms,
+                peer: c.peer.map(|p| p.to_string()),
+                reason: c.reason,
+                seen_by: c.seen_by,
+                seen_after_ms: c.seen_after_us.map(|us| us as f64 / 1e3),
+                gone_ms: c.gone_us.map(|us| us as f64 / 1e3),
+            })
+            .collect(),
     }
 }
 

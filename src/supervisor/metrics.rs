@@ -306,6 +306,21 @@ fn html(st: &Status) -> String {
             s.jobs_served
         ));
     }
+    h.push_str("</table>\n<h2>Last cancellations</h2>\n<table><tr><th>job</th><th>client</th><th>reason</th><th>seen by</th><th>hang-up to detection</th><th>hang-up to gone</th><th>ago</th></tr>\n");
+    let now = crate::scoreboard::now_unix_ms();
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms"));
+    for c in &st.recent_cancellations {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td></tr>\n",
+            c.job_id,
+            escape(c.peer.as_deref().unwrap_or("-")),
+            c.reason,
+            c.seen_by,
+            ms(c.seen_after_ms),
+            ms(c.gone_ms),
+            now.saturating_sub(c.at_unix_ms) as f64 / 1000.0
+        ));
+    }
     h.push_str("</table>\n</body></html>\n");
     h
 }

@@ -626,7 +626,9 @@ impl<'a> Supervisor<'a> {
 
     /// Refills slots whose time has come; escalates a stop at its deadline.
     fn maintain(&mut self) {
-        if sys::shm::take_truncated() {
+        // Truncated: the supervisor faulted on it itself, or the header
+        // reads as zeroes (a worker faulted first and restored the length).
+        if sys::shm::take_truncated() || !self.sb.header_valid() {
             self.after_truncation();
         }
         let now = Instant::now();

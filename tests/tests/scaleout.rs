@@ -785,3 +785,56 @@ fn a_slow_job_is_reported_once_with_its_process_tree() {
     assert_eq!(j.count(|l| l.contains("slow job:")), 1, "{}", j.dump());
     j.stop_clean();
 }
+
+/// `/status` and `/status.json` list the last cancellations with their
+/// client, reason and latencies (issue 13).
+#[test]
+fn the_status_page_lists_the_last_cancellations() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let line = j.wait_log(|l| l.contains("metrics on "));
+    let maddr: SocketAddr = line
+        .split("metrics on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (s, l) = j.request_line("");
+    assert_eq!(l.trim(), "started");
+    let client = s.local_addr().unwrap();
+    drop(s);
+    j.wait_log(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
+    let json = http(maddr, "GET /status.json HTTP/1.1\r\n\r\n");
+    let v: serde_json::Value =
+        serde_json::from_str(json.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let c = &v["recent_cancellations"][0];
+    assert_eq!(c["reason"], "client-closed", "{v}");
+    assert_eq!(c["peer"], client.to_string(), "{v}");
+    assert_eq!(c["seen_by"], "worker-watch", "{v}");
+    assert!(
+        c["gone_ms"].as_f64().unwrap() >= c["seen_after_ms"].as_f64().unwrap(),
+        "{v}"
+    );
+    let page = http(maddr, "GET /status HTTP/1.1\r\n\r\n");
+    assert!(
+        page.contains("Last cancellations")
+            && page.contains(&client.to_string())
+            && page.contains("client-closed"),
+        "{page}"
+    );
+    j.stop_clean();
+}
