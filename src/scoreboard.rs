@@ -1233,6 +1233,21 @@ impl Scoreboard {
         Ok(sb)
     }
 
+    /// A `--scoreboard` file shorter than the mapping (someone truncated
+    /// it, and no process has touched the lost pages yet): its length is
+    /// put back. Returns whether it was short. One `fstat` (the
+    /// supervisor's tick).
+    pub(crate) fn restore_length(&self) -> bool {
+        let Some(f) = &self._file else {
+            return false;
+        };
+        let want = size_for(self.nslots) as u64;
+        match f.metadata() {
+            Ok(m) if m.len() < want => f.set_len(want).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Whether the header still carries its magic (a truncated file's
     /// restored pages read as zeroes, whichever process faulted on them).
     pub(crate) fn header_valid(&self) -> bool {

@@ -628,7 +628,7 @@ impl<'a> Supervisor<'a> {
     fn maintain(&mut self) {
         // Truncated: the supervisor faulted on it itself, or the header
         // reads as zeroes (a worker faulted first and restored the length).
-        if sys::shm::take_truncated() || !self.sb.header_valid() {
+        if sys::shm::take_truncated() | self.sb.restore_length() || !self.sb.header_valid() {
             self.after_truncation();
         }
         let now = Instant::now();
