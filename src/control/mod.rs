@@ -8,3 +8,4 @@
 pub mod ctl;
 pub mod openmetrics;
 pub mod status;
+pub mod top;

@@ -838,3 +838,74 @@ fn the_status_page_lists_the_last_cancellations() {
     );
     j.stop_clean();
 }
+
+/// `jobd top` (issue 13): plain snapshots when stdout is not a terminal
+/// (`--count 2`: two, a second apart), with the running job's age bar and
+/// the last cancellations; in a terminal (a pty from `script`), `q` quits.
+#[test]
+fn jobd_top_shows_ages_and_cancellations_and_q_quits() {
+    let dir = util::tempdir();
+    let sb = dir.path().join("sb");
+    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let (gone, _) = j.request_line("");
+    drop(gone);
+    j.wait_log(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
+    let (held, _) = j.request_line("");
+    let out = std::process::Command::new(util::jobd_bin())
+        .args(["top", "--scoreboard", sb.to_str().unwrap(), "--count", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("jobd running (pid").count(), 2, "{text}");
+    assert!(text.contains("job ages") && text.contains("#"), "{text}");
+    assert!(
+        text.contains("last cancellations") && text.contains("client-closed"),
+        "{text}"
+    );
+    if std::path::Path::new("/usr/bin/script").exists() {
+        let t = Instant::now();
+        let cmd = format!("{} top --scoreboard {}", util::jobd_bin(), sb.display());
+        let mut child = std::process::Command::new("/usr/bin/script")
+            .args(["-qfec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the first screen, then type q.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 256];
+        let n = stdout.read(&mut first).unwrap();
+        assert!(
+            String::from_utf8_lossy(&first[..n]).contains("jobd"),
+            "{:?}",
+            &first[..n]
+        );
+        child.stdin.as_mut().unwrap().write_all(b"q").unwrap();
+        let mut st = None;
+        let quit = util::poll_until(Instant::now() + DEADLINE, || {
+            st = child.try_wait().unwrap();
+            st.is_some()
+        });
+        if !quit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("jobd top did not quit on q");
+        }
+        assert!(st.unwrap().success(), "{st:?}");
+        assert!(t.elapsed() < DEADLINE);
+    }
+    drop(held);
+    j.stop_clean();
+}

@@ -54,6 +54,10 @@ Examples:
 pub enum Command {
     /// Show the slots and totals of a running jobd from its scoreboard file.
     Status(StatusArgs),
+    /// A live view of a running jobd from its scoreboard file, redrawn
+    /// every second (q quits); plain snapshots when stdout is not a
+    /// terminal.
+    Top(TopArgs),
     /// Control a running jobd through its pid file: status, stop, reload,
     /// restart, force-stop.
     Ctl(CtlArgs),
@@ -132,6 +136,17 @@ pub enum StatusFormat {
     Json,
     /// OpenMetrics text.
     Openmetrics,
+}
+
+/// `jobd top` options.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The scoreboard file given to jobd with --scoreboard.
+    #[arg(long, value_name = "PATH")]
+    pub scoreboard: PathBuf,
+    /// Stop after N screens (default: until q, or until stdout closes).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
 }
 
 /// `--detector`: which socket table the periodic scan reads.

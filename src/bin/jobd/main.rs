@@ -64,6 +64,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Top(args)) => {
+            ExitCode::from(jobd::control::top::run(&args.scoreboard, args.count) as u8)
+        }
         Some(Command::Ctl(args)) => {
             ExitCode::from(jobd::control::ctl::run(&args.request(), &cli::check_start_args) as u8)
         }
