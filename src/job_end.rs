@@ -177,6 +177,9 @@ impl JobEnd {
     /// recorded twice is a few instructions.
     pub(crate) fn record_then(&self, header: &Header, committed: impl FnOnce()) {
         header.count(Counter::JobsServed);
+        if let Some(u) = self.usage {
+            header.note_rss(u.max_rss_kib);
+        }
         if let (Outcome::Cancelled, Some(EndReason::Cancel(r))) = (self.outcome, self.reason) {
             header.note_cancel(
                 self.job_id,

@@ -368,6 +368,10 @@ pub(crate) enum Counter {
     AcceptFailures,
     /// Connections closed at once by `--max-per-source`.
     PerSourceRefused,
+    /// Disconnect scans done (the full socket-table reads).
+    Scans,
+    /// Their total duration, µs (added, not counted).
+    ScanUs,
 }
 /// The upper bounds of the latency histograms' buckets, µs (the last one
 /// is +Inf).
@@ -557,6 +561,10 @@ crate::sys::shared_struct! {
         per_source_episode: AtomicU32,
         /// Cancellation latencies, by [`Latency`].
         latency: [Hist; 4],
+        scans: AtomicU64,
+        scan_us: AtomicU64,
+        /// The largest peak memory of a job that ended, KiB.
+        max_rss_kib: AtomicU64,
         /// The last cancellations, a ring indexed by `next_cancel`.
         next_cancel: AtomicU64,
         recent: [RecentCancel; RECENT_CANCELS],
@@ -646,6 +654,8 @@ impl Header {
             Counter::DetectFailures => &self.detect_failures,
             Counter::AcceptFailures => &self.accept_failures,
             Counter::PerSourceRefused => &self.per_source_refused,
+            Counter::Scans => &self.scans,
+            Counter::ScanUs => &self.scan_us,
         }
     }
 
@@ -677,6 +687,16 @@ impl Header {
     /// stopped); true if one ran.
     pub(crate) fn end_per_source_episode(&self) -> bool {
         self.per_source_episode.swap(0, Ordering::AcqRel) == 1
+    }
+
+    /// A job's peak memory, KiB: kept when it is the largest yet.
+    pub(crate) fn note_rss(&self, kib: u64) {
+        self.max_rss_kib.fetch_max(kib, Ordering::Relaxed);
+    }
+
+    /// The largest peak memory of a job that ended, KiB.
+    pub(crate) fn max_rss_kib(&self) -> u64 {
+        self.max_rss_kib.load(Ordering::Relaxed)
     }
 
     /// Adds one latency observation, µs.

@@ -32,6 +32,11 @@ struct Kind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Gen {
+    generation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Build {
     version: String,
     containment: String,
@@ -202,6 +207,38 @@ pub fn encode(st: &Status) -> String {
     })
     .inc_by(t.cpu_sys_ms as f64 / 1000.0);
     r.register("job_cpu_seconds", "CPU time of the jobs that ended", cpu);
+    counter(
+        &mut r,
+        "scans",
+        "disconnect scans (full socket-table reads)",
+        t.scans,
+    );
+    let scan_s: Counter<f64, std::sync::atomic::AtomicU64> = Counter::default();
+    scan_s.inc_by(t.scan_us as f64 / 1e6);
+    r.register(
+        "scan_seconds",
+        "total time spent in disconnect scans",
+        scan_s,
+    );
+    gauge(
+        &mut r,
+        "job_peak_memory_max_bytes",
+        "the largest peak resident memory of a job that ended",
+        clamp(t.max_job_rss_kib.saturating_mul(1024)),
+    );
+    let by_gen: Family<Gen, Gauge> = Family::default();
+    for s in &st.slots {
+        by_gen
+            .get_or_create(&Gen {
+                generation: s.generation.to_string(),
+            })
+            .inc();
+    }
+    r.register(
+        "workers_by_generation",
+        "live workers by generation",
+        by_gen,
+    );
     let faults: Family<Kind, Counter> = Family::default();
     for (kind, v) in [
         ("detection", t.detect_failures),

@@ -90,6 +90,12 @@ pub struct Totals {
     pub accept_failures: u64,
     /// Connections closed at once by `--max-per-source`.
     pub per_source_refused: u64,
+    /// Disconnect scans done, and their total duration (µs).
+    pub scans: u64,
+    /// Total duration of the scans, µs.
+    pub scan_us: u64,
+    /// The largest peak memory of a job that ended, KiB.
+    pub max_job_rss_kib: u64,
 }
 
 /// A cancellation latency histogram (jobs cancelled on a disconnect).
@@ -229,6 +235,9 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             detect_failures: h.get(Counter::DetectFailures),
             accept_failures: h.get(Counter::AcceptFailures),
             per_source_refused: h.get(Counter::PerSourceRefused),
+            scans: h.get(Counter::Scans),
+            scan_us: h.get(Counter::ScanUs),
+            max_job_rss_kib: h.max_rss_kib(),
         },
         slots,
         latency: latencies(h),

@@ -369,10 +369,14 @@ impl Watch {
         let prev_scan = std::mem::replace(&mut self.last_scan, now);
         let mut seen = std::mem::take(&mut self.seen);
         seen.clear();
+        let scan_began = Instant::now();
         let res = self
             .backend
             .source()
             .dump(self.port, JOB_SOCKET_STATES, &mut seen);
+        sb.header().count(Counter::Scans);
+        sb.header()
+            .add(Counter::ScanUs, scan_began.elapsed().as_micros() as u64);
         if let Err(e) = res {
             self.seen = seen;
             // Logged once per episode, counted; the next tick scans again

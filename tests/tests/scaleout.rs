@@ -710,6 +710,20 @@ fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
         "the OpenMetrics parser refused:\n{body}"
     );
     assert!(body.contains("jobd_jobs_ended_total 1"), "{body}");
+    assert!(
+        body.contains("jobd_workers_by_generation{generation=\"1\"} 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains("jobd_scans_total ") && body.contains("jobd_scan_seconds_total "),
+        "{body}"
+    );
+    let peak: i64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("jobd_job_peak_memory_max_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in {body}"));
+    assert!(peak > 0, "{body}");
     let prom = http(maddr, "GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n");
     assert!(
         prom.contains("Content-Type: text/plain; version=0.0.4"),
