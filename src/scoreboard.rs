@@ -565,6 +565,8 @@ crate::sys::shared_struct! {
         scan_us: AtomicU64,
         /// The largest peak memory of a job that ended, KiB.
         max_rss_kib: AtomicU64,
+        /// Disconnect verdicts, [keep, cancel] by [`VerdictBy`] (1..=5).
+        verdicts: [[AtomicU64; 6]; 2],
         /// The last cancellations, a ring indexed by `next_cancel`.
         next_cancel: AtomicU64,
         recent: [RecentCancel; RECENT_CANCELS],
@@ -687,6 +689,29 @@ impl Header {
     /// stopped); true if one ran.
     pub(crate) fn end_per_source_episode(&self) -> bool {
         self.per_source_episode.swap(0, Ordering::AcqRel) == 1
+    }
+
+    /// Counts a disconnect verdict.
+    pub(crate) fn count_verdict(&self, cancel: bool, by: VerdictBy) {
+        self.verdicts[usize::from(cancel)][by as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Disconnect verdicts: (keep, cancel) counts by who decided.
+    pub(crate) fn verdicts(&self) -> Vec<(&'static str, u64, u64)> {
+        [
+            VerdictBy::Policy,
+            VerdictBy::Callback,
+            VerdictBy::HookProgram,
+        ]
+        .into_iter()
+        .map(|by| {
+            (
+                by.as_str(),
+                self.verdicts[0][by as usize].load(Ordering::Relaxed),
+                self.verdicts[1][by as usize].load(Ordering::Relaxed),
+            )
+        })
+        .collect()
     }
 
     /// A job's peak memory, KiB: kept when it is the largest yet.

@@ -32,6 +32,12 @@ struct Kind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Verdict {
+    by: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Gen {
     generation: String,
 }
@@ -238,6 +244,22 @@ pub fn encode(st: &Status) -> String {
         "workers_by_generation",
         "live workers by generation",
         by_gen,
+    );
+    let verdicts: Family<Verdict, Counter> = Family::default();
+    for &(by, kept, cancelled) in &t.verdicts {
+        for (verdict, n) in [("keep", kept), ("cancel", cancelled)] {
+            verdicts
+                .get_or_create(&Verdict {
+                    by: by.into(),
+                    verdict: verdict.into(),
+                })
+                .inc_by(n);
+        }
+    }
+    r.register(
+        "disconnect_verdicts",
+        "verdicts on disconnected clients' jobs, by who decided",
+        verdicts,
     );
     let faults: Family<Kind, Counter> = Family::default();
     for (kind, v) in [

@@ -96,6 +96,9 @@ pub struct Totals {
     pub scan_us: u64,
     /// The largest peak memory of a job that ended, KiB.
     pub max_job_rss_kib: u64,
+    /// Disconnect verdicts by who decided (`policy`, `callback`,
+    /// `hook-program`): (by, kept, cancelled).
+    pub verdicts: Vec<(&'static str, u64, u64)>,
 }
 
 /// A cancellation latency histogram (jobs cancelled on a disconnect).
@@ -238,6 +241,7 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             scans: h.get(Counter::Scans),
             scan_us: h.get(Counter::ScanUs),
             max_job_rss_kib: h.max_rss_kib(),
+            verdicts: h.verdicts(),
         },
         slots,
         latency: latencies(h),

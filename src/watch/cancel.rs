@@ -105,6 +105,7 @@ impl Canceller {
             .shown_peer()
             .map(|p| p.to_string())
             .unwrap_or_default();
+        sb.header().count_verdict(verdict == Verdict::Cancel, by);
         match verdict {
             Verdict::Keep => {
                 tracing::info!(slot = j.slot, pid = j.pid.as_raw(), job = j.job.job_id, peer = %peer, reason = %j.reason.as_str(), verdict_by = by.as_str(), "client disconnected; job kept");

@@ -533,6 +533,11 @@ mod tests {
         );
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
         assert_eq!(w.pokes(), vec![1], "a job is judged once");
+        assert!(
+            sb.header().verdicts().contains(&("policy", 0, 1)),
+            "{:?}",
+            sb.header().verdicts()
+        );
     }
 
     /// Defect 7 of issue 11: out of descriptors, the check that the worker
@@ -581,6 +586,12 @@ mod tests {
         assert_eq!(asked.get(), 1);
         assert_eq!(sb.slot(0).cancel_requested(j.job_id), None);
         assert!(w.pokes().is_empty());
+        // Counted once, as kept by the callback.
+        assert!(
+            sb.header().verdicts().contains(&("callback", 1, 0)),
+            "{:?}",
+            sb.header().verdicts()
+        );
     }
 
     #[test]
