@@ -714,6 +714,11 @@ impl Header {
         .collect()
     }
 
+    /// When the supervisor started, unix ms.
+    pub(crate) fn started_unix_ms(&self) -> u64 {
+        self.started_unix_ms.load(Ordering::Relaxed)
+    }
+
     /// A job's peak memory, KiB: kept when it is the largest yet.
     pub(crate) fn note_rss(&self, kib: u64) {
         self.max_rss_kib.fetch_max(kib, Ordering::Relaxed);

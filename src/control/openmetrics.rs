@@ -117,6 +117,12 @@ pub fn encode(st: &Status) -> String {
     );
     gauge(
         &mut r,
+        "start_time_seconds",
+        "when the supervisor started, unix seconds",
+        clamp(t.started_unix_ms / 1000),
+    );
+    gauge(
+        &mut r,
         "generation",
         "worker generation (bumped by reload)",
         i64::from(st.generation),

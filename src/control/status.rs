@@ -96,6 +96,8 @@ pub struct Totals {
     pub scan_us: u64,
     /// The largest peak memory of a job that ended, KiB.
     pub max_job_rss_kib: u64,
+    /// When the supervisor started, unix ms.
+    pub started_unix_ms: u64,
     /// Disconnect verdicts by who decided (`policy`, `callback`,
     /// `hook-program`): (by, kept, cancelled).
     pub verdicts: Vec<(&'static str, u64, u64)>,
@@ -242,6 +244,7 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
             scan_us: h.get(Counter::ScanUs),
             max_job_rss_kib: h.max_rss_kib(),
             verdicts: h.verdicts(),
+            started_unix_ms: h.started_unix_ms(),
         },
         slots,
         latency: latencies(h),

@@ -718,6 +718,16 @@ fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
         body.contains("jobd_scans_total ") && body.contains("jobd_scan_seconds_total "),
         "{body}"
     );
+    let started: i64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("jobd_start_time_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no start time in {body}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - 600..=now).contains(&started), "{started} vs {now}");
     let peak: i64 = body
         .lines()
         .find_map(|l| l.strip_prefix("jobd_job_peak_memory_max_bytes "))
