@@ -202,18 +202,9 @@ fn fork_exec(
                     None,
                 )?;
                 for (from, to) in setup.fds {
-                    if from.as_raw_fd() == *to {
-                        // dup2 onto itself keeps close-on-exec: clear it.
-                        nix::fcntl::fcntl(
-                            *from,
-                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                        )?;
-                    } else {
-                        // SAFETY: dup2 onto a number of the child's own.
-                        if unsafe { libc::dup2(from.as_raw_fd(), *to) } < 0 {
-                            return Err(nix::errno::Errno::last());
-                        }
-                    }
+                    crate::sys::put_on_fd(from.as_raw_fd(), *to).map_err(|e| {
+                        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF))
+                    })?;
                 }
                 if setup.stdout_null {
                     let null = nix::fcntl::open(
