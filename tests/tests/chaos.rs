@@ -648,22 +648,7 @@ fn chaos_worker_kills_never_hurt_a_connected_client() {
 
 // ---- Test 2: the supervisor SIGKILLed ----
 
-/// The cgroup v2 directory jobd makes its tree in: this process's own
-/// cgroup under the cgroup2 mount (both from /proc/self), when the test
-/// runs as root.
-fn cgroup_root() -> Option<PathBuf> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mi.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
-    })?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(Path::new(mount).join(own.trim_start_matches('/')))
-}
+use crate::containment::cgroup_root;
 
 /// Removes a cgroup tree the test made jobd leave, if the test fails
 /// before the next jobd removes it: kills what is in it, deepest first.

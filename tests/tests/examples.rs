@@ -339,13 +339,7 @@ fn an_embedding_programs_own_children_are_never_killed() {
         // A job whose worker is SIGKILLed.
         let s = std::net::TcpStream::connect(e.addr).unwrap();
         let (handler, escapee) = pids(&s);
-        let stat = std::fs::read_to_string(format!("/proc/{handler}/stat")).unwrap();
-        let worker: i32 = stat[stat.rfind(')').unwrap() + 1..]
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let worker = util::parent_of(handler);
         util::send(worker, "KILL");
         wait_until("the dead worker's job is gone", || {
             !alive(handler) && !alive(escapee)

@@ -627,6 +627,19 @@ fn ctl_upgrade_hands_over_without_refusing_a_connection() {
     util::wait_until("the new jobd stopped", || !util::alive(new));
 }
 
+/// The address of `--metrics-listen`, from the `metrics on IP:PORT` line.
+fn metrics_addr(j: &Jobd) -> SocketAddr {
+    let line = j.wait_log(|l| l.contains("metrics on "));
+    line.split("metrics on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// One HTTP request to `addr`; the whole answer.
 fn http(addr: SocketAddr, request: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -657,16 +670,7 @@ fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
             h.to_str().unwrap(),
         ],
     );
-    let line = j.wait_log(|l| l.contains("metrics on "));
-    let maddr: SocketAddr = line
-        .split("metrics on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let maddr = metrics_addr(&j);
     // A stalled client, holding a connection open with nothing sent.
     let stalled = TcpStream::connect(maddr).unwrap();
     let mut out = String::new();
@@ -827,16 +831,7 @@ fn the_status_page_lists_the_last_cancellations() {
             h.to_str().unwrap(),
         ],
     );
-    let line = j.wait_log(|l| l.contains("metrics on "));
-    let maddr: SocketAddr = line
-        .split("metrics on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let maddr = metrics_addr(&j);
     let (s, l) = j.request_line("");
     assert_eq!(l.trim(), "started");
     let client = s.local_addr().unwrap();

@@ -624,13 +624,7 @@ fn a_stopped_workers_job_is_still_cancelled_within_the_kill_grace() {
         .unwrap()
         .parse()
         .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{handler}/stat")).unwrap();
-    let worker: i32 = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let worker = util::parent_of(handler);
     util::send(worker, "STOP");
     let hung_up = Instant::now();
     drop(s);

@@ -367,6 +367,18 @@ fn assert_no_tagged(tag: &str) {
     wait_gone(tag);
 }
 
+/// The parent of process `pid` (the worker of a handler), from
+/// `/proc/PID/stat` (the fields after the command's last ')').
+pub fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Whether process `pid` is alive (not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
