@@ -46,6 +46,10 @@ use crate::watch::{Watch, Workers, proc_fd_holds};
 use children::Worker;
 use reload::ReloadWatch;
 
+/// How often the supervisor's slower checks run (the scoreboard file's
+/// length, slow jobs).
+const PERIODIC: Duration = Duration::from_millis(100);
+
 /// The pool's workers as the watch sees them: pids and pidfds from the
 /// supervisor's own records.
 struct PoolWorkers<'a>(&'a [SlotRec]);
@@ -160,6 +164,8 @@ pub(crate) struct Supervisor<'a> {
     metrics: Option<metrics::Metrics>,
     /// `--slow-job-log`: the jobs reported.
     slowlog: slowlog::SlowLog,
+    /// When [`Supervisor::maintain`]'s slower checks are due.
+    next_periodic: Instant,
 }
 
 impl<'a> Supervisor<'a> {
@@ -215,6 +221,7 @@ impl<'a> Supervisor<'a> {
             upgraded_to: None,
             metrics: metrics_listener.map(metrics::Metrics::new),
             slowlog: slowlog::SlowLog::default(),
+            next_periodic: Instant::now(),
         })
     }
 
@@ -245,6 +252,9 @@ impl<'a> Supervisor<'a> {
             }
             if let Some(t) = self.metrics.as_ref().and_then(|m| m.next_due()) {
                 earliest(t);
+            }
+            if self.cfg.slow_job_log.is_some() {
+                earliest(self.next_periodic);
             }
             let line = self.notifier.wants_status(now).then(|| self.status_line());
             if let Some(t) = self.notifier.tick(now, line) {
@@ -626,14 +636,25 @@ impl<'a> Supervisor<'a> {
 
     /// Refills slots whose time has come; escalates a stop at its deadline.
     fn maintain(&mut self) {
-        // Truncated: the supervisor faulted on it itself, or the header
-        // reads as zeroes (a worker faulted first and restored the length).
-        if sys::shm::take_truncated() | self.sb.restore_length() || !self.sb.header_valid() {
+        let now = Instant::now();
+        // The slower checks, at most every PERIODIC (this runs at every
+        // wake of the loop, hang-ups and child exits included): the
+        // scoreboard file's length (an fstat) and the slow-job walk over
+        // every slot.
+        let periodic = now >= self.next_periodic;
+        if periodic {
+            self.next_periodic = now + PERIODIC;
+        }
+        // Truncated: the supervisor faulted on it itself, the file is
+        // short, or the header reads as zeroes (a worker faulted first and
+        // restored the length).
+        if sys::shm::take_truncated() | (periodic && self.sb.restore_length())
+            || !self.sb.header_valid()
+        {
             self.after_truncation();
         }
-        let now = Instant::now();
         self.follow_upgrade(now);
-        if let Some(after) = self.cfg.slow_job_log {
+        if periodic && let Some(after) = self.cfg.slow_job_log {
             self.report_slow_jobs(after);
         }
         self.per_source_episode(now);
