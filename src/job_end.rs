@@ -18,12 +18,12 @@ use crate::sys::{ChildUsage, TcpProgress};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Ran to its end with success.
-    Done,
+    Done = 0,
     /// Could not start, exited non-zero, died of a signal it was not sent,
     /// or was lost with its worker.
-    Failed,
+    Failed = 1,
     /// Cancelled (client gone, timeout or shutdown).
-    Cancelled,
+    Cancelled = 2,
 }
 
 /// Why a job did not simply run to its end.
@@ -177,6 +177,7 @@ impl JobEnd {
     /// recorded twice is a few instructions.
     pub(crate) fn record_then(&self, header: &Header, committed: impl FnOnce()) {
         header.count(Counter::JobsServed);
+        header.observe_duration(self.outcome as usize, self.duration_ms.saturating_mul(1000));
         if let Some(u) = self.usage {
             header.note_rss(u.max_rss_kib);
         }

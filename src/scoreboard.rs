@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use crate::sys::SharedMap;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"JOBDSB01");
+const MAGIC: u64 = u64::from_le_bytes(*b"JOBDSB02");
 const HEADER_SIZE: usize = 2048;
 const SLOT_SIZE: usize = 256;
 
@@ -379,6 +379,21 @@ pub(crate) const LATENCY_BUCKETS_US: [u64; 10] = [
     1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
 ];
 
+/// The upper bounds of the job duration histograms' buckets, µs (the
+/// last one is +Inf): 10 ms to an hour.
+pub(crate) const DURATION_BUCKETS_US: [u64; 10] = [
+    10_000,
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    3_600_000_000,
+];
+
 /// How many recent cancellations the scoreboard keeps.
 pub(crate) const RECENT_CANCELS: usize = 8;
 
@@ -410,8 +425,8 @@ pub(crate) struct RecentCancelView {
 }
 
 crate::sys::shared_struct! {
-    /// A latency histogram: a count per bucket of [`LATENCY_BUCKETS_US`]
-    /// (and one above), their sum and their count.
+    /// A histogram: a count per bucket of [`LATENCY_BUCKETS_US`] or
+    /// [`DURATION_BUCKETS_US`] (and one above), their sum and their count.
     pub(crate) struct Hist {
         buckets: [AtomicU64; 11],
         sum_us: AtomicU64,
@@ -433,13 +448,15 @@ pub(crate) enum Latency {
 }
 
 impl Hist {
-    fn observe(&self, us: u64) {
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
+    fn observe(&self, bounds: &[u64; 10], us: u64) {
+        let i = bounds.iter().position(|&b| us <= b).unwrap_or(bounds.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        // Saturating: a sum that wrapped would go backwards.
+        let _ = self
+            .sum_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s.saturating_add(us))
+            });
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -561,6 +578,9 @@ crate::sys::shared_struct! {
         per_source_episode: AtomicU32,
         /// Cancellation latencies, by [`Latency`].
         latency: [Hist; 4],
+        /// Job durations, by [`Outcome`](crate::job_end::Outcome) (done,
+        /// failed, cancelled).
+        durations: [Hist; 3],
         scans: AtomicU64,
         scan_us: AtomicU64,
         /// The largest peak memory of a job that ended, KiB.
@@ -731,7 +751,20 @@ impl Header {
 
     /// Adds one latency observation, µs.
     pub(crate) fn observe(&self, which: Latency, us: u64) {
-        self.latency[which as usize].observe(us);
+        self.latency[which as usize].observe(&LATENCY_BUCKETS_US, us);
+    }
+
+    /// Adds one job duration, µs, to the histogram of its outcome (0:
+    /// done, 1: failed, 2: cancelled).
+    pub(crate) fn observe_duration(&self, outcome: usize, us: u64) {
+        if let Some(h) = self.durations.get(outcome) {
+            h.observe(&DURATION_BUCKETS_US, us);
+        }
+    }
+
+    /// A job duration histogram (0: done, 1: failed, 2: cancelled).
+    pub(crate) fn duration(&self, outcome: usize) -> &Hist {
+        &self.durations[outcome.min(2)]
     }
 
     /// Records a cancellation in the ring of recent ones.

@@ -69,15 +69,30 @@ struct By {
     by: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
 /// Histograms already bucketed (read from the scoreboard), one per label
 /// set, encoded through the crate's histogram encoder.
 /// One histogram: its labels, sum, count and (bound, count) buckets.
-type Series = (By, f64, u64, Vec<(f64, u64)>);
+type Series<L> = (L, f64, u64, Vec<(f64, u64)>);
 
 #[derive(Debug)]
-struct Bucketed(Vec<Series>);
+struct Bucketed<L>(Vec<Series<L>>);
 
-impl prometheus_client::encoding::EncodeMetric for Bucketed {
+/// A status histogram's buckets as the encoder takes them (+Inf last).
+fn bounds(buckets: &[(Option<f64>, u64)]) -> Vec<(f64, u64)> {
+    buckets
+        .iter()
+        .map(|&(le, n)| (le.unwrap_or(f64::INFINITY), n))
+        .collect()
+}
+
+impl<L: prometheus_client::encoding::EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static>
+    prometheus_client::encoding::EncodeMetric for Bucketed<L>
+{
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::MetricEncoder,
@@ -297,16 +312,35 @@ pub fn encode(st: &Status) -> String {
             .iter()
             .filter(|h| h.what == what)
             .map(|h| {
-                let buckets = h
-                    .buckets
-                    .iter()
-                    .map(|&(le, n)| (le.unwrap_or(f64::INFINITY), n))
-                    .collect();
-                (By { by: h.by.into() }, h.sum_seconds, h.count, buckets)
+                (
+                    By { by: h.by.into() },
+                    h.sum_seconds,
+                    h.count,
+                    bounds(&h.buckets),
+                )
             })
             .collect();
         r.register(name, help, Bucketed(series));
     }
+    let series = st
+        .job_durations
+        .iter()
+        .map(|h| {
+            (
+                OutcomeLabel {
+                    outcome: h.outcome.into(),
+                },
+                h.sum_seconds,
+                h.count,
+                bounds(&h.buckets),
+            )
+        })
+        .collect();
+    r.register(
+        "job_duration_seconds",
+        "how long jobs ran, by outcome",
+        Bucketed(series),
+    );
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &r);

@@ -120,6 +120,20 @@ pub struct LatencyHistogram {
     pub count: u64,
 }
 
+/// A job duration histogram, for one outcome.
+#[derive(Debug, Serialize)]
+pub struct DurationHistogram {
+    /// `done`, `failed` or `cancelled`.
+    pub outcome: &'static str,
+    /// Upper bounds in seconds (the last is +Inf, shown as null in JSON)
+    /// and the count in each bucket (not cumulative).
+    pub buckets: Vec<(Option<f64>, u64)>,
+    /// The sum of the durations, seconds.
+    pub sum_seconds: f64,
+    /// How many jobs.
+    pub count: u64,
+}
+
 /// One of the last cancellations.
 #[derive(Debug, Serialize)]
 pub struct RecentCancellation {
@@ -160,6 +174,8 @@ pub struct Status {
     pub slots: Vec<SlotStatus>,
     /// Cancellation latencies since start.
     pub latency: Vec<LatencyHistogram>,
+    /// Job durations since start, by outcome.
+    pub job_durations: Vec<DurationHistogram>,
     /// The last cancellations, newest first (at most 8).
     pub recent_cancellations: Vec<RecentCancellation>,
 }
@@ -248,6 +264,7 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
         },
         slots,
         latency: latencies(h),
+        job_durations: durations(h),
         recent_cancellations: h
             .recent_cancels()
             .into_iter()
@@ -264,6 +281,35 @@ pub(crate) fn snapshot(sb: &Scoreboard) -> Status {
     }
 }
 
+/// A histogram's buckets as (upper bound in seconds, count), the last
+/// one unbounded; its sum in seconds and its count.
+fn buckets(h: &crate::scoreboard::Hist, bounds: &[u64; 10]) -> (Vec<(Option<f64>, u64)>, f64, u64) {
+    let (b, sum_us, count) = h.read();
+    let buckets = b
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (bounds.get(i).map(|&us| us as f64 / 1e6), n))
+        .collect();
+    (buckets, sum_us as f64 / 1e6, count)
+}
+
+fn durations(h: &crate::scoreboard::Header) -> Vec<DurationHistogram> {
+    ["done", "failed", "cancelled"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| {
+            let (buckets, sum_seconds, count) =
+                buckets(h.duration(i), &crate::scoreboard::DURATION_BUCKETS_US);
+            DurationHistogram {
+                outcome,
+                buckets,
+                sum_seconds,
+                count,
+            }
+        })
+        .collect()
+}
+
 fn latencies(h: &crate::scoreboard::Header) -> Vec<LatencyHistogram> {
     use crate::scoreboard::{LATENCY_BUCKETS_US, Latency};
     [
@@ -274,17 +320,12 @@ fn latencies(h: &crate::scoreboard::Header) -> Vec<LatencyHistogram> {
     ]
     .into_iter()
     .map(|(which, what, by)| {
-        let (b, sum_us, count) = h.latency(which).read();
-        let buckets = b
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| (LATENCY_BUCKETS_US.get(i).map(|&us| us as f64 / 1e6), n))
-            .collect();
+        let (buckets, sum_seconds, count) = buckets(h.latency(which), &LATENCY_BUCKETS_US);
         LatencyHistogram {
             what,
             by,
             buckets,
-            sum_seconds: sum_us as f64 / 1e6,
+            sum_seconds,
             count,
         }
     })

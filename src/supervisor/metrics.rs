@@ -12,6 +12,9 @@
 //! At most [`MAX_CONNS`] connections at once (more are closed at once);
 //! a request must arrive within [`READ_DEADLINE`] and fit in
 //! [`MAX_REQUEST`] bytes; each connection gets one answer and is closed.
+//! An answer larger than the socket takes at once (the status of a big
+//! pool) is written as the client reads it, when the socket is writable
+//! again, within [`WRITE_DEADLINE`].
 //! No authentication: bind it to loopback or a private network.
 
 use std::io::{Read, Write};
@@ -19,6 +22,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use nix::poll::PollFlags;
+
+use super::slowlog::SlowLog;
 use crate::control::status::Status;
 
 /// Connections served at once.
@@ -27,11 +33,44 @@ pub(super) const MAX_CONNS: usize = 16;
 pub(super) const READ_DEADLINE: Duration = Duration::from_secs(2);
 /// The longest request head read.
 pub(super) const MAX_REQUEST: usize = 8192;
+/// Time for a client to read its answer.
+pub(super) const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 struct Conn {
     stream: TcpStream,
+    /// The request as read so far.
     buf: Vec<u8>,
+    /// The answer, once made, and how much of it is written.
+    out: Option<(Vec<u8>, usize)>,
     deadline: Instant,
+}
+
+impl Conn {
+    /// Sets the answer and writes what the socket takes now.
+    fn answer(&mut self, msg: Vec<u8>) -> bool {
+        self.out = Some((msg, 0));
+        self.deadline = Instant::now() + WRITE_DEADLINE;
+        self.flush()
+    }
+
+    /// Writes more of the answer; true while some is left to write.
+    fn flush(&mut self) -> bool {
+        let Some((msg, done)) = &mut self.out else {
+            return false;
+        };
+        while *done < msg.len() {
+            match self.stream.write(&msg[*done..]) {
+                Ok(0) => return false,
+                Ok(n) => *done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Instant::now() < self.deadline;
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
 }
 
 /// The server's listener and its open connections.
@@ -92,10 +131,19 @@ impl Metrics {
         }
     }
 
-    /// The descriptors to poll: the listener, then each connection.
-    pub(super) fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        std::iter::once(self.listener.as_fd())
-            .chain(self.conns.iter().map(|c| c.stream.as_fd()))
+    /// The descriptors to poll and what for: the listener, then each
+    /// connection (readable while its request comes, writable while its
+    /// answer goes).
+    pub(super) fn fds(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        std::iter::once((self.listener.as_fd(), PollFlags::POLLIN))
+            .chain(self.conns.iter().map(|c| {
+                let what = if c.out.is_some() {
+                    PollFlags::POLLOUT
+                } else {
+                    PollFlags::POLLIN
+                };
+                (c.stream.as_fd(), what)
+            }))
             .collect()
     }
 
@@ -106,7 +154,7 @@ impl Metrics {
 
     /// Accepts what waits, reads what arrived, answers complete requests
     /// (`status` makes the snapshot when one is needed), closes late ones.
-    pub(super) fn serve(&mut self, status: &dyn Fn() -> Status) {
+    pub(super) fn serve(&mut self, status: &dyn Fn() -> Status, slow: &SlowLog) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -116,6 +164,7 @@ impl Metrics {
                     self.conns.push(Conn {
                         stream,
                         buf: Vec::new(),
+                        out: None,
                         deadline: Instant::now() + READ_DEADLINE,
                     });
                 }
@@ -125,6 +174,9 @@ impl Metrics {
         }
         let now = Instant::now();
         self.conns.retain_mut(|c| {
+            if c.out.is_some() {
+                return c.flush();
+            }
             let mut chunk = [0u8; 2048];
             loop {
                 match c.stream.read(&mut chunk) {
@@ -132,14 +184,12 @@ impl Metrics {
                     Ok(n) => {
                         c.buf.extend_from_slice(&chunk[..n]);
                         if c.buf.len() > MAX_REQUEST {
-                            respond(
-                                &mut c.stream,
+                            return c.answer(respond(
                                 431,
                                 "text/plain",
                                 b"request too large\n",
                                 false,
-                            );
-                            return false;
+                            ));
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -149,74 +199,40 @@ impl Metrics {
             }
             let Some(end) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                 if now >= c.deadline {
-                    respond(
-                        &mut c.stream,
-                        408,
-                        "text/plain",
-                        b"request timeout\n",
-                        false,
-                    );
-                    return false;
+                    return c.answer(respond(408, "text/plain", b"request timeout\n", false));
                 }
                 return true;
             };
             let head = String::from_utf8_lossy(&c.buf[..end]).into_owned();
             let head_only = head.starts_with("HEAD ");
-            match route(&head) {
-                Route::Metrics { openmetrics } => {
-                    let text = crate::control::openmetrics::encode(&status());
-                    if openmetrics {
-                        respond(
-                            &mut c.stream,
-                            200,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            text.as_bytes(),
-                            head_only,
-                        );
-                    } else {
-                        let prom = prometheus_text(&text);
-                        respond(
-                            &mut c.stream,
-                            200,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                            prom.as_bytes(),
-                            head_only,
-                        );
-                    }
-                }
+            let msg = match route(&head) {
+                Route::Metrics { openmetrics: true } => respond(
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    crate::control::openmetrics::encode(&status()).as_bytes(),
+                    head_only,
+                ),
+                Route::Metrics { openmetrics: false } => respond(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    prometheus_text(&crate::control::openmetrics::encode(&status())).as_bytes(),
+                    head_only,
+                ),
                 Route::StatusJson => {
                     let body = serde_json::to_string(&status()).unwrap_or_default() + "\n";
-                    respond(
-                        &mut c.stream,
-                        200,
-                        "application/json",
-                        body.as_bytes(),
-                        head_only,
-                    );
+                    respond(200, "application/json", body.as_bytes(), head_only)
                 }
-                Route::Status => {
-                    let body = html(&status());
-                    respond(
-                        &mut c.stream,
-                        200,
-                        "text/html; charset=utf-8",
-                        body.as_bytes(),
-                        head_only,
-                    );
-                }
-                Route::NotFound => {
-                    respond(&mut c.stream, 404, "text/plain", b"not found\n", head_only)
-                }
-                Route::NotAllowed => respond(
-                    &mut c.stream,
-                    405,
-                    "text/plain",
-                    b"only GET and HEAD\n",
-                    false,
+                Route::Status => respond(
+                    200,
+                    "text/html; charset=utf-8",
+                    html(&status(), slow).as_bytes(),
+                    head_only,
                 ),
-                Route::Bad => respond(&mut c.stream, 400, "text/plain", b"bad request\n", false),
-            }
-            false
+                Route::NotFound => respond(404, "text/plain", b"not found\n", head_only),
+                Route::NotAllowed => respond(405, "text/plain", b"only GET and HEAD\n", false),
+                Route::Bad => respond(400, "text/plain", b"bad request\n", false),
+            };
+            c.answer(msg)
         });
     }
 }
@@ -259,8 +275,9 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The status page: totals and slots, refreshing itself every 2 s.
-fn html(st: &Status) -> String {
+/// The status page: totals, slots, the last cancellations and slow-job
+/// reports, refreshing itself every 2 s.
+fn html(st: &Status, slow: &SlowLog) -> String {
     let t = &st.totals;
     let mut h = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
@@ -321,14 +338,37 @@ fn html(st: &Status) -> String {
             now.saturating_sub(c.at_unix_ms) as f64 / 1000.0
         ));
     }
+    h.push_str("</table>\n<h2>Slow jobs (--slow-job-log)</h2>\n<table><tr><th>job</th><th>slot</th><th>client</th><th>age when reported</th><th>ago</th><th>processes (pid state CPU command)</th></tr>\n");
+    for r in slow.recent() {
+        let tree: Vec<String> = r
+            .tree
+            .iter()
+            .map(|p| {
+                escape(&format!(
+                    "{} {} {:.2}s {}",
+                    p.pid,
+                    p.state,
+                    p.cpu_ms as f64 / 1000.0,
+                    p.cmd
+                ))
+            })
+            .collect();
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td><td>{:.1}s</td><td style=\"text-align:left\">{}</td></tr>\n",
+            r.job_id,
+            r.slot,
+            escape(&r.peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
+            r.age.as_secs_f64(),
+            now.saturating_sub(r.at_unix_ms) as f64 / 1000.0,
+            tree.join("<br>")
+        ));
+    }
     h.push_str("</table>\n</body></html>\n");
     h
 }
 
-/// Writes one whole answer (non-blocking: an answer is a few KiB, which a
-/// fresh socket's send buffer takes; one that does not fit is cut short
-/// and the connection closed).
-fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u8], head_only: bool) {
+/// One whole answer: status line, headers and (unless for HEAD) body.
+fn respond(code: u16, ctype: &str, body: &[u8], head_only: bool) -> Vec<u8> {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -347,7 +387,7 @@ fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u8], head_onl
     if !head_only {
         msg.extend_from_slice(body);
     }
-    let _ = stream.write_all(&msg);
+    msg
 }
 
 #[cfg(test)]

@@ -276,11 +276,7 @@ impl<'a> Supervisor<'a> {
                     PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
                 ];
                 if let Some(m) = &self.metrics {
-                    fds.extend(
-                        m.fds()
-                            .into_iter()
-                            .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
-                    );
+                    fds.extend(m.fds().into_iter().map(|(fd, what)| PollFd::new(fd, what)));
                 }
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -298,7 +294,7 @@ impl<'a> Supervisor<'a> {
             {
                 let sb = self.sb;
                 if let Some(m) = &mut self.metrics {
-                    m.serve(&|| crate::control::status::snapshot(sb));
+                    m.serve(&|| crate::control::status::snapshot(sb), &self.slowlog);
                 }
             }
             if sig_ready {

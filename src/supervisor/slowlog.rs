@@ -1,7 +1,8 @@
 //! `--slow-job-log DURATION` (as PHP-FPM's slowlog, for any handler): once
 //! a job has run longer than DURATION, one warning with its client, its
 //! age and its process tree (each process's pid, state, CPU so far and
-//! command line, read from `/proc`); never more than one per job.
+//! command line, read from `/proc`); never more than one per job. The last
+//! [`RECENT`] reports are kept for `/status` (`--metrics-listen`).
 //!
 //! Reads only: the tree is the descendants of the slot's worker (our own
 //! child, from our records), which are all the job's (the handler and
@@ -74,10 +75,29 @@ fn all_procs() -> Vec<Proc> {
         .unwrap_or_default()
 }
 
-/// The jobs reported already (kept only while they run).
+/// How many slow-job reports `/status` shows.
+pub(super) const RECENT: usize = 8;
+
+/// One slow-job report, as logged.
+#[derive(Debug, Clone)]
+pub(super) struct Report {
+    pub(super) job_id: u64,
+    pub(super) slot: usize,
+    pub(super) peer: Option<std::net::SocketAddr>,
+    /// The job's age when it was reported.
+    pub(super) age: Duration,
+    /// When it was reported (unix ms).
+    pub(super) at_unix_ms: u64,
+    /// The job's processes, parents first.
+    pub(super) tree: Vec<Proc>,
+}
+
+/// The jobs reported already (kept only while they run), and the last
+/// reports.
 #[derive(Default)]
 pub(super) struct SlowLog {
     reported: HashSet<u64>,
+    recent: std::collections::VecDeque<Report>,
 }
 
 impl SlowLog {
@@ -101,7 +121,8 @@ impl SlowLog {
         let all = all_procs();
         for (slot, worker, id, peer, age) in slow {
             self.reported.insert(*id);
-            let tree: Vec<String> = descendants(worker.as_raw(), &all)
+            let procs = descendants(worker.as_raw(), &all);
+            let tree: Vec<String> = procs
                 .iter()
                 .map(|p| {
                     format!(
@@ -120,7 +141,23 @@ impl SlowLog {
                 tree = %tree.join("; "),
                 "slow job: running longer than --slow-job-log"
             );
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Report {
+                job_id: *id,
+                slot: *slot,
+                peer: *peer,
+                age: *age,
+                at_unix_ms: crate::scoreboard::now_unix_ms(),
+                tree: procs,
+            });
         }
+    }
+
+    /// The last reports, newest first.
+    pub(super) fn recent(&self) -> impl Iterator<Item = &Report> {
+        self.recent.iter().rev()
     }
 }
 

@@ -366,6 +366,13 @@ fn access_log_job_end_lines_and_status_totals_agree() {
         "jobd_jobs_cancelled_total reason=timeout 1",
         "jobd_jobs_cancelled_total reason=shutdown 0",
         "jobd_up  1",
+        // One done, one failed, three cancelled (FIN, reset, and the
+        // timeout, which ran 2 s: the only one above 1 s).
+        "jobd_job_duration_seconds_count outcome=done 1",
+        "jobd_job_duration_seconds_count outcome=failed 1",
+        "jobd_job_duration_seconds_count outcome=cancelled 3",
+        "jobd_job_duration_seconds_bucket le=+Inf,outcome=cancelled 3",
+        "jobd_job_duration_seconds_bucket le=1.0,outcome=cancelled 2",
     ] {
         assert!(
             samples.lines().any(|l| l == want),

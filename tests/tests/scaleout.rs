@@ -769,7 +769,7 @@ fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
 
 /// `--slow-job-log` (issue 13): a job past the limit is reported once,
 /// with its client, age and process tree (the handler and its child with
-/// their command lines); a short job is not.
+/// their command lines), in the log and on `/status`; a short job is not.
 #[test]
 fn a_slow_job_is_reported_once_with_its_process_tree() {
     let dir = util::tempdir();
@@ -785,6 +785,8 @@ fn a_slow_job_is_reported_once_with_its_process_tree() {
             "2",
             "--slow-job-log",
             "300ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--script",
             h.to_str().unwrap(),
         ],
@@ -808,9 +810,94 @@ fn a_slow_job_is_reported_once_with_its_process_tree() {
     );
     let age: u64 = util::field(&report, "age_ms").parse().unwrap();
     assert!(age >= 300, "{report}");
+    let page = http(metrics_addr(&j), "GET /status HTTP/1.1\r\n\r\n");
+    let section = page
+        .split("Slow jobs")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no slow jobs on {page}"));
+    let row = section
+        .split("<tr>")
+        .find(|r| r.starts_with("<td>2</td>"))
+        .unwrap_or_else(|| panic!("job 2 not on {section}"));
+    assert!(
+        row.contains("127.0.0.1:")
+            && row.contains(&format!("{child} S"))
+            && row.contains("sleep 30"),
+        "{row}"
+    );
+    assert!(!section.contains("quick"), "{section}");
     drop(s);
     j.wait_log(|l| l.contains("job ended") && l.contains("job=2 "));
     assert_eq!(j.count(|l| l.contains("slow job:")), 1, "{}", j.dump());
+    j.stop_clean();
+}
+
+/// An answer larger than the socket takes at once (the status of 300
+/// slots, to a client with a 4 KiB receive buffer) is sent whole, as the
+/// client reads it; jobd serves jobs meanwhile.
+#[test]
+fn a_big_pools_status_is_sent_whole_to_a_slow_reader() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo hi");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "300",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let maddr = metrics_addr(&j);
+    util::wait_until("300 workers idle", || {
+        let json = http(maddr, "GET /status.json HTTP/1.1\r\n\r\n");
+        json.split("\r\n\r\n")
+            .nth(1)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .is_some_and(|v| v["totals"]["idle"] == 300)
+    });
+    use nix::sys::socket::{self as sk, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
+    let fd = sk::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    sk::setsockopt(&fd, sockopt::RcvBuf, &4096).unwrap();
+    let std::net::SocketAddr::V4(v4) = maddr else {
+        panic!("{maddr}")
+    };
+    sk::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).unwrap();
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"GET /status.json HTTP/1.1\r\n\r\n").unwrap();
+    // Read slowly at first: the answer waits in jobd, which goes on.
+    let mut first = [0u8; 1024];
+    s.read_exact(&mut first).unwrap();
+    let mut out = String::new();
+    TcpStream::connect(j.addr)
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.trim(), "hi");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let whole = [&first[..], &rest[..]].concat();
+    let text = String::from_utf8(whole).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(len > 32 * 1024, "{len}");
+    assert_eq!(body.len(), len);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["slots"].as_array().unwrap().len(), 300);
     j.stop_clean();
 }
 
