@@ -13,6 +13,7 @@ mod daemon;
 mod disconnect;
 mod examples;
 mod haproxy;
+mod monitoring;
 mod pool;
 mod scaleout;
 mod survival;

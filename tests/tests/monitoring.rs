@@ -1,0 +1,397 @@
+//! Observability (issue 13): `--metrics-listen` (/metrics, /status,
+//! /status.json), `--slow-job-log`, `jobd top`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use crate::util::{self, DEADLINE, Jobd};
+
+/// The address of `--metrics-listen`, from the `metrics on IP:PORT` line.
+fn metrics_addr(j: &Jobd) -> SocketAddr {
+    let line = j.wait_log(|l| l.contains("metrics on "));
+    line.split("metrics on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// One HTTP request to `addr`; the whole answer.
+fn http(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `--metrics-listen` (issue 13, the server): /metrics in OpenMetrics
+/// (parsed by the Python prometheus_client) and Prometheus text,
+/// /status.json, /status as HTML; 404, 405, 400; a client that sends
+/// nothing does not stall jobd, which serves jobs and other scrapes
+/// meanwhile.
+#[test]
+fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo hi");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let maddr = metrics_addr(&j);
+    // A stalled client, holding a connection open with nothing sent.
+    let stalled = TcpStream::connect(maddr).unwrap();
+    let mut out = String::new();
+    TcpStream::connect(j.addr)
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.trim(), "hi");
+    j.wait_log(|l| l.contains("job ended"));
+    let om = http(
+        maddr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    );
+    assert!(om.starts_with("HTTP/1.1 200 OK\r\n"), "{om}");
+    assert!(
+        om.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{om}"
+    );
+    let body = om.split("\r\n\r\n").nth(1).unwrap();
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let mut parse = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(concat!(
+            "import sys\n",
+            "from prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n",
+            "print(sum(len(f.samples) for f in p(sys.stdin.read())))\n",
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    parse
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let parsed = parse.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "the OpenMetrics parser refused:\n{body}"
+    );
+    assert!(body.contains("jobd_jobs_ended_total 1"), "{body}");
+    assert!(
+        body.contains("jobd_workers_by_generation{generation=\"1\"} 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains("jobd_scans_total ") && body.contains("jobd_scan_seconds_total "),
+        "{body}"
+    );
+    let started: i64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("jobd_start_time_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no start time in {body}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - 600..=now).contains(&started), "{started} vs {now}");
+    let peak: i64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("jobd_job_peak_memory_max_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in {body}"));
+    assert!(peak > 0, "{body}");
+    let prom = http(maddr, "GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n");
+    assert!(
+        prom.contains("Content-Type: text/plain; version=0.0.4"),
+        "{prom}"
+    );
+    assert!(!prom.contains("# EOF"), "{prom}");
+    let json = http(maddr, "GET /status.json HTTP/1.1\r\n\r\n");
+    let v: serde_json::Value =
+        serde_json::from_str(json.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(v["totals"]["jobs_served"], 1, "{v}");
+    let page = http(maddr, "GET /status HTTP/1.1\r\n\r\n");
+    assert!(
+        page.contains("text/html")
+            && page.contains("<meta http-equiv=\"refresh\"")
+            && page.contains("<table>"),
+        "{page}"
+    );
+    assert!(http(maddr, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(http(maddr, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(http(maddr, "hello\r\n\r\n").starts_with("HTTP/1.1 400"));
+    // The stalled one is answered 408 after its deadline, and closed.
+    let mut stalled = stalled;
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut late = String::new();
+    stalled.read_to_string(&mut late).unwrap();
+    assert!(late.starts_with("HTTP/1.1 408"), "{late}");
+    j.stop_clean();
+}
+
+/// `--slow-job-log` (issue 13): a job past the limit is reported once,
+/// with its client, age and process tree (the handler and its child with
+/// their command lines), in the log and on `/status`; a short job is not.
+#[test]
+fn a_slow_job_is_reported_once_with_its_process_tree() {
+    let dir = util::tempdir();
+    let h = util::script(
+        dir.path(),
+        "h.sh",
+        "IFS= read -r what\n[ \"$what\" = quick ] && { echo quick; exit 0; }\nsleep 30 &\necho \"slow $!\"\nwait",
+    );
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--slow-job-log",
+            "300ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let mut q = TcpStream::connect(j.addr).unwrap();
+    q.write_all(b"quick\n").unwrap();
+    let mut out = String::new();
+    q.read_to_string(&mut out).unwrap();
+    assert_eq!(out.trim(), "quick");
+    let (s, l) = j.request_line("slow\n");
+    let child: i32 = l.trim().strip_prefix("slow ").unwrap().parse().unwrap();
+    let report = j.wait_log(|l| l.contains("slow job: running longer than --slow-job-log"));
+    assert!(
+        report.contains("job=2 ") && report.contains("peer=127.0.0.1:"),
+        "{report}"
+    );
+    assert!(report.contains("processes=2"), "{report}");
+    assert!(
+        report.contains(&format!("pid={child} ")) && report.contains("sleep 30"),
+        "{report}"
+    );
+    let age: u64 = util::field(&report, "age_ms").parse().unwrap();
+    assert!(age >= 300, "{report}");
+    let page = http(metrics_addr(&j), "GET /status HTTP/1.1\r\n\r\n");
+    let section = page
+        .split("Slow jobs")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no slow jobs on {page}"));
+    let row = section
+        .split("<tr>")
+        .find(|r| r.starts_with("<td>2</td>"))
+        .unwrap_or_else(|| panic!("job 2 not on {section}"));
+    assert!(
+        row.contains("127.0.0.1:")
+            && row.contains(&format!("{child} S"))
+            && row.contains("sleep 30"),
+        "{row}"
+    );
+    assert!(!section.contains("quick"), "{section}");
+    drop(s);
+    j.wait_log(|l| l.contains("job ended") && l.contains("job=2 "));
+    assert_eq!(j.count(|l| l.contains("slow job:")), 1, "{}", j.dump());
+    j.stop_clean();
+}
+
+/// An answer larger than the socket takes at once (the status of 300
+/// slots, to a client with a 4 KiB receive buffer) is sent whole, as the
+/// client reads it; jobd serves jobs meanwhile.
+#[test]
+fn a_big_pools_status_is_sent_whole_to_a_slow_reader() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo hi");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "300",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let maddr = metrics_addr(&j);
+    util::wait_until("300 workers idle", || {
+        let json = http(maddr, "GET /status.json HTTP/1.1\r\n\r\n");
+        json.split("\r\n\r\n")
+            .nth(1)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .is_some_and(|v| v["totals"]["idle"] == 300)
+    });
+    use nix::sys::socket::{self as sk, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
+    let fd = sk::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    sk::setsockopt(&fd, sockopt::RcvBuf, &4096).unwrap();
+    let std::net::SocketAddr::V4(v4) = maddr else {
+        panic!("{maddr}")
+    };
+    sk::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).unwrap();
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"GET /status.json HTTP/1.1\r\n\r\n").unwrap();
+    // Read slowly at first: the answer waits in jobd, which goes on.
+    let mut first = [0u8; 1024];
+    s.read_exact(&mut first).unwrap();
+    let mut out = String::new();
+    TcpStream::connect(j.addr)
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.trim(), "hi");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let whole = [&first[..], &rest[..]].concat();
+    let text = String::from_utf8(whole).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(len > 32 * 1024, "{len}");
+    assert_eq!(body.len(), len);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["slots"].as_array().unwrap().len(), 300);
+    j.stop_clean();
+}
+
+/// `/status` and `/status.json` list the last cancellations with their
+/// client, reason and latencies (issue 13).
+#[test]
+fn the_status_page_lists_the_last_cancellations() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "1",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let maddr = metrics_addr(&j);
+    let (s, l) = j.request_line("");
+    assert_eq!(l.trim(), "started");
+    let client = s.local_addr().unwrap();
+    drop(s);
+    j.wait_log(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
+    let json = http(maddr, "GET /status.json HTTP/1.1\r\n\r\n");
+    let v: serde_json::Value =
+        serde_json::from_str(json.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let c = &v["recent_cancellations"][0];
+    assert_eq!(c["reason"], "client-closed", "{v}");
+    assert_eq!(c["peer"], client.to_string(), "{v}");
+    assert_eq!(c["seen_by"], "worker-watch", "{v}");
+    assert!(
+        c["gone_ms"].as_f64().unwrap() >= c["seen_after_ms"].as_f64().unwrap(),
+        "{v}"
+    );
+    let page = http(maddr, "GET /status HTTP/1.1\r\n\r\n");
+    assert!(
+        page.contains("Last cancellations")
+            && page.contains(&client.to_string())
+            && page.contains("client-closed"),
+        "{page}"
+    );
+    j.stop_clean();
+}
+
+/// `jobd top` (issue 13): plain snapshots when stdout is not a terminal
+/// (`--count 2`: two, a second apart), with the running job's age bar and
+/// the last cancellations; in a terminal (a pty from `script`), `q` quits.
+#[test]
+fn jobd_top_shows_ages_and_cancellations_and_q_quits() {
+    let dir = util::tempdir();
+    let sb = dir.path().join("sb");
+    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let (gone, _) = j.request_line("");
+    drop(gone);
+    j.wait_log(|l| l.contains("job ended") && l.contains("outcome=cancelled"));
+    let (held, _) = j.request_line("");
+    let out = std::process::Command::new(util::jobd_bin())
+        .args(["top", "--scoreboard", sb.to_str().unwrap(), "--count", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("jobd running (pid").count(), 2, "{text}");
+    assert!(text.contains("job ages") && text.contains("#"), "{text}");
+    assert!(
+        text.contains("last cancellations") && text.contains("client-closed"),
+        "{text}"
+    );
+    if std::path::Path::new("/usr/bin/script").exists() {
+        let t = Instant::now();
+        let cmd = format!("{} top --scoreboard {}", util::jobd_bin(), sb.display());
+        let mut child = std::process::Command::new("/usr/bin/script")
+            .args(["-qfec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the first screen, then type q.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 256];
+        let n = stdout.read(&mut first).unwrap();
+        assert!(
+            String::from_utf8_lossy(&first[..n]).contains("jobd"),
+            "{:?}",
+            &first[..n]
+        );
+        child.stdin.as_mut().unwrap().write_all(b"q").unwrap();
+        let mut st = None;
+        let quit = util::poll_until(Instant::now() + DEADLINE, || {
+            st = child.try_wait().unwrap();
+            st.is_some()
+        });
+        if !quit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("jobd top did not quit on q");
+        }
+        assert!(st.unwrap().success(), "{st:?}");
+        assert!(t.elapsed() < DEADLINE);
+    }
+    drop(held);
+    j.stop_clean();
+}
