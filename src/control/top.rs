@@ -72,7 +72,9 @@ pub fn run(path: &Path, count: Option<u64>) -> i32 {
         };
         let mut out = std::io::stdout().lock();
         let r = if tty {
-            write!(out, "\x1b[H\x1b[2J{}", text.replace('\n', "\r\n"))
+            // Home, each line over the last screen's (cleared to its end),
+            // then the rest of the screen cleared: no flicker.
+            write!(out, "\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\r\n"))
         } else {
             writeln!(out, "{text}")
         };

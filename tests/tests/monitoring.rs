@@ -395,3 +395,193 @@ fn jobd_top_shows_ages_and_cancellations_and_q_quits() {
     drop(held);
     j.stop_clean();
 }
+
+/// A tmux server on a socket of its own, killed when dropped.
+struct Tmux {
+    socket: std::path::PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux (.ci/run installs it)")
+    }
+
+    /// The pane's text as it shows now.
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    /// Waits until the screen satisfies `pred`; the screen.
+    fn wait_screen(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let ok = util::poll_until(Instant::now() + DEADLINE, || {
+            last = self.screen();
+            pred(&last)
+        });
+        assert!(ok, "{what}: the screen was\n{last}");
+        last
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// `jobd top` in a real terminal (tmux, 160x50): the screen shows the busy
+/// slot with its client and age bar, then, once the client hangs up, its
+/// cancellation, redrawn in place; `q` quits and ends the session.
+#[test]
+fn jobd_top_in_tmux_shows_the_busy_slot_then_its_cancellation() {
+    let dir = util::tempdir();
+    let sb = dir.path().join("sb");
+    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
+    let socket = dir.path().join("tmux.sock");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "2",
+            "--scoreboard",
+            sb.to_str().unwrap(),
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    // Declared after jobd, so dropped (its server killed) before jobd's
+    // directory, which holds its socket, goes.
+    let tmux = Tmux { socket };
+    let top = format!("{} top --scoreboard {}", util::jobd_bin(), sb.display());
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        &top,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    tmux.wait_screen("the idle pool", |s| {
+        s.contains("jobd running (pid") && s.contains("idle 2")
+    });
+    let (held, l) = j.request_line("");
+    assert_eq!(l.trim(), "started");
+    let client = held.local_addr().unwrap().to_string();
+    let busy = tmux.wait_screen("the busy slot", |s| {
+        s.contains("busy 1") && s.contains("job ages") && s.contains(&client)
+    });
+    let bar = busy
+        .lines()
+        .find(|l| l.contains('#') && l.contains(&client))
+        .unwrap_or_else(|| panic!("no age bar for {client}:\n{busy}"));
+    assert!(bar.contains("s "), "{bar}");
+    drop(held);
+    let gone = tmux.wait_screen("the cancellation", |s| {
+        s.contains("last cancellations") && s.contains("client-closed") && s.contains("idle 2")
+    });
+    let line = gone.lines().find(|l| l.contains("client-closed")).unwrap();
+    assert!(line.contains(&client) && line.contains("seen by"), "{line}");
+    // Redrawn in place: one screen, not one appended per second.
+    assert_eq!(gone.matches("jobd running (pid").count(), 1, "{gone}");
+    tmux.cmd(&["send-keys", "-t", "top", "q"]);
+    util::wait_until("top quit on q, ending its session", || {
+        !tmux.cmd(&["has-session", "-t", "top"]).status.success()
+    });
+    j.stop_clean();
+}
+
+/// Runs headless Chromium with `args` and the page at `url`; its stdout.
+fn chromium(profile: &std::path::Path, args: &[&str], url: &str) -> String {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium (.ci/run installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "chromium {args:?} {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `/status` in a real browser (headless Chromium) while two jobs run:
+/// the DOM it built names both clients and their slots' state, and a
+/// screenshot of the page renders.
+#[test]
+fn the_status_page_renders_in_a_real_browser_with_both_running_jobs() {
+    let dir = util::tempdir();
+    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
+    let profile = tempfile::tempdir().unwrap();
+    let shot = profile.path().join("status.png");
+    let mut j = Jobd::start_in(
+        dir,
+        &[
+            "--prefork",
+            "3",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--script",
+            h.to_str().unwrap(),
+        ],
+    );
+    let url = format!("http://{}/status", metrics_addr(&j));
+    let (a, _) = j.request_line("");
+    let (b, _) = j.request_line("");
+    let peers = [a.local_addr().unwrap(), b.local_addr().unwrap()];
+    j.wait_log_n(2, &|l| l.contains("job started"));
+    let dom = chromium(&profile.path().join("dom"), &["--dump-dom"], &url);
+    assert!(
+        dom.contains("<table>") && dom.contains("jobd running"),
+        "{dom}"
+    );
+    for p in peers {
+        let row = dom
+            .split("<tr>")
+            .find(|r| r.contains(&format!("<td>{p}</td>")))
+            .unwrap_or_else(|| panic!("{p} not in the DOM:\n{dom}"));
+        assert!(row.contains("<td>busy</td>"), "{row}");
+    }
+    assert_eq!(dom.matches("<td>busy</td>").count(), 2, "{dom}");
+    assert_eq!(dom.matches("<td>idle</td>").count(), 1, "{dom}");
+    chromium(
+        &profile.path().join("shot"),
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,720",
+            "--hide-scrollbars",
+        ],
+        &url,
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // IHDR: width and height as the window.
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1280);
+    assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 720);
+    // Not a blank page: a white 1280x720 PNG compresses to a few KiB, this
+    // page's text and tables to about 60.
+    assert!(png.len() > 16 * 1024, "{} bytes", png.len());
+    if let Ok(keep) = std::env::var("JOBD_TEST_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
+    drop((a, b));
+    j.stop_clean();
+}
