@@ -214,7 +214,10 @@ impl SlotCgroups {
         for d in self.job_dirs().into_iter().filter(|d| *d != path) {
             let _ = std::fs::remove_dir(d);
         }
-        Ok(JobCgroup { path })
+        // Kept open: read again at offset 0 after each job (cheaper than
+        // an open, a statx and a close per job).
+        let procs = std::fs::File::open(path.join("cgroup.procs")).ok();
+        Ok(JobCgroup { path, procs })
     }
 
     /// The slot's job cgroups.
@@ -238,6 +241,22 @@ impl SlotCgroups {
     }
 }
 
+/// The whole of an open file read with `pread` from offset 0 (a cgroup
+/// file lists its state afresh on each read from the start).
+fn read_from_start(f: &std::fs::File) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read_at(&mut buf, out.len() as u64) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A worker's job cgroup: the worker and its jobs. `cgroup.kill` would
 /// take the worker too, so what a job leaves is killed process by process:
 /// each pid listed in `cgroup.procs` (by the kernel, not the scoreboard) is
@@ -246,6 +265,8 @@ impl SlotCgroups {
 #[derive(Debug)]
 pub(crate) struct JobCgroup {
     path: PathBuf,
+    /// Its `cgroup.procs`, open.
+    procs: Option<std::fs::File>,
 }
 
 impl JobCgroup {
@@ -256,14 +277,18 @@ impl JobCgroup {
 
     /// The processes in the cgroup other than `me`.
     pub(crate) fn others(&self, me: u32) -> Vec<i32> {
-        std::fs::read_to_string(self.path.join("cgroup.procs"))
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| l.trim().parse::<i32>().ok())
-                    .filter(|&p| p != me as i32)
-                    .collect()
-            })
-            .unwrap_or_default()
+        let text = match &self.procs {
+            Some(f) => read_from_start(f),
+            None => std::fs::read(self.path.join("cgroup.procs")),
+        };
+        text.map(|t| {
+            String::from_utf8_lossy(&t)
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .filter(|&p| p != me as i32)
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// SIGKILLs every process in the cgroup but `me`, and waits (at most

@@ -89,6 +89,8 @@ pub(crate) struct Runner<'a, 'w> {
     /// This worker's job cgroup (it lives in it; its handlers are born
     /// in it).
     pub(crate) job_cgroup: Option<JobCgroup>,
+    /// This process's pid (read once: `getpid` is a system call).
+    pub(crate) me: u32,
 }
 
 /// How the job's own work finished: the process (or closure) result, the
@@ -213,7 +215,7 @@ impl Runner<'_, '_> {
             let ran_ms = started.elapsed().as_millis() as u64;
             log_cancelled(
                 self.slot,
-                std::process::id() as i32,
+                self.me as i32,
                 job.job_id,
                 job.shown_peer(),
                 req,
@@ -224,7 +226,7 @@ impl Runner<'_, '_> {
         let end = JobEnd {
             job_id: job.job_id,
             slot: self.slot,
-            pid: std::process::id() as i32,
+            pid: self.me as i32,
             peer: job.shown_peer(),
             proxy_peer: job.proxy_peer(),
             duration_ms: started.elapsed().as_millis() as u64,
@@ -296,7 +298,7 @@ impl Runner<'_, '_> {
         client: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) -> Option<(JobView, bool)> {
-        let (slot, pid) = (self.slot, std::process::id());
+        let (slot, pid) = (self.slot, self.me);
         let (local, half_closed) = match local.map_or_else(|| conn.local_addr(), Ok) {
             Ok(l) => match at_accept(conn, self.cfg.on_fin) {
                 AtAccept::Here => (l, false),
@@ -342,7 +344,7 @@ impl Runner<'_, '_> {
         half_closed: bool,
         started: Instant,
     ) -> Ran {
-        let (slot, pid) = (self.slot, std::process::id());
+        let (slot, pid) = (self.slot, self.me);
         let peer = job.shown_peer().expect("a job has a peer");
         // With cgroups, the handler is born in the worker's job cgroup.
         let in_job_cgroup = self.job_cgroup.is_some();
@@ -407,7 +409,7 @@ impl Runner<'_, '_> {
 
     /// Runs a closure job in this process, with the kill switch armed.
     fn run_closure(&self, conn: &TcpStream, job: JobView, f: &crate::config::JobFn) -> Ran {
-        let (slot, pid) = (self.slot, std::process::id());
+        let (slot, pid) = (self.slot, self.me);
         let peer = job.shown_peer().expect("a job has a peer");
         let board = self.board();
         board.begin_job(&job, false);
@@ -594,7 +596,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         // end line, which comes after the handler is reaped).
         log_cancelled(
             self.runner.slot,
-            std::process::id() as i32,
+            self.runner.me as i32,
             self.job.job_id,
             self.job.shown_peer(),
             &req,
@@ -610,7 +612,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
     /// there is a job cgroup; returns how many.
     fn kill_cgroup(&self) -> usize {
         match &self.runner.job_cgroup {
-            Some(c) => c.kill_others(std::process::id(), Duration::from_secs(2)),
+            Some(c) => c.kill_others(self.runner.me, Duration::from_secs(2)),
             None => 0,
         }
     }
@@ -846,13 +848,13 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
         // Everything left in the job's cgroup goes (wherever it moved in
         // the process tree); then the worker reaps what it adopted.
         let killed = match &self.runner.job_cgroup {
-            Some(c) if !c.others(std::process::id()).is_empty() => self.kill_cgroup(),
+            Some(c) if !c.others(self.runner.me).is_empty() => self.kill_cgroup(),
             _ => 0,
         };
         usage.add(self.sweep());
         if killed > 0
             && let Some(c) = &self.runner.job_cgroup
-            && !c.others(std::process::id()).is_empty()
+            && !c.others(self.runner.me).is_empty()
         {
             tracing::warn!(slot = self.runner.slot, job = self.job.job_id, cgroup = %c.path().display(), "processes of the job are still in its cgroup after 2 s");
         }

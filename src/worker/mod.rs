@@ -185,6 +185,7 @@ fn run(
         overseer,
         spawner: spawner.as_ref(),
         job_cgroup,
+        me: std::process::id(),
     };
     let board = sb.slot(slot);
     let mut after = AfterJob::default();

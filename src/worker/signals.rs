@@ -35,8 +35,8 @@ impl AfterJob {
 /// reopens the logs on SIGUSR1. Returns whether a SIGINT was among them.
 pub(crate) fn drain(sigfd: &SignalFd, slot: usize, after: &mut AfterJob) -> bool {
     let mut interrupted = false;
-    while let Ok(Some(info)) = sigfd.read_signal() {
-        match Signal::try_from(info.ssi_signo as i32) {
+    for signo in pending(sigfd) {
+        match Signal::try_from(signo as i32) {
             Ok(Signal::SIGTERM) => after.retire = true,
             Ok(Signal::SIGINT) => {
                 after.exit_now = true;
@@ -48,6 +48,35 @@ pub(crate) fn drain(sigfd: &SignalFd, slot: usize, after: &mut AfterJob) -> bool
     }
     interrupted
 }
+
+/// The numbers of the pending signals, read in as few reads as there are
+/// batches of [`BATCH`] (one, almost always: no read ends in `EAGAIN`
+/// unless none was pending).
+fn pending(sigfd: &SignalFd) -> Vec<u32> {
+    const INFO: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+    let mut out = Vec::new();
+    let mut buf = [0u8; BATCH * INFO];
+    loop {
+        match nix::unistd::read(sigfd, &mut buf) {
+            Ok(n) => {
+                // ssi_signo is each record's first field.
+                out.extend(
+                    buf[..n]
+                        .chunks_exact(INFO)
+                        .map(|r| u32::from_ne_bytes([r[0], r[1], r[2], r[3]])),
+                );
+                if n < buf.len() {
+                    return out;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return out, // EAGAIN: none (left)
+        }
+    }
+}
+
+/// Signals read at once.
+const BATCH: usize = 8;
 
 /// SIGUSR1: reopen the error and access logs in this process.
 fn reopen_logs(slot: usize) {
