@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use crate::sys::SharedMap;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"JOBDSB02");
-const HEADER_SIZE: usize = 2048;
+const HEADER_SIZE: usize = 4096;
 const SLOT_SIZE: usize = 256;
 
 /// Upper bound on slots; `--max-children` is validated against it.
@@ -394,6 +394,17 @@ pub(crate) const DURATION_BUCKETS_US: [u64; 10] = [
     3_600_000_000,
 ];
 
+/// How many hang-up reports the ring of [`Scoreboard::note_hangup`] holds
+/// between two reads by the supervisor (more: it walks every slot).
+pub(crate) const HANGUP_RING: usize = 64;
+
+/// A hang-up ring entry: sequence number `k` + 1 above slot `slot` (slots
+/// are fewer than 2^16).
+const _: () = assert!(MAX_SLOTS < 1 << 16);
+fn hangup_entry(k: u64, slot: usize) -> u64 {
+    (k.wrapping_add(1) << 16) | (slot as u64 & 0xffff)
+}
+
 /// How many recent cancellations the scoreboard keeps.
 pub(crate) const RECENT_CANCELS: usize = 8;
 
@@ -590,6 +601,10 @@ crate::sys::shared_struct! {
         /// The last cancellations, a ring indexed by `next_cancel`.
         next_cancel: AtomicU64,
         recent: [RecentCancel; RECENT_CANCELS],
+        /// Slots whose worker reported a hang-up, a ring indexed by
+        /// `next_hangup` (see [`Scoreboard::note_hangup`]).
+        next_hangup: AtomicU64,
+        hangups: [AtomicU64; HANGUP_RING],
     }
 }
 
@@ -1439,6 +1454,49 @@ impl Scoreboard {
         (0..self.nslots).map(|i| (i, self.slot(i)))
     }
 
+    /// Tells the supervisor which slot reported a hang-up (after
+    /// [`Slot::report_hangup`], before the wake), so that it looks at that
+    /// slot and not at every slot. Each entry carries its sequence number,
+    /// so a reader can tell an entry not written yet from a stale one.
+    pub(crate) fn note_hangup(&self, slot: usize) {
+        let h = self.header();
+        let k = h.next_hangup.fetch_add(1, Ordering::AcqRel);
+        h.hangups[(k % HANGUP_RING as u64) as usize]
+            .store(hangup_entry(k, slot), Ordering::Release);
+    }
+
+    /// The slots that reported a hang-up since `cursor` (a value of a
+    /// previous call, or of [`Scoreboard::hangup_cursor`]), and the new
+    /// cursor. `None` when the ring cannot say (more reports than it
+    /// holds, an entry not written yet, or a value out of range): the
+    /// caller then looks at every slot, whose own hang-up record is the
+    /// truth. A hint only: a slot listed is checked like any other.
+    pub(crate) fn hangups_since(&self, cursor: u64) -> (Option<Vec<usize>>, u64) {
+        let h = self.header();
+        let head = h.next_hangup.load(Ordering::Acquire);
+        if head < cursor || head - cursor > HANGUP_RING as u64 {
+            return (None, head);
+        }
+        let mut out = Vec::with_capacity((head - cursor) as usize);
+        for k in cursor..head {
+            let e = h.hangups[(k % HANGUP_RING as u64) as usize].load(Ordering::Acquire);
+            let slot = (e & 0xffff) as usize;
+            if e != hangup_entry(k, slot) || slot >= self.nslots {
+                return (None, head);
+            }
+            if !out.contains(&slot) {
+                out.push(slot);
+            }
+        }
+        (Some(out), head)
+    }
+
+    /// Where the hang-up ring is now.
+    #[cfg(test)]
+    fn hangup_cursor(&self) -> u64 {
+        self.header().next_hangup.load(Ordering::Acquire)
+    }
+
     /// Takes a fresh job id.
     /// How many slots hold a place for `ip` (see [`Slot::claim_source`]).
     pub(crate) fn count_source(&self, ip: IpAddr) -> usize {
@@ -1456,6 +1514,39 @@ impl Scoreboard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hangup_ring_names_the_slots_or_says_it_cannot() {
+        let sb = Scoreboard::anonymous(4).unwrap();
+        let c0 = sb.hangup_cursor();
+        assert_eq!(sb.hangups_since(c0), (Some(vec![]), c0));
+        sb.note_hangup(2);
+        sb.note_hangup(0);
+        sb.note_hangup(2);
+        let (named, c1) = sb.hangups_since(c0);
+        assert_eq!(named, Some(vec![2, 0]));
+        assert_eq!(sb.hangups_since(c1), (Some(vec![]), c1));
+        // More reports than the ring holds between two reads: walk all.
+        for _ in 0..=HANGUP_RING {
+            sb.note_hangup(1);
+        }
+        let (named, c2) = sb.hangups_since(c1);
+        assert_eq!(named, None);
+        // An entry claimed but not written yet (a worker between its
+        // fetch_add and its store, or killed there): walk all, move on.
+        sb.header().next_hangup.fetch_add(1, Ordering::AcqRel);
+        let (named, c3) = sb.hangups_since(c2);
+        assert_eq!((named, c3), (None, c2 + 1));
+        sb.note_hangup(3);
+        assert_eq!(sb.hangups_since(c3), (Some(vec![3]), c3 + 1));
+        // A slot index out of range (a corrupt entry) is never trusted.
+        let k = sb.header().next_hangup.fetch_add(1, Ordering::AcqRel);
+        sb.header().hangups[(k % HANGUP_RING as u64) as usize]
+            .store(hangup_entry(k, 9), Ordering::Release);
+        assert_eq!(sb.hangups_since(k).0, None);
+        // A cursor ahead of the ring (a reset header): walk all.
+        assert_eq!(sb.hangups_since(k + 100).0, None);
+    }
 
     #[test]
     fn places_per_source_are_counted_and_given_back() {

@@ -82,6 +82,18 @@ pub(crate) struct Watch {
     scan_fault: Episode,
     /// A check of a worker's descriptors failing.
     holds_fault: Episode,
+    /// Where this watch has read the scoreboard's hang-up ring to.
+    hangup_cursor: u64,
+    /// Slots whose reported hang-up could not be checked (out of
+    /// descriptors): looked at again at the next tick.
+    retry: Vec<usize>,
+    /// When the walk over every slot (job timeouts, the scan's job list)
+    /// is next needed, when every job is watched by its worker: at the
+    /// backstop scan, or at the first job timeout due, whichever is first.
+    next_walk: Instant,
+    /// Jobs are not watched by their worker (`--worker-watch off`, or
+    /// closure jobs): every tick walks and scans.
+    always_walk: bool,
 }
 
 fn event(slot: usize, pid: Pid, job: &JobView, reason: DisconnectReason) -> DisconnectEvent {
@@ -153,6 +165,12 @@ impl Watch {
             hooks: PendingHooks::default(),
             scan_fault: Episode::new("disconnect scan"),
             holds_fault: Episode::new("check of a worker's descriptors"),
+            // From the ring's start: a watch made after reports were
+            // written (in tests) reads them, or walks every slot once.
+            hangup_cursor: 0,
+            retry: Vec::new(),
+            next_walk: now,
+            always_walk: !cfg.worker_watch || matches!(cfg.job, crate::config::JobSpec::Closure(_)),
         })
     }
 
@@ -239,7 +257,23 @@ impl Watch {
     /// authority for everything else.
     fn reported(&mut self, sb: &Scoreboard, workers: &dyn Workers, fin_counts: bool) -> Vec<Gone> {
         let mut out = Vec::new();
-        for (i, s) in sb.slots() {
+        // The slots named in the hang-up ring, or every slot when the ring
+        // cannot say: O(reports), not O(slots), per wake.
+        let (named, cursor) = sb.hangups_since(self.hangup_cursor);
+        self.hangup_cursor = cursor;
+        let retry = std::mem::take(&mut self.retry);
+        let slots: Box<dyn Iterator<Item = (usize, &crate::scoreboard::Slot)>> = match named {
+            Some(mut v) => {
+                for i in retry {
+                    if !v.contains(&i) {
+                        v.push(i);
+                    }
+                }
+                Box::new(v.into_iter().map(|i| (i, sb.slot(i))))
+            }
+            None => Box::new(sb.slots()),
+        };
+        for (i, s) in slots {
             if workers.pid(i).is_none() {
                 continue;
             }
@@ -310,7 +344,7 @@ impl Watch {
             }
         }
         let fin_counts = cfg.on_fin == FinPolicy::Cancel;
-        if woken {
+        if woken || !self.retry.is_empty() {
             let prev = self.last_scan;
             for g in self.reported(sb, workers, fin_counts) {
                 self.judge(cfg, hooks, sb, workers, g, prev);
@@ -320,10 +354,23 @@ impl Watch {
             return;
         }
         self.next = now + self.interval;
+        // With every job watched by its worker, a tick in which nothing was
+        // reported costs nothing per slot: the walk over the slots runs at
+        // the backstop scan's rate, or when a job timeout is due.
+        if !self.always_walk && now < self.next_walk {
+            return;
+        }
         let scan_start = sys::monotonic_ns();
         let mut jobs = Vec::new();
         let mut overdue = Vec::new();
+        let mut live_ids = HashSet::new();
+        let mut first_timeout_ns = u64::MAX;
         for (i, s) in sb.slots() {
+            if !self.judged.is_empty()
+                && let Some(v) = s.job()
+            {
+                live_ids.insert(v.job_id);
+            }
             if workers.pid(i).is_none() {
                 continue;
             }
@@ -337,6 +384,10 @@ impl Watch {
                     overdue.push((i, v));
                     continue;
                 }
+                if let Some(t) = cfg.job_timeout {
+                    first_timeout_ns =
+                        first_timeout_ns.min(v.start_mono_ns.saturating_add(t.as_nanos() as u64));
+                }
                 jobs.push(RunningJob {
                     slot: i,
                     job_id: v.job_id,
@@ -349,23 +400,40 @@ impl Watch {
         for (i, v) in overdue {
             self.time_out(cfg, sb, workers, i, v);
         }
-        let live = |id: &u64| {
-            sb.slots()
-                .any(|(_, s)| s.job().is_some_and(|j| j.job_id == *id))
-        };
-        self.judged.retain(live);
-        if jobs.is_empty() {
-            return;
-        }
+        self.judged.retain(|id| live_ids.contains(id));
         // A worker that watches its own client reports a hang-up at once;
         // its job needs the full scan only as a backstop, every
         // BACKSTOP_TICKS ticks. A job nobody watches (a closure, or
         // --worker-watch off) is scanned every tick.
         let unwatched = jobs.iter().any(|j| !sb.slot(j.slot).watched());
-        if !unwatched && now < self.next_backstop {
+        let scanning = !jobs.is_empty() && (unwatched || now >= self.next_backstop);
+        if scanning {
+            self.next_backstop = now + self.interval * BACKSTOP_TICKS;
+        }
+        // The next walk: at the next tick while a job is unwatched; else
+        // at the backstop, the first timeout due, or a job timeout from
+        // now (a job started after this walk times out no sooner).
+        self.next_walk = if unwatched {
+            now
+        } else {
+            let timeout_in = |ns: u64| Duration::from_nanos(ns.saturating_sub(scan_start));
+            [
+                Some(if jobs.is_empty() {
+                    now + self.interval * BACKSTOP_TICKS
+                } else {
+                    self.next_backstop.max(now + self.interval)
+                }),
+                cfg.job_timeout.map(|t| now + t),
+                (first_timeout_ns != u64::MAX).then(|| now + timeout_in(first_timeout_ns)),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now)
+        };
+        if !scanning {
             return;
         }
-        self.next_backstop = now + self.interval * BACKSTOP_TICKS;
         let prev_scan = std::mem::replace(&mut self.last_scan, now);
         let mut seen = std::mem::take(&mut self.seen);
         seen.clear();
@@ -447,9 +515,12 @@ impl Watch {
             Ok(false) => return, // the record is not this worker's socket any more
             Err(e) => {
                 // Nobody can tell (out of descriptors): no verdict now;
-                // the next scan finds the job again and retries.
+                // the next tick (or scan) finds the job again and retries.
                 sb.header().count(Counter::DetectFailures);
                 self.holds_fault.failed(Some(g.slot), &e);
+                if !self.retry.contains(&g.slot) {
+                    self.retry.push(g.slot);
+                }
                 return;
             }
         }
@@ -525,6 +596,7 @@ mod tests {
         let w = FakeWorkers::with(&[(1, 77)]);
         let j = running(&sb, 1, job(9, JobKind::Handler));
         sb.slot(1).report_hangup(Hangup::Reset);
+        sb.note_hangup(1);
         let mut watch = Watch::new(&cfg, &sb).unwrap();
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
         assert_eq!(
@@ -550,6 +622,7 @@ mod tests {
         let w = FakeWorkers::with(&[(0, 77)]);
         let j = running(&sb, 0, job(9, JobKind::Handler));
         sb.slot(0).report_hangup(Hangup::Reset);
+        sb.note_hangup(0);
         let mut watch = Watch::new(&cfg, &sb).unwrap();
         w.holds_fails.set(true);
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
@@ -572,6 +645,7 @@ mod tests {
         let w = FakeWorkers::with(&[(0, 77)]);
         let j = running(&sb, 0, job(3, JobKind::Handler));
         sb.slot(0).report_hangup(Hangup::Fin);
+        sb.note_hangup(0);
         let asked = Rc::new(Cell::new(0));
         let mut hooks = Hooks::default();
         let a = asked.clone();
@@ -601,6 +675,7 @@ mod tests {
         let w = FakeWorkers::with(&[(0, 77)]);
         let j = running(&sb, 0, job(3, JobKind::Handler));
         sb.slot(0).report_hangup(Hangup::Fin);
+        sb.note_hangup(0);
         let mut watch = Watch::new(&cfg, &sb).unwrap();
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);
         assert_eq!(sb.slot(0).cancel_requested(j.job_id), None);
@@ -652,6 +727,7 @@ mod tests {
         let w = FakeWorkers::with(&[]);
         let j = running(&sb, 0, job(3, JobKind::Handler));
         sb.slot(0).report_hangup(Hangup::Reset);
+        sb.note_hangup(0);
         let mut watch = Watch::new(&cfg, &sb).unwrap();
         watch.next = Instant::now();
         watch.tick(&cfg, &Hooks::default(), &sb, &w, true);

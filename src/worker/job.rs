@@ -618,6 +618,14 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
     }
 
     /// A hang-up seen on the client socket.
+    /// Records the hang-up in the slot, names the slot to the
+    /// supervisor and wakes it.
+    fn report(&self, kind: Hangup) {
+        self.board().report_hangup(kind);
+        self.runner.sb.note_hangup(self.runner.slot);
+        self.runner.overseer.wake();
+    }
+
     fn on_hangup(&mut self, kind: Hangup) {
         let job_id = self.job.job_id;
         match kind {
@@ -636,8 +644,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                         "worker saw its client close"
                     );
                     self.fin_reported = true;
-                    self.board().report_hangup(Hangup::Fin);
-                    self.runner.overseer.wake();
+                    self.report(Hangup::Fin);
                 }
             }
             Hangup::Reset | Hangup::Unresponsive => {
@@ -649,8 +656,7 @@ impl<'r, 'a, 'w> HandlerWait<'r, 'a, 'w> {
                 );
                 self.reset_seen = true;
                 self.watching = false;
-                self.board().report_hangup(kind);
-                self.runner.overseer.wake();
+                self.report(kind);
                 // A reset ends a FIN grace: the client did not have it all.
                 if let Some((req, _)) = self.deferred.take() {
                     self.act(req, false);
