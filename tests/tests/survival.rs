@@ -462,38 +462,6 @@ fn handlers_get_only_fds_0_1_2_and_default_signals() {
     assert!(j.stop().success());
 }
 
-/// Sets the soft RLIMIT_NOFILE of process `pid` (as root may, for any
-/// process; the hard limit stays: raising it needs CAP_SYS_RESOURCE).
-/// Returns the soft limit it had.
-fn set_nofile(pid: i32, n: u64) -> u64 {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reading into a valid rlimit.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: prlimit with a valid rlimit and no old-value pointer.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
-    old.rlim_cur
-}
-
-/// The lowest descriptor number `pid` has free: with RLIMIT_NOFILE at
-/// this, its next open fails with EMFILE.
-fn lowest_free_fd(pid: i32) -> u64 {
-    let nums: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    (0..).find(|n| !nums.contains(n)).unwrap()
-}
-
 /// Defect 8: a worker out of descriptors (EMFILE on accept) logged 10
 /// lines a second. Now: one line when the episode starts, a back-off
 /// (the failures are counted in `status`), one line with the count when
@@ -527,7 +495,7 @@ fn emfile_in_a_worker_is_one_line_per_episode_and_recovers() {
         st["slots"][0]["state"] == "idle" && worker > 0
     });
     // No descriptor number is left below the limit.
-    let old = set_nofile(worker, lowest_free_fd(worker));
+    let old = util::set_nofile(worker, util::lowest_free_fd(worker));
     let mut s = TcpStream::connect(j.addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(b"patience\n").unwrap();
@@ -537,7 +505,7 @@ fn emfile_in_a_worker_is_one_line_per_episode_and_recovers() {
             .unwrap()
             >= 5
     });
-    set_nofile(worker, old);
+    util::set_nofile(worker, old);
     let mut out = String::new();
     BufReader::new(&s).read_line(&mut out).unwrap();
     assert_eq!(out.trim(), "patience");
@@ -581,7 +549,7 @@ fn a_hangup_under_supervisor_fd_exhaustion_is_logged_counted_and_retried() {
     let (s, line) = j.request_line("");
     assert_eq!(line.trim(), "started");
     let sup = j.pid();
-    let old = set_nofile(sup, lowest_free_fd(sup));
+    let old = util::set_nofile(sup, util::lowest_free_fd(sup));
     drop(s);
     util::wait_until("a counted detection failure", || {
         // Read by this process: the supervisor cannot open anything now.
@@ -592,7 +560,7 @@ fn a_hangup_under_supervisor_fd_exhaustion_is_logged_counted_and_retried() {
     });
     j.wait_log(|l| l.contains("failing; further failures are counted"));
     assert_eq!(j.count(|l| l.contains("job cancelled")), 0, "{}", j.dump());
-    set_nofile(sup, old);
+    util::set_nofile(sup, old);
     j.wait_log(|l| l.contains("job cancelled") && l.contains("reason=client-closed"));
     j.wait_log(|l| l.contains("works again"));
     j.stop_clean();

@@ -702,3 +702,35 @@ pub fn request_all(addr: SocketAddr, input: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// Sets the soft RLIMIT_NOFILE of process `pid` (as root may, for any
+/// process; the hard limit stays: raising it needs CAP_SYS_RESOURCE).
+/// Returns the soft limit it had.
+pub fn set_nofile(pid: i32, n: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading into a valid rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit with a valid rlimit and no old-value pointer.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// The lowest descriptor number `pid` has free: with RLIMIT_NOFILE at
+/// this, its next open fails with EMFILE.
+pub fn lowest_free_fd(pid: i32) -> u64 {
+    let nums: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !nums.contains(n)).unwrap()
+}
