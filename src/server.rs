@@ -394,7 +394,7 @@ impl Server {
         let metrics_listener = match cfg.metrics_listen {
             Some(addr) => {
                 // SO_REUSEPORT: an upgrade's new jobd binds it while the old one drains.
-                let l = bind(addr, 64, true).map_err(|source| Error::Bind { addr, source })?;
+                let l = bind(addr, 1024, true).map_err(|source| Error::Bind { addr, source })?;
                 Some(l)
             }
             None => None,

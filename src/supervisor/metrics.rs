@@ -9,9 +9,13 @@
 //! - `GET /status.json`: what `jobd status --json` prints.
 //!
 //! Other paths get 404, other methods 405, a request that is not HTTP 400.
-//! At most [`MAX_CONNS`] connections at once (more are closed at once);
-//! a request must arrive within [`READ_DEADLINE`] and fit in
-//! [`MAX_REQUEST`] bytes; each connection gets one answer and is closed.
+//! At most [`MAX_CONNS`] connections at once: when a new one comes and all
+//! are taken, the oldest that has not sent a whole request yet is closed
+//! for it (idle connections cannot lock a scraper out); a request must
+//! arrive within [`READ_DEADLINE`] and fit in [`MAX_REQUEST`] bytes (its
+//! head ends with an empty line, CRLF or bare LF); each connection gets
+//! one answer and is closed. Out of descriptors, the listener is left
+//! alone for [`ACCEPT_PAUSE`] (logged once per episode), not polled hot.
 //! An answer larger than the socket takes at once (the status of a big
 //! pool) is written as the client reads it, when the socket is writable
 //! again, within [`WRITE_DEADLINE`].
@@ -35,6 +39,9 @@ pub(super) const READ_DEADLINE: Duration = Duration::from_secs(2);
 pub(super) const MAX_REQUEST: usize = 8192;
 /// Time for a client to read its answer.
 pub(super) const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the listener rests after `accept` failed for want of
+/// descriptors or memory.
+pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 
 struct Conn {
     stream: TcpStream,
@@ -43,6 +50,8 @@ struct Conn {
     /// The answer, once made, and how much of it is written.
     out: Option<(Vec<u8>, usize)>,
     deadline: Instant,
+    /// When it was accepted (the oldest idle one makes way).
+    since: Instant,
 }
 
 impl Conn {
@@ -77,6 +86,10 @@ impl Conn {
 pub(super) struct Metrics {
     listener: TcpListener,
     conns: Vec<Conn>,
+    /// `accept` failing for want of descriptors: the listener rests
+    /// until then.
+    paused_until: Option<Instant>,
+    accept_fault: crate::episode::Episode,
 }
 
 /// What a request asks for.
@@ -90,9 +103,17 @@ pub(super) enum Route {
     Bad,
 }
 
+/// Where the request head ends (before its empty line, CRLF or bare LF),
+/// if it is complete. Pure.
+pub(super) fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = buf.windows(2).position(|w| w == b"\n\n");
+    [crlf, lf].into_iter().flatten().min()
+}
+
 /// Reads the route from a complete request head. Pure.
 pub(super) fn route(head: &str) -> Route {
-    let mut lines = head.split("\r\n");
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let first = lines.next().unwrap_or("");
     let mut parts = first.split(' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
@@ -128,6 +149,8 @@ impl Metrics {
         Metrics {
             listener,
             conns: Vec::new(),
+            paused_until: None,
+            accept_fault: crate::episode::Episode::new("accept on --metrics-listen"),
         }
     }
 
@@ -135,7 +158,12 @@ impl Metrics {
     /// connection (readable while its request comes, writable while its
     /// answer goes).
     pub(super) fn fds(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
-        std::iter::once((self.listener.as_fd(), PollFlags::POLLIN))
+        let listening = if self.paused_until.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        std::iter::once((self.listener.as_fd(), listening))
             .chain(self.conns.iter().map(|c| {
                 let what = if c.out.is_some() {
                     PollFlags::POLLOUT
@@ -147,29 +175,69 @@ impl Metrics {
             .collect()
     }
 
-    /// The earliest read deadline, if a connection is open.
+    /// The earliest deadline: a connection's, or the end of the
+    /// listener's rest.
     pub(super) fn next_due(&self) -> Option<Instant> {
-        self.conns.iter().map(|c| c.deadline).min()
+        self.conns
+            .iter()
+            .map(|c| c.deadline)
+            .chain(self.paused_until)
+            .min()
     }
 
     /// Accepts what waits, reads what arrived, answers complete requests
     /// (`status` makes the snapshot when one is needed), closes late ones.
     pub(super) fn serve(&mut self, status: &dyn Fn() -> Status, slow: &SlowLog) {
-        loop {
+        if self.paused_until.is_some_and(|t| Instant::now() >= t) {
+            self.paused_until = None;
+        }
+        while self.paused_until.is_none() {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
+                    self.accept_fault.ok(None);
+                    if stream.set_nonblocking(true).is_err() {
                         continue; // dropped: closed at once
                     }
+                    if self.conns.len() >= MAX_CONNS {
+                        // The oldest still sending its request makes way;
+                        // when every one is being answered, the new one
+                        // is closed.
+                        let oldest = self
+                            .conns
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| c.out.is_none())
+                            .min_by_key(|(_, c)| c.since)
+                            .map(|(i, _)| i);
+                        match oldest {
+                            Some(i) => drop(self.conns.swap_remove(i)),
+                            None => continue,
+                        }
+                    }
+                    let now = Instant::now();
                     self.conns.push(Conn {
                         stream,
                         buf: Vec::new(),
                         out: None,
-                        deadline: Instant::now() + READ_DEADLINE,
+                        deadline: now + READ_DEADLINE,
+                        since: now,
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break, // WouldBlock, or a transient accept error
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM (or a connection
+                    // aborted): the connection waits in the queue; rest
+                    // rather than poll a listener that stays readable.
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) {
+                        self.accept_fault.failed(None, &e);
+                        self.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    }
+                    break;
+                }
             }
         }
         let now = Instant::now();
@@ -178,9 +246,15 @@ impl Metrics {
                 return c.flush();
             }
             let mut chunk = [0u8; 2048];
+            let mut eof = false;
             loop {
                 match c.stream.read(&mut chunk) {
-                    Ok(0) => return false,
+                    Ok(0) => {
+                        // A client that half-closed after its request
+                        // (`nc -N`) is still answered.
+                        eof = true;
+                        break;
+                    }
                     Ok(n) => {
                         c.buf.extend_from_slice(&chunk[..n]);
                         if c.buf.len() > MAX_REQUEST {
@@ -197,7 +271,10 @@ impl Metrics {
                     Err(_) => return false,
                 }
             }
-            let Some(end) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let Some(end) = head_end(&c.buf) else {
+                if eof {
+                    return false;
+                }
                 if now >= c.deadline {
                     return c.answer(respond(408, "text/plain", b"request timeout\n", false));
                 }
@@ -410,6 +487,13 @@ mod tests {
         assert_eq!(route("POST /metrics HTTP/1.1"), Route::NotAllowed);
         assert_eq!(route("hello"), Route::Bad);
         assert_eq!(route("GET metrics HTTP/1.1"), Route::Bad);
+        assert_eq!(
+            route("GET /metrics HTTP/1.1\nAccept: text/plain"),
+            Route::Metrics { openmetrics: false }
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest"), Some(23));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\n"), Some(22));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }
 
     #[test]
