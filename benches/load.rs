@@ -10,10 +10,21 @@
 //! Servers (all on loopback, all started here and stopped by pid):
 //! - `jobd/sh`, `jobd/c`: `jobd --prefork 4 --script H` (defaults otherwise:
 //!   containment by cgroup when jobd can create cgroups, as root);
-//! - `jobd-subreaper/sh`, `jobd-subreaper/c`: the same with
-//!   `--containment subreaper`, compared with `jobd/*` (the cost of cgroups)
 //!   with H the shell echo handler (`read -r l; echo "$l"`) or a tiny C echo
 //!   program built here with `cc -O2 -static`;
+//! - `jobd-subreaper/sh`, `jobd-subreaper/c`: the same with
+//!   `--containment subreaper`, compared with `jobd/*` (the cost of cgroups);
+//! - `jobd-metrics/sh`, `jobd-metrics/c`: the same as `jobd/*` plus
+//!   `--metrics-listen 127.0.0.1:0`, and, while each of their runs lasts, a
+//!   scraper thread of this program that GETs `/metrics` as Prometheus does
+//!   (its `Accept` header, so OpenMetrics) every `LOAD_SCRAPE_MS` (default
+//!   1000, from the start of the run; scrapes do not overlap) and checks
+//!   that the answer is a 200 ending in `# EOF`. Compared with `jobd/*` (the
+//!   cost of serving metrics): the `ratio` column, and a section of its own
+//!   with the ratio of medians, the median of the per-round ratios (each
+//!   `jobd-metrics/H` run beside the `jobd/H` run of the same round and
+//!   concurrency, run just before it), the CPU per job of both, and the
+//!   scrapes (ok / made, latency p50 and max);
 //! - `ceiling/sh`, `ceiling/c`: the leanest correct prefork exec server,
 //!   `benches/ceiling.c` built here with `cc -O2`: 4 worker processes (as
 //!   `--prefork 4`) that only `accept4`, `posix_spawn` H with the connection
@@ -39,11 +50,15 @@
 //!
 //! Environment: `LOAD_SECS` (seconds per run, default 2.5), `LOAD_RUNS`
 //! (rounds, default 5), `LOAD_CONC` (default `1,4,32`), `LOAD_SERVERS`
-//! (comma-separated names or prefixes, default all), `LOAD_MAX_JOBS` (hard
+//! (comma-separated names or prefixes of names, default all: `jobd/`
+//! selects `jobd/sh` and `jobd/c` only, `jobd-metrics/` the metrics pair,
+//! while `jobd` alone selects every `jobd*` server, closure included),
+//! `LOAD_SCRAPE_MS` (period of the `/metrics` scrapes of the
+//! `jobd-metrics/*` runs, default 1000), `LOAD_MAX_JOBS` (hard
 //! cap of connections per run, default 300000), `LOAD_DEADLINE_S` (no new
 //! run starts after this, default 840), `LOAD_LOG_DIR` (keep the servers'
 //! logs there instead of a temporary directory), `LOAD_JOBD_ARGS` (extra
-//! flags for the `jobd/*` servers, for experiments; printed when set).
+//! flags for the `jobd*/*` servers, for experiments; printed when set).
 //!
 //! Output: progress on stderr; a table, `JSON ` lines (one per run, per
 //! server and concurrency, per target) and PASS/MISS lines on stdout. The
@@ -72,6 +87,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A `/metrics` scrape must be complete within this (Prometheus's default
+/// scrape timeout is 10 s; jobd answers in well under 10 ms when healthy).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The ceiling server's source (see the module comment).
 const CEILING_C: &str = include_str!("ceiling.c");
 
@@ -132,6 +150,9 @@ enum Kind {
     /// jobd with `--containment subreaper`: the cost of cgroup containment
     /// is the difference from `jobd/*` (which uses cgroups when it can).
     JobdSubreaper(Handler),
+    /// jobd with `--metrics-listen`, scraped during its runs: the cost of
+    /// the metrics server is the difference from `jobd/*`.
+    JobdMetrics(Handler),
     Tcpserver(u32, Handler),
     /// `benches/ceiling.c`: the leanest prefork exec server, 4 workers.
     Ceiling(Handler),
@@ -146,6 +167,7 @@ impl Kind {
         match self {
             Kind::Jobd(h)
             | Kind::JobdSubreaper(h)
+            | Kind::JobdMetrics(h)
             | Kind::Tcpserver(_, h)
             | Kind::Ceiling(h)
             | Kind::Socat(h) => Some(h),
@@ -157,6 +179,7 @@ impl Kind {
         match self {
             Kind::Jobd(h) => format!("jobd/{}", h.name()),
             Kind::JobdSubreaper(h) => format!("jobd-subreaper/{}", h.name()),
+            Kind::JobdMetrics(h) => format!("jobd-metrics/{}", h.name()),
             Kind::Tcpserver(c, h) => format!("tcpserver-c{c}/{}", h.name()),
             Kind::Ceiling(h) => format!("ceiling/{}", h.name()),
             Kind::Socat(h) => format!("socat/{}", h.name()),
@@ -168,12 +191,14 @@ impl Kind {
 
 const ALL: &[Kind] = &[
     Kind::Jobd(Handler::Sh),
+    Kind::JobdMetrics(Handler::Sh),
     Kind::JobdSubreaper(Handler::Sh),
     Kind::Ceiling(Handler::Sh),
     Kind::Tcpserver(4, Handler::Sh),
     Kind::Tcpserver(64, Handler::Sh),
     Kind::Socat(Handler::Sh),
     Kind::Jobd(Handler::C),
+    Kind::JobdMetrics(Handler::C),
     Kind::JobdSubreaper(Handler::C),
     Kind::Ceiling(Handler::C),
     Kind::Tcpserver(4, Handler::C),
@@ -237,6 +262,8 @@ enum Running {
 struct Live {
     kind: Kind,
     addr: SocketAddr,
+    /// The `--metrics-listen` address, scraped during each run.
+    metrics: Option<SocketAddr>,
     run: Running,
 }
 
@@ -269,6 +296,8 @@ struct Sample {
     /// The server's CPU per job (its whole process tree, handlers
     /// included), microseconds.
     server_us_per_job: f64,
+    /// The `/metrics` scrapes made during the run (jobd-metrics only).
+    scrapes: Option<Scrapes>,
 }
 
 /// Where a server's CPU is read.
@@ -280,7 +309,16 @@ enum CpuProbe {
     InProcess,
 }
 
-fn load_run(addr: SocketAddr, probe: CpuProbe, conc: usize, dur: Duration, cap: usize) -> Sample {
+/// Load of one run; with `scrape`, a scraper thread GETs `/metrics` there
+/// every `LOAD_SCRAPE_MS` while the run lasts.
+fn load_run(
+    addr: SocketAddr,
+    probe: CpuProbe,
+    scrape: Option<SocketAddr>,
+    conc: usize,
+    dur: Duration,
+    cap: usize,
+) -> Sample {
     let tickets = Arc::new(AtomicUsize::new(0));
     let srv0 = match probe {
         CpuProbe::Tree(pid) => tree_cpu_s(pid),
@@ -296,6 +334,10 @@ fn load_run(addr: SocketAddr, probe: CpuProbe, conc: usize, dur: Duration, cap: 
             thread::spawn(move || client(addr, deadline, cap, &tickets))
         })
         .collect();
+    let scraper = scrape.map(|m| {
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_scraper(m, t0, scrape_period(), deadline, SCRAPE_TIMEOUT, stop)
+    });
     let mut lat: Vec<u32> = Vec::new();
     let mut s = Sample::default();
     let mut client_cpu = 0.0;
@@ -312,6 +354,15 @@ fn load_run(addr: SocketAddr, probe: CpuProbe, conc: usize, dur: Duration, cap: 
         }
         client_cpu += r.cpu_s;
     }
+    // The scraper makes no new scrape after the deadline; one under way
+    // ends within SCRAPE_TIMEOUT (and counts in the server's CPU).
+    s.scrapes = scraper.map(|h| {
+        h.join().unwrap_or_else(|_| Scrapes {
+            failed: 1,
+            first_error: Some("scraper thread panicked".into()),
+            ..Scrapes::default()
+        })
+    });
     let wall = t0.elapsed().as_secs_f64();
     let m1 = machine_jiffies();
     let cpu = rusage_cpu_s(UsageWho::RUSAGE_SELF) - cpu0;
@@ -421,8 +472,9 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
         }
     };
     let name = kind.name();
+    let mut metrics = None;
     let spawned = match kind {
-        Kind::Jobd(hd) | Kind::JobdSubreaper(hd) => {
+        Kind::Jobd(hd) | Kind::JobdSubreaper(hd) | Kind::JobdMetrics(hd) => {
             let mut args: Vec<OsString> = vec![
                 "--listen".into(),
                 "127.0.0.1:0".into(),
@@ -433,10 +485,27 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
                 args.push("--containment".into());
                 args.push("subreaper".into());
             }
+            if matches!(kind, Kind::JobdMetrics(_)) {
+                args.push("--metrics-listen".into());
+                args.push("127.0.0.1:0".into());
+            }
             args.extend(extra_jobd_args());
             args.push("--script".into());
             args.push(h(hd)?.into());
-            spawn_jobd(&name, &args, dir, START_TIMEOUT)?
+            let sp = spawn_jobd(&name, &args, dir, START_TIMEOUT)?;
+            if matches!(kind, Kind::JobdMetrics(_)) {
+                match sp
+                    .metrics_addr(START_TIMEOUT)
+                    .and_then(|m| scrape_metrics(m, SCRAPE_TIMEOUT).map(|_| m))
+                {
+                    Ok(m) => metrics = Some(m),
+                    Err(e) => {
+                        let how = sp.stop(STOP_GRACE);
+                        return Err(format!("{e} (stopped: {how})"));
+                    }
+                }
+            }
+            sp
         }
         Kind::Closure => {
             let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
@@ -493,6 +562,7 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
             return Ok(Live {
                 kind,
                 addr: b.addr,
+                metrics: None,
                 run: Running::Bare(b),
             });
         }
@@ -500,8 +570,14 @@ fn start(kind: Kind, handlers: &Handlers, anchors: &Anchors, dir: &Path) -> Resu
     Ok(Live {
         kind,
         addr: spawned.addr,
+        metrics,
         run: Running::Proc(spawned),
     })
+}
+
+/// `LOAD_SCRAPE_MS`: the period of the `/metrics` scrapes.
+fn scrape_period() -> Duration {
+    Duration::from_millis(env_usize("LOAD_SCRAPE_MS", 1000).clamp(10, 600_000) as u64)
 }
 
 /// `LOAD_JOBD_ARGS`: extra jobd flags, split on whitespace (for
@@ -614,9 +690,15 @@ fn main() -> std::process::ExitCode {
             Err(e) => format!("MISSING: ceiling rows skipped ({e})"),
         }
     );
+    if kinds.iter().any(|k| matches!(k, Kind::JobdMetrics(_))) {
+        println!(
+            "load: jobd-metrics/*: --metrics-listen 127.0.0.1:0, GET /metrics every {} ms during each run (LOAD_SCRAPE_MS)",
+            scrape_period().as_millis()
+        );
+    }
     if !extra_jobd_args().is_empty() {
         println!(
-            "load: LOAD_JOBD_ARGS: jobd/* run with extra flags {:?}",
+            "load: LOAD_JOBD_ARGS: jobd*/* run with extra flags {:?}",
             extra_jobd_args()
         );
     }
@@ -647,7 +729,10 @@ fn main() -> std::process::ExitCode {
     for &k in &kinds {
         match start(k, &handlers, &anchors, &dir) {
             Ok(l) => {
-                eprintln!("started {} on {}", k.name(), l.addr);
+                match l.metrics {
+                    Some(m) => eprintln!("started {} on {} (metrics on {m})", k.name(), l.addr),
+                    None => eprintln!("started {} on {}", k.name(), l.addr),
+                }
                 live.push(l);
             }
             Err(e) => println!("load: SKIPPED {}: {e}", k.name()),
@@ -656,7 +741,14 @@ fn main() -> std::process::ExitCode {
 
     // Warm-up, not recorded: page cache, jobd's pools, the C library.
     for l in &live {
-        let s = load_run(l.addr, l.probe(), 4, Duration::from_millis(300), cap);
+        let s = load_run(
+            l.addr,
+            l.probe(),
+            l.metrics,
+            4,
+            Duration::from_millis(300),
+            cap,
+        );
         if s.errors > 0 || s.jobs == 0 {
             println!(
                 "load: warm-up of {}: {} jobs, {} errors ({})",
@@ -664,6 +756,15 @@ fn main() -> std::process::ExitCode {
                 s.jobs,
                 s.errors,
                 s.first_error.unwrap_or_default()
+            );
+        }
+        if let Some(sc) = s.scrapes.as_ref().filter(|sc| sc.failed > 0) {
+            println!(
+                "load: warm-up of {}: {} of {} scrapes failed ({})",
+                l.kind.name(),
+                sc.failed,
+                sc.total(),
+                sc.first_error.as_deref().unwrap_or("")
             );
         }
     }
@@ -678,9 +779,18 @@ fn main() -> std::process::ExitCode {
                     cut_short = true;
                     break 'rounds;
                 }
-                let s = load_run(l.addr, l.probe(), conc, dur, cap);
+                let s = load_run(l.addr, l.probe(), l.metrics, conc, dur, cap);
+                let scraped = s.scrapes.as_ref().map_or(String::new(), |sc| {
+                    format!(
+                        " scrapes {}/{} ok p50 {:.2} ms max {:.2} ms",
+                        sc.ok_ms.len(),
+                        sc.total(),
+                        sc.p50_ms(),
+                        sc.max_ms()
+                    )
+                });
                 eprintln!(
-                    "round {} c={conc:<3} {:<18} {:>8.0} jobs/s p50 {:>7.2} ms p99 {:>7.2} ms err {} bench cpu {:.0}% machine {:.0}% server {:.0} us/job",
+                    "round {} c={conc:<3} {:<18} {:>8.0} jobs/s p50 {:>7.2} ms p99 {:>7.2} ms err {} bench cpu {:.0}% machine {:.0}% server {:.0} us/job{scraped}",
                     round + 1,
                     l.kind.name(),
                     s.jobs_per_s,
@@ -691,6 +801,9 @@ fn main() -> std::process::ExitCode {
                     s.machine_busy_pct,
                     s.server_us_per_job
                 );
+                if let Some(e) = s.scrapes.as_ref().and_then(|sc| sc.first_error.as_ref()) {
+                    eprintln!("    {}: scrape failed: {e}", l.kind.name());
+                }
                 println!(
                     "JSON {}",
                     serde_json::json!({
@@ -704,6 +817,7 @@ fn main() -> std::process::ExitCode {
                         "client_threads_cpu_pct_of_core": round2(s.client_cpu_pct),
                         "machine_busy_pct": round2(s.machine_busy_pct),
                         "server_cpu_us_per_job": round2(s.server_us_per_job),
+                        "scrapes": s.scrapes.as_ref().map(scrapes_json),
                     })
                 );
                 samples[si][ci].push(s);
@@ -729,7 +843,10 @@ fn main() -> std::process::ExitCode {
 
     let summary = summarize(&samples, &ran, &concs);
     print_table(&summary, &concs);
+    let metrics_rows = metrics_cost(&samples, &ran, &concs);
+    print_metrics_cost(&metrics_rows);
     print_targets(&summary, &concs);
+    print_metrics_targets(&metrics_rows);
     if cut_short {
         println!("load: LOAD_DEADLINE_S reached: fewer rounds than asked for some servers (see n)");
     }
@@ -811,6 +928,9 @@ fn reference(kind: Kind) -> Option<Kind> {
         Kind::Jobd(h) | Kind::Socat(h) | Kind::Ceiling(h) => Some(Kind::Tcpserver(4, h)),
         // Against jobd with cgroups: the ratio is cgroup containment's cost.
         Kind::JobdSubreaper(h) => Some(Kind::Jobd(h)),
+        // Against jobd without metrics: the ratio is the metrics server's
+        // cost (scraped during the run).
+        Kind::JobdMetrics(h) => Some(Kind::Jobd(h)),
         Kind::Tcpserver(c, h) if c != 4 => Some(Kind::Tcpserver(4, h)),
         Kind::Closure => Some(Kind::Bare),
         _ => None,
@@ -996,5 +1116,178 @@ fn print_targets(sum: &[Summary], concs: &[usize]) {
             }
             _ => line(name, None, "not measured".into()),
         }
+    }
+}
+
+fn scrapes_json(sc: &Scrapes) -> serde_json::Value {
+    serde_json::json!({
+        "made": sc.total(), "ok": sc.ok_ms.len(), "failed": sc.failed,
+        "first_error": sc.first_error,
+        "p50_ms": round3(sc.p50_ms()), "max_ms": round3(sc.max_ms()),
+    })
+}
+
+/// `jobd-metrics/H` beside `jobd/H` at one concurrency.
+struct MetricsCost {
+    handler: Handler,
+    conc: usize,
+    /// Rounds in which both ran.
+    pairs: usize,
+    jobd: f64,
+    metrics: f64,
+    /// Median of the per-round ratios jobd-metrics / jobd.
+    paired_ratio: f64,
+    jobd_us_per_job: f64,
+    metrics_us_per_job: f64,
+    /// All scrapes of the jobd-metrics runs at this concurrency.
+    scrapes: Scrapes,
+}
+
+impl MetricsCost {
+    fn ratio(&self) -> f64 {
+        self.metrics / self.jobd
+    }
+}
+
+/// The rows of the metrics-cost section: for each handler and
+/// concurrency where both `jobd/H` and `jobd-metrics/H` ran.
+fn metrics_cost(samples: &[Vec<Vec<Sample>>], kinds: &[Kind], concs: &[usize]) -> Vec<MetricsCost> {
+    let mut out = Vec::new();
+    let at = |k: Kind| kinds.iter().position(|&x| x == k);
+    for h in [Handler::Sh, Handler::C] {
+        let (Some(a), Some(b)) = (at(Kind::Jobd(h)), at(Kind::JobdMetrics(h))) else {
+            continue;
+        };
+        for (ci, &conc) in concs.iter().enumerate() {
+            let (ja, jm) = (&samples[a][ci], &samples[b][ci]);
+            let pairs = ja.len().min(jm.len());
+            if pairs == 0 {
+                continue;
+            }
+            let m = |v: &[Sample], f: fn(&Sample) -> f64| {
+                median(&v.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+            };
+            let per_round: Vec<f64> = ja
+                .iter()
+                .zip(jm)
+                .map(|(x, y)| y.jobs_per_s / x.jobs_per_s)
+                .collect();
+            let mut scrapes = Scrapes::default();
+            for s in jm {
+                if let Some(sc) = &s.scrapes {
+                    scrapes.merge(sc);
+                }
+            }
+            out.push(MetricsCost {
+                handler: h,
+                conc,
+                pairs,
+                jobd: m(ja, |s| s.jobs_per_s),
+                metrics: m(jm, |s| s.jobs_per_s),
+                paired_ratio: median(&per_round).unwrap_or(f64::NAN),
+                jobd_us_per_job: m(ja, |s| s.server_us_per_job),
+                metrics_us_per_job: m(jm, |s| s.server_us_per_job),
+                scrapes,
+            });
+        }
+    }
+    out
+}
+
+fn print_metrics_cost(rows: &[MetricsCost]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "metrics cost: jobd-metrics/H (--metrics-listen, GET /metrics every {} ms) vs jobd/H, same rounds",
+        scrape_period().as_millis()
+    );
+    println!(
+        "{:>4}  {:<8} {:>3} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8}",
+        "conc",
+        "handler",
+        "n",
+        "jobd",
+        "jobd-met",
+        "vs jobd",
+        "paired",
+        "us/job",
+        "met us/j",
+        "scrapes",
+        "scr p50",
+        "scr max"
+    );
+    for r in rows {
+        println!(
+            "{:>4}  {:<8} {:>3} {:>9.0} {:>9.0} {:>6.3}x {:>6.3}x {:>8.0} {:>8.0} {:>9} {:>8.2} {:>8.2}",
+            r.conc,
+            r.handler.name(),
+            r.pairs,
+            r.jobd,
+            r.metrics,
+            r.ratio(),
+            r.paired_ratio,
+            r.jobd_us_per_job,
+            r.metrics_us_per_job,
+            format!("{}/{}", r.scrapes.ok_ms.len(), r.scrapes.total()),
+            r.scrapes.p50_ms(),
+            r.scrapes.max_ms()
+        );
+        if let Some(e) = &r.scrapes.first_error {
+            println!(
+                "      {} scrape(s) of jobd-metrics/{} failed; first: {e}",
+                r.scrapes.failed,
+                r.handler.name()
+            );
+        }
+        println!(
+            "JSON {}",
+            serde_json::json!({
+                "bench": "load", "kind": "metrics_cost", "handler": r.handler.name(),
+                "conc": r.conc, "rounds": r.pairs,
+                "jobd_jobs_per_s_median": round2(r.jobd),
+                "jobd_metrics_jobs_per_s_median": round2(r.metrics),
+                "ratio_of_medians": round3(r.ratio()),
+                "paired_ratio_median": round3(r.paired_ratio),
+                "jobd_server_cpu_us_per_job": round2(r.jobd_us_per_job),
+                "jobd_metrics_server_cpu_us_per_job": round2(r.metrics_us_per_job),
+                "scrapes": scrapes_json(&r.scrapes),
+            })
+        );
+    }
+    println!(
+        "columns: jobd, jobd-met = median jobs/s; vs jobd = ratio of those medians; paired = median \
+         over rounds of jobd-metrics / jobd in the same round (run one after the other); \
+         us/job, met us/j = server CPU per job (process tree, handler included) of jobd and \
+         jobd-metrics; scrapes = ok / made over all jobd-metrics runs (200 ending in `# EOF`); \
+         scr p50, scr max = latency of the successful scrapes, ms (connect to EOF)"
+    );
+}
+
+fn print_metrics_targets(rows: &[MetricsCost]) {
+    for r in rows {
+        let name = format!(
+            "jobd-metrics/{} >= 0.95x jobd/{} jobs/s (paired), every scrape ok, conc {}",
+            r.handler.name(),
+            r.handler.name(),
+            r.conc
+        );
+        let ok = r.paired_ratio >= 0.95 && r.scrapes.failed == 0 && r.scrapes.total() > 0;
+        let verdict = if ok { "PASS" } else { "MISS" };
+        let detail = format!(
+            "paired {:.3}x, medians {:.0} vs {:.0} jobs/s, scrapes {}/{} ok",
+            r.paired_ratio,
+            r.metrics,
+            r.jobd,
+            r.scrapes.ok_ms.len(),
+            r.scrapes.total()
+        );
+        println!("{verdict}  {name}: {detail}");
+        println!(
+            "JSON {}",
+            serde_json::json!({"bench": "load", "kind": "target", "target": name,
+                "result": verdict, "detail": detail})
+        );
     }
 }

@@ -901,3 +901,221 @@ pub fn dump_of<'a>(
 ) -> impl FnMut(&mut Vec<SockEntry>) -> Result<(), String> + 'a {
     move |out| src.dump(port, states, out).map_err(|e| e.to_string())
 }
+
+/// The `Accept` header Prometheus sends: OpenMetrics first, which jobd
+/// then answers in (a body that ends in `# EOF`).
+pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,\
+     application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+
+/// The first `metrics on IP:PORT` (jobd's `--metrics-listen` address) in
+/// a log.
+pub fn parse_metrics_on(text: &str) -> Option<SocketAddr> {
+    text.lines().find_map(|line| {
+        let i = line.find("metrics on ")?;
+        line[i + "metrics on ".len()..]
+            .split_whitespace()
+            .next()?
+            .trim_matches(|c| c == '"' || c == ',')
+            .parse()
+            .ok()
+    })
+}
+
+impl Spawned {
+    /// The address of jobd's `--metrics-listen` server, from its `metrics
+    /// on` line (logged just after `listening on`), waiting up to
+    /// `timeout` for it.
+    pub fn metrics_addr(&self, timeout: Duration) -> Result<SocketAddr, String> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(a) = parse_metrics_on(&self.log_text()) {
+                return Ok(a);
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "{}: no `metrics on` line within {timeout:?}; log: {}",
+                    self.name,
+                    last_lines(&self.log_text(), 4)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// An HTTP answer.
+pub struct HttpReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// From the start of `connect` to the end of the answer (EOF).
+    pub elapsed: Duration,
+}
+
+/// One `GET path HTTP/1.1` (`Connection: close`, with `accept` as the
+/// `Accept` header if given), the whole exchange bounded by `timeout` and
+/// the answer by `max` bytes; reads until EOF.
+pub fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+    max: usize,
+) -> Result<HttpReply, String> {
+    use std::io::Write;
+    let t0 = Instant::now();
+    let until = t0 + timeout;
+    let left = || {
+        until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect: {e}"))?;
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+    s.set_write_timeout(Some(left()))
+        .and_then(|()| s.write_all(req.as_bytes()))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if Instant::now() >= until {
+            return Err(format!("no complete answer within {timeout:?}"));
+        }
+        s.set_read_timeout(Some(left()))
+            .map_err(|e| format!("set timeout: {e}"))?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > max {
+                    return Err(format!("answer longer than {max} bytes"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(format!("read after {} bytes: {e}", buf.len()));
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(if buf.is_empty() {
+            "closed without an answer (EOF)".into()
+        } else {
+            format!("no header end in {} bytes", buf.len())
+        });
+    };
+    let status = std::str::from_utf8(&buf[..end])
+        .ok()
+        .and_then(|h| h.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "bad status line {:?}",
+                String::from_utf8_lossy(&buf[..end.min(40)])
+            )
+        })?;
+    Ok(HttpReply {
+        status,
+        body: buf[end + 4..].to_vec(),
+        elapsed,
+    })
+}
+
+/// One scrape as Prometheus makes it: `GET /metrics` with its `Accept`
+/// header; it succeeds on a 200 whose body ends in `# EOF`. Returns the
+/// latency (connect to EOF).
+pub fn scrape_metrics(addr: SocketAddr, timeout: Duration) -> Result<Duration, String> {
+    let r = http_get(addr, "/metrics", Some(PROMETHEUS_ACCEPT), timeout, 4 << 20)?;
+    if r.status != 200 {
+        return Err(format!("status {}", r.status));
+    }
+    if !r.body.ends_with(b"# EOF\n") {
+        return Err(format!(
+            "body ({} bytes) does not end in `# EOF`",
+            r.body.len()
+        ));
+    }
+    Ok(r.elapsed)
+}
+
+/// The scrapes of one [`spawn_scraper`] thread.
+#[derive(Clone, Default)]
+pub struct Scrapes {
+    /// Latencies of the successful scrapes, ms, in order.
+    pub ok_ms: Vec<f64>,
+    pub failed: usize,
+    pub first_error: Option<String>,
+}
+
+impl Scrapes {
+    pub fn total(&self) -> usize {
+        self.ok_ms.len() + self.failed
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.ok_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// p50 of the successful scrapes' latencies, ms (NaN if none).
+    pub fn p50_ms(&self) -> f64 {
+        percentile(&self.sorted(), 0.5).unwrap_or(f64::NAN)
+    }
+
+    /// The slowest successful scrape, ms (NaN if none).
+    pub fn max_ms(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+
+    pub fn merge(&mut self, o: &Scrapes) {
+        self.ok_ms.extend_from_slice(&o.ok_ms);
+        self.failed += o.failed;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&o.first_error);
+        }
+    }
+}
+
+/// A thread that scrapes `addr` (see [`scrape_metrics`], each bounded by
+/// `timeout`) at `start`, `start + period`, ... while before `until` and
+/// `stop` is not set. Scrapes do not overlap: one that overruns its period
+/// delays the next.
+pub fn spawn_scraper(
+    addr: SocketAddr,
+    start: Instant,
+    period: Duration,
+    until: Instant,
+    timeout: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Scrapes> {
+    std::thread::spawn(move || {
+        let mut out = Scrapes::default();
+        let mut next = start;
+        loop {
+            let now = Instant::now();
+            if now >= until || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            if now < next {
+                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                continue;
+            }
+            match scrape_metrics(addr, timeout) {
+                Ok(d) => out.ok_ms.push(d.as_secs_f64() * 1e3),
+                Err(e) => {
+                    out.failed += 1;
+                    if out.first_error.is_none() {
+                        out.first_error = Some(e);
+                    }
+                }
+            }
+            next += period;
+            if next < Instant::now() {
+                next = Instant::now();
+            }
+        }
+        out
+    })
+}
