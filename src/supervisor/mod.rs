@@ -132,6 +132,10 @@ pub(crate) struct Supervisor<'a> {
     next_pool_tick: Instant,
     /// Crash-loop back-off: no fork before this.
     hold_until: Option<Instant>,
+    /// The worker set may have changed (a signal, a child reaped, a
+    /// reload): count the workers against the minimum at the next wake,
+    /// not at every wake (a count over every slot).
+    pool_changed: bool,
     quick_deaths: u32,
     /// Inside a "max children reached" episode (logged once per episode).
     cap_episode: bool,
@@ -206,6 +210,7 @@ impl<'a> Supervisor<'a> {
             rate: 1,
             next_pool_tick: Instant::now() + pool::TICK,
             hold_until: None,
+            pool_changed: true,
             quick_deaths: 0,
             cap_episode: false,
             reload_watch,
@@ -299,6 +304,7 @@ impl<'a> Supervisor<'a> {
             }
             if sig_ready {
                 self.handle_signals();
+                self.pool_changed = true;
             }
             let woken = wake_ready && self.wake.read().is_ok();
             if woken || Instant::now() >= self.watch.next_due() {
@@ -308,6 +314,7 @@ impl<'a> Supervisor<'a> {
             }
             if std::mem::take(&mut self.child_exited) {
                 self.reap();
+                self.pool_changed = true;
             }
             self.maintain();
             if self.phase != Phase::Running && self.live_workers() == 0 {
@@ -666,6 +673,7 @@ impl<'a> Supervisor<'a> {
                     .is_some_and(|r| r.check(now, self.hooks))
                 {
                     self.reload("auto-reload");
+                    self.pool_changed = true;
                 }
                 self.manage_pool(now);
             }
@@ -706,14 +714,16 @@ impl<'a> Supervisor<'a> {
     /// each pool tick.
     fn manage_pool(&mut self, now: Instant) {
         let held = self.hold_until.is_some_and(|t| now < t);
-        if !held {
+        let tick = now >= self.next_pool_tick;
+        if !held && (self.pool_changed || self.hold_until.is_some() || tick) {
             self.hold_until = None;
+            self.pool_changed = false;
             let live = self.live();
             if live < self.min_workers {
                 self.spawn_n(self.min_workers - live);
             }
         }
-        if now < self.next_pool_tick {
+        if !tick {
             return;
         }
         self.next_pool_tick = now + pool::TICK;
