@@ -42,14 +42,16 @@ impl Worker {
     }
 }
 
-/// Forks a worker that runs `body` and exits with its code; in the parent,
-/// returns its pid and a pidfd (None, logged, when pidfd_open failed: such
-/// a worker is never signalled).
+/// Forks a worker that runs `body` and exits with its code, with the
+/// supervisor's descriptors `close` closed; in the parent, returns its pid
+/// and a pidfd (None, logged, when pidfd_open failed: such a worker is
+/// never signalled).
 pub(super) fn fork_worker(
     slot: usize,
+    close: &[std::os::fd::RawFd],
     body: impl FnOnce() -> i32,
 ) -> std::io::Result<(Pid, Option<PidFd>)> {
-    match sys::fork()? {
+    match sys::fork_closing(close)? {
         Forked::Child => std::process::exit(body()),
         Forked::Parent(pid) => {
             let pidfd = match PidFd::open(pid) {

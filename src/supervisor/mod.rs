@@ -26,7 +26,7 @@ mod slowlog;
 pub(crate) mod upgrade;
 
 use std::net::TcpListener;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -121,6 +121,8 @@ pub(crate) struct Supervisor<'a> {
     sigfd: SignalFd,
     wake: EventFd,
     slots: Vec<SlotRec>,
+    /// The slot of each live worker, by pid (our own records, as `slots`).
+    by_pid: std::collections::HashMap<Pid, usize>,
     generation: u32,
     phase: Phase,
     me: Pid,
@@ -202,6 +204,7 @@ impl<'a> Supervisor<'a> {
             sigfd,
             wake,
             slots: (0..cfg.slots()).map(|_| SlotRec::default()).collect(),
+            by_pid: std::collections::HashMap::new(),
             generation: 1,
             phase: Phase::Running,
             me: nix::unistd::getpid(),
@@ -825,7 +828,18 @@ impl<'a> Supervisor<'a> {
                 None
             }
         });
-        match children::fork_worker(i, || {
+        // The worker has no use for the supervisor's pidfds of the other
+        // workers, nor for the metrics server's sockets: closed in it (the
+        // N-th worker held N-1 pidfds, which the check of its descriptors
+        // on each hang-up listed and read one by one).
+        let close: Vec<std::os::fd::RawFd> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.worker.as_ref()?.pidfd.as_ref())
+            .map(|p| p.as_fd().as_raw_fd())
+            .chain(self.metrics.iter().flat_map(|m| m.fds()).map(|(fd, _)| fd.as_raw_fd()))
+            .collect();
+        match children::fork_worker(i, &close, || {
             crate::worker::worker_main(cfg, sb, i, listener, wake, me, cg)
         }) {
             Ok((pid, pidfd)) => {
@@ -837,6 +851,7 @@ impl<'a> Supervisor<'a> {
                     generation = self.generation,
                     "worker started"
                 );
+                self.by_pid.insert(pid, i);
                 self.slots[i].worker = Some(Worker {
                     pid,
                     pidfd,
@@ -889,15 +904,20 @@ impl<'a> Supervisor<'a> {
     }
 
     fn slot_of(&self, pid: Pid) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
+        self.by_pid
+            .get(&pid)
+            .copied()
+            .filter(|&i| self.slots[i].worker.as_ref().is_some_and(|w| w.pid == pid))
     }
 
     /// Reaps every exited child: hook programs (their status goes to the
     /// watch), workers (refilling their slots) and job processes orphaned
     /// by a dead worker (we are their subreaper).
     fn reap(&mut self) {
+        // Workers reaped in this round: what their jobs left is killed once
+        // for all of them (a look over every child of ours), then each is
+        // read and its slot refilled.
+        let mut workers = Vec::new();
         while let Some(pid) = children::next_exited() {
             if self.watch.owns(pid) {
                 if let Ok(st) = children::reap(pid) {
@@ -906,8 +926,7 @@ impl<'a> Supervisor<'a> {
                 continue;
             }
             if let Some(i) = self.slot_of(pid) {
-                let status = children::reap(pid);
-                self.worker_exited(i, status);
+                workers.push((i, children::reap(pid)));
             } else if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
                 let st = children::reap(pid);
                 self.upgrade = None;
@@ -939,22 +958,33 @@ impl<'a> Supervisor<'a> {
                 let _ = children::reap(pid);
             }
         }
-    }
-
-    fn worker_exited(&mut self, i: usize, status: nix::Result<WaitStatus>) {
-        let Some(w) = self.slots[i].worker.take() else {
+        if workers.is_empty() {
             return;
-        };
-        let board = self.sb.slot(i);
+        }
         // A worker that died in the middle of a job: its handler was
         // reparented to us (the subreaper). It is found among our own
         // children, never from the slot, and killed with its group; with
         // cgroups, the slot's job cgroup (named from our own slot index) is
         // killed whole.
         if let Some(t) = self.cgroups {
-            t.slot(i).kill_jobs();
+            for &(i, _) in &workers {
+                t.slot(i).kill_jobs();
+            }
         }
         self.kill_orphaned_jobs();
+        for (i, status) in workers {
+            self.worker_exited(i, status);
+        }
+    }
+
+    /// A reaped worker (what its jobs left is killed already): its job's
+    /// record, its slot refilled.
+    fn worker_exited(&mut self, i: usize, status: nix::Result<WaitStatus>) {
+        let Some(w) = self.slots[i].worker.take() else {
+            return;
+        };
+        self.by_pid.remove(&w.pid);
+        let board = self.sb.slot(i);
         let job = board.job();
         let reading = children::read_exit(
             &children::Reaped {

@@ -119,6 +119,25 @@ pub fn fork() -> io::Result<Forked> {
     }
 }
 
+/// [`fork`], and in the child, closes the descriptors `close` (the
+/// parent's own, which the child has no use for: the supervisor's pidfds
+/// of its other workers). The child must never drop their owners: it runs
+/// its body and exits, never returning into the parent's records.
+pub fn fork_closing(close: &[std::os::fd::RawFd]) -> io::Result<Forked> {
+    let forked = fork()?;
+    if let Forked::Child = forked {
+        for &fd in close {
+            // SAFETY: these descriptors are open in this new process (a
+            // copy of the parent's table), and their owners are never
+            // used or dropped here (documented above): no double close.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+    Ok(forked)
+}
+
 /// The number of threads of this process (from `/proc/self/status`).
 ///
 /// # Errors
