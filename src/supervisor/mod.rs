@@ -837,7 +837,12 @@ impl<'a> Supervisor<'a> {
             .iter()
             .filter_map(|s| s.worker.as_ref()?.pidfd.as_ref())
             .map(|p| p.as_fd().as_raw_fd())
-            .chain(self.metrics.iter().flat_map(|m| m.fds()).map(|(fd, _)| fd.as_raw_fd()))
+            .chain(
+                self.metrics
+                    .iter()
+                    .flat_map(|m| m.fds())
+                    .map(|(fd, _)| fd.as_raw_fd()),
+            )
             .collect();
         match children::fork_worker(i, &close, || {
             crate::worker::worker_main(cfg, sb, i, listener, wake, me, cg)
