@@ -166,7 +166,7 @@ struct ChildSetup<'a> {
 fn fork_exec(
     program: &std::ffi::CStr,
     argv: &[CString],
-    env: &[CString],
+    env: &[impl AsRef<std::ffi::CStr>],
     setup: &ChildSetup<'_>,
 ) -> io::Result<Pid> {
     use nix::sys::resource::{Resource, setrlimit};
@@ -337,10 +337,12 @@ impl Spawner {
         local: SocketAddr,
         proxy: Option<SocketAddr>,
     ) -> io::Result<Pid> {
-        let mut env = self.base_env.clone();
+        // The job's own variables; the base environment is borrowed, not
+        // copied (it may hold a hundred variables).
+        let mut own = Vec::with_capacity(9);
         let mut var = |k: &str, v: &str| {
             if let Ok(c) = CString::new(format!("{k}={v}")) {
-                env.push(c);
+                own.push(c);
             }
         };
         var("PROTO", if peer.is_ipv4() { "TCP" } else { "TCP6" });
@@ -354,6 +356,12 @@ impl Spawner {
             var("TCPPROXYIP", &ip_str(&p));
             var("TCPPROXYPORT", &p.port().to_string());
         }
+        let env: Vec<&std::ffi::CStr> = self
+            .base_env
+            .iter()
+            .chain(own.iter())
+            .map(CString::as_c_str)
+            .collect();
         if !self.limits.is_empty() || run_as().is_some() {
             let fds = [(conn, 0), (conn, 1)];
             let setup = ChildSetup {

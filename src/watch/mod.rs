@@ -406,6 +406,14 @@ impl Watch {
         // BACKSTOP_TICKS ticks. A job nobody watches (a closure, or
         // --worker-watch off) is scanned every tick.
         let unwatched = jobs.iter().any(|j| !sb.slot(j.slot).watched());
+        if !unwatched {
+            // The backstop covers the jobs that have run a whole backstop
+            // period: a younger one is covered by the next, if it lives
+            // on. Short jobs under load (many sockets in TIME_WAIT, which
+            // a dump walks past) then cost no scan at all.
+            let period = (self.interval * BACKSTOP_TICKS).as_nanos() as u64;
+            jobs.retain(|j| scan_start.saturating_sub(j.start_mono_ns) >= period);
+        }
         let scanning = !jobs.is_empty() && (unwatched || now >= self.next_backstop);
         if scanning {
             self.next_backstop = now + self.interval * BACKSTOP_TICKS;
