@@ -48,7 +48,7 @@ impl Worker {
 /// never signalled).
 pub(super) fn fork_worker(
     slot: usize,
-    close: &[std::os::fd::RawFd],
+    close: impl IntoIterator<Item = std::os::fd::RawFd>,
     body: impl FnOnce() -> i32,
 ) -> std::io::Result<(Pid, Option<PidFd>)> {
     match sys::fork_closing(close)? {

@@ -204,7 +204,9 @@ impl<'a> Supervisor<'a> {
             sigfd,
             wake,
             slots: (0..cfg.slots()).map(|_| SlotRec::default()).collect(),
-            by_pid: std::collections::HashMap::new(),
+            // Sized once: a rehash after forks would write pages the
+            // earlier workers share (copied into each of them).
+            by_pid: std::collections::HashMap::with_capacity(cfg.slots()),
             generation: 1,
             phase: Phase::Running,
             me: nix::unistd::getpid(),
@@ -832,19 +834,18 @@ impl<'a> Supervisor<'a> {
         // workers, nor for the metrics server's sockets: closed in it (the
         // N-th worker held N-1 pidfds, which the check of its descriptors
         // on each hang-up listed and read one by one).
-        let close: Vec<std::os::fd::RawFd> = self
-            .slots
+        let (slots, metrics) = (&self.slots, &self.metrics);
+        let close = slots
             .iter()
             .filter_map(|s| s.worker.as_ref()?.pidfd.as_ref())
             .map(|p| p.as_fd().as_raw_fd())
             .chain(
-                self.metrics
+                metrics
                     .iter()
                     .flat_map(|m| m.fds())
                     .map(|(fd, _)| fd.as_raw_fd()),
-            )
-            .collect();
-        match children::fork_worker(i, &close, || {
+            );
+        match children::fork_worker(i, close, || {
             crate::worker::worker_main(cfg, sb, i, listener, wake, me, cg)
         }) {
             Ok((pid, pidfd)) => {

@@ -119,14 +119,17 @@ pub fn fork() -> io::Result<Forked> {
     }
 }
 
-/// [`fork`], and in the child, closes the descriptors `close` (the
-/// parent's own, which the child has no use for: the supervisor's pidfds
-/// of its other workers). The child must never drop their owners: it runs
-/// its body and exits, never returning into the parent's records.
-pub fn fork_closing(close: &[std::os::fd::RawFd]) -> io::Result<Forked> {
+/// [`fork`], and in the child, closes the descriptors that `close` lists
+/// (the parent's own, which the child has no use for: the supervisor's
+/// pidfds of its other workers). `close` is a lazy iterator, walked in the
+/// child: no memory is allocated or written for the list, in the parent
+/// (whose writes would copy pages its earlier children share) or in the
+/// child. The child must never drop their owners: it runs its body and
+/// exits, never returning into the parent's records.
+pub fn fork_closing(close: impl IntoIterator<Item = std::os::fd::RawFd>) -> io::Result<Forked> {
     let forked = fork()?;
     if let Forked::Child = forked {
-        for &fd in close {
+        for fd in close {
             // SAFETY: these descriptors are open in this new process (a
             // copy of the parent's table), and their owners are never
             // used or dropped here (documented above): no double close.
