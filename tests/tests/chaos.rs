@@ -834,10 +834,15 @@ fn supervisor_sigkill_takes_every_worker_and_job_and_allows_a_restart() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert_eq!(out, "again hello\n");
+    let served_after = t2.elapsed();
+    // The job is counted once its worker has recorded it, which comes
+    // after the connection is closed (the client's EOF).
+    util::wait_until("the new jobd's job counted", || {
+        Jobd::status_json(&sb)["totals"]["jobs_served"] == 1
+    });
     let st = Jobd::status_json(&sb);
     assert_eq!(st["supervisor_pid"], k.pid(), "{st}");
     assert_eq!(st["totals"]["jobs_served"], 1, "{st}");
-    let served_after = t2.elapsed();
     drop(conns);
     k.stop_clean();
     util::wait_gone(&j.tag);
