@@ -54,7 +54,8 @@
 //!    (`SCALE_SCANS`, default 50, sock_diag dumps; half as many procfs),
 //!    beside the number of TCP sockets in the network namespace (every
 //!    dump walks them all, other programs' TIME_WAIT sockets included).
-//! 5. **churn** (`SCALE_CHURN_SECS`, default 5): every second 10 % of the
+//! 5. **churn** (`SCALE_CHURN_SECS`, default 5): every second 10 % (or
+//!    `SCALE_CHURN_SHARE`, a fraction) of the
 //!    jobs hang up, one at a time, evenly spread over the second: a random
 //!    running job's client closes its socket (`close()`: a FIN) and a new
 //!    client connects at once in its place (a non-blocking connect: it
@@ -133,7 +134,15 @@ const WORKER_PSS_TARGET_KIB: f64 = 150.0;
 /// Workers whose PSS is read one by one (median).
 const PSS_SAMPLE: usize = 20;
 /// Share of the jobs that hang up each second of the churn.
-const CHURN_SHARE: f64 = 0.10;
+/// The share of the jobs that hang up (and are replaced) each second:
+/// `SCALE_CHURN_SHARE` (default 0.10).
+fn churn_share() -> f64 {
+    std::env::var("SCALE_CHURN_SHARE")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0 && *v <= 1.0)
+        .unwrap_or(0.10)
+}
 /// Longest wait for a job to go after its hang-up.
 const GONE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients connected before their lines are read (start-up).
@@ -381,7 +390,7 @@ fn main() {
         names(&setups_big),
         plan.watch.as_secs_f64(),
         plan.churn.as_secs_f64(),
-        CHURN_SHARE * 100.0
+        churn_share() * 100.0
     );
     // Client sockets, pidfds in flight and slack; the supervisor's pidfds
     // (one per worker) count against the same limit, in jobd.
@@ -1252,7 +1261,7 @@ fn churn(
 ) -> Churn {
     let mut c = Churn::default();
     let mut rng = Rng::new();
-    let per_s = ((n as f64 * CHURN_SHARE).ceil() as usize).max(1);
+    let per_s = ((n as f64 * churn_share()).ceil() as usize).max(1);
     let gap = Duration::from_secs_f64(1.0 / per_s as f64);
     let cancelled_before =
         std::fs::read_to_string(log).map_or(0, |t| t.matches("job cancelled").count());
@@ -1587,7 +1596,7 @@ fn print_table(reports: &[Report]) {
          CPU by class = % of one core from utime + stime (and the workers' cutime + cstime \
          for the handlers they reaped), `rest` = the machine's other busy time (other \
          programs, kernel threads, interrupts)",
-        CHURN_SHARE * 100.0
+        churn_share() * 100.0
     );
 }
 
