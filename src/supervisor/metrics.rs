@@ -10,8 +10,9 @@
 //!
 //! Other paths get 404, other methods 405, a request that is not HTTP 400.
 //! At most [`MAX_CONNS`] connections at once: when a new one comes and all
-//! are taken, the oldest that has not sent a whole request yet is closed
-//! for it (idle connections cannot lock a scraper out); a request must
+//! are taken, the oldest that has sent nothing (else the oldest that has
+//! not sent a whole request) is closed for it (idle connections cannot
+//! lock a scraper out); a request must
 //! arrive within [`READ_DEADLINE`] and fit in [`MAX_REQUEST`] bytes (its
 //! head ends with an empty line, CRLF or bare LF); each connection gets
 //! one answer and is closed. Out of descriptors, the listener is left
@@ -198,16 +199,25 @@ impl Metrics {
                     if stream.set_nonblocking(true).is_err() {
                         continue; // dropped: closed at once
                     }
+                    // What it sent already (a scraper sends its request
+                    // with the connect): it then never makes way below.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 2048];
+                    match (&stream).read(&mut chunk) {
+                        Ok(0) => continue, // closed without a word
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(_) => {} // WouldBlock: nothing yet
+                    }
                     if self.conns.len() >= MAX_CONNS {
-                        // The oldest still sending its request makes way;
-                        // when every one is being answered, the new one
-                        // is closed.
+                        // The oldest that has sent nothing makes way, else
+                        // the oldest still sending its request; when every
+                        // one is being answered, the new one is closed.
                         let oldest = self
                             .conns
                             .iter()
                             .enumerate()
                             .filter(|(_, c)| c.out.is_none())
-                            .min_by_key(|(_, c)| c.since)
+                            .min_by_key(|(_, c)| (!c.buf.is_empty(), c.since))
                             .map(|(i, _)| i);
                         match oldest {
                             Some(i) => drop(self.conns.swap_remove(i)),
@@ -217,7 +227,7 @@ impl Metrics {
                     let now = Instant::now();
                     self.conns.push(Conn {
                         stream,
-                        buf: Vec::new(),
+                        buf,
                         out: None,
                         deadline: now + READ_DEADLINE,
                         since: now,
