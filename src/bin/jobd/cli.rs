@@ -534,7 +534,8 @@ pub struct RunArgs {
 
     /// Once a job has run longer than this, log one warning with its
     /// client, age and process tree (pid, state, CPU, command line of each
-    /// process), as PHP-FPM's slowlog. Range: 100ms to 24h. [default: off]
+    /// process), as PHP-FPM's slowlog; the last 8 reports are also on
+    /// --metrics-listen's /status. Range: 100ms to 24h. [default: off]
     #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true)]
     pub slow_job_log: Option<Duration>,
 }
