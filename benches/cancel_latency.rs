@@ -96,8 +96,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
     env_usize, jobd_bin, kill_marked, marked_command, new_marker, parse_listening, percentile,
-    pidfd_exited, pidfd_open, pidfd_signal, poll_exited, read_line, read_pid_pair, reset_on_close,
-    rusage_cpu_s, stop_child, thread_cpu_s, write_script,
+    pidfd_exited, pidfd_open, pidfd_signal, poll_exited, read_line, read_pid_pair,
+    remove_cgroup_tree, reset_on_close, rusage_cpu_s, stop_child, thread_cpu_s, write_script,
 };
 use nix::sys::resource::UsageWho;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -682,7 +682,10 @@ fn run_variant(v: &Variant, dir: &Path, n: usize, conc: usize, deadline: Duratio
         report.errors.push(format!(
             "cgroup tree {} still there after jobd stopped; {}",
             base.display(),
-            remove_cgroup_tree(base)
+            match remove_cgroup_tree(base) {
+                Ok(()) => "removed".to_string(),
+                Err(left) => format!("could not remove {}", left.join(", ")),
+            }
         ));
     }
     if let Some(dir) = std::env::var_os("CANCEL_LOG_DIR") {
@@ -694,33 +697,6 @@ fn run_variant(v: &Variant, dir: &Path, n: usize, conc: usize, deadline: Duratio
         }
     }
     finish(report, t_start)
-}
-
-/// Removes a cgroup directory and its child cgroups, deepest first (only
-/// empty cgroups can go); says what was left.
-fn remove_cgroup_tree(base: &Path) -> String {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(rd) = std::fs::read_dir(d) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(&e.path(), out);
-                }
-            }
-        }
-        out.push(d.to_path_buf());
-    }
-    let mut dirs = Vec::new();
-    walk(base, &mut dirs);
-    let failed: Vec<String> = dirs
-        .iter()
-        .filter(|d| std::fs::remove_dir(d).is_err())
-        .map(|d| d.display().to_string())
-        .collect();
-    if failed.is_empty() {
-        "removed".into()
-    } else {
-        format!("could not remove {}", failed.join(", "))
-    }
 }
 
 /// The value of `name` (which includes the `=`) in a text log line.

@@ -767,7 +767,10 @@ fn run(n: usize, asked: usize, setup: Setup, plan: &Plan) -> Report {
             let until = Instant::now() + Duration::from_secs(30);
             let how = loop {
                 let how = if cgroup_empty(&base) {
-                    remove_cgroup_tree(&base)
+                    match remove_cgroup_tree(&base) {
+                        Ok(()) => "left behind; removed".to_string(),
+                        Err(left) => format!("left behind; could not remove {}", left.len()),
+                    }
                 } else {
                     "left behind; still populated".into()
                 };
@@ -1419,33 +1422,6 @@ fn churn(
 fn cgroup_empty(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.events"))
         .map_or(true, |t| t.lines().any(|l| l == "populated 0"))
-}
-
-/// Removes a cgroup directory and its child cgroups, deepest first (only
-/// empty cgroups can go); says what was left.
-fn remove_cgroup_tree(base: &Path) -> String {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(rd) = std::fs::read_dir(d) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(&e.path(), out);
-                }
-            }
-        }
-        out.push(d.to_path_buf());
-    }
-    let mut dirs = Vec::new();
-    walk(base, &mut dirs);
-    let failed: Vec<String> = dirs
-        .iter()
-        .filter(|d| std::fs::remove_dir(d).is_err())
-        .map(|d| d.display().to_string())
-        .collect();
-    if failed.is_empty() {
-        "left behind; removed".into()
-    } else {
-        format!("left behind; could not remove {}", failed.len())
-    }
 }
 
 fn print_problems(r: &Report) {

@@ -1119,3 +1119,30 @@ pub fn spawn_scraper(
         out
     })
 }
+
+/// Removes a cgroup directory and its child cgroups, deepest first (only
+/// empty cgroups can go); the ones that could not be removed.
+pub fn remove_cgroup_tree(base: &Path) -> Result<(), Vec<String>> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+        out.push(d.to_path_buf());
+    }
+    let mut dirs = Vec::new();
+    walk(base, &mut dirs);
+    let failed: Vec<String> = dirs
+        .iter()
+        .filter(|d| std::fs::remove_dir(d).is_err())
+        .map(|d| d.display().to_string())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed)
+    }
+}
