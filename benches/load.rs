@@ -857,13 +857,6 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-fn round2(x: f64) -> serde_json::Value {
-    if x.is_finite() {
-        serde_json::json!((x * 100.0).round() / 100.0)
-    } else {
-        serde_json::Value::Null
-    }
-}
 
 fn round3(x: f64) -> serde_json::Value {
     if x.is_finite() {

@@ -1146,3 +1146,13 @@ pub fn remove_cgroup_tree(base: &Path) -> Result<(), Vec<String>> {
         Err(failed)
     }
 }
+
+/// A figure rounded to two decimals for the `JSON ` lines (null when not
+/// finite).
+pub fn round2(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!((x * 100.0).round() / 100.0)
+    } else {
+        serde_json::Value::Null
+    }
+}
