@@ -20,6 +20,16 @@ fn metrics_addr(j: &Jobd) -> SocketAddr {
         .unwrap()
 }
 
+/// Starts jobd serving the shell script `body`, with `args` and
+/// `--metrics-listen 127.0.0.1:0`; the metrics address.
+fn with_metrics(body: &str, args: &[&str]) -> (Jobd, SocketAddr) {
+    let mut full = args.to_vec();
+    full.extend_from_slice(&["--metrics-listen", "127.0.0.1:0"]);
+    let j = Jobd::with_script(body, &full);
+    let m = metrics_addr(&j);
+    (j, m)
+}
+
 /// One HTTP request to `addr`; the whole answer.
 fn http(addr: SocketAddr, request: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -37,20 +47,7 @@ fn http(addr: SocketAddr, request: &str) -> String {
 /// meanwhile.
 #[test]
 fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
-    let dir = util::tempdir();
-    let h = util::script(dir.path(), "h.sh", "echo hi");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "2",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
-    let maddr = metrics_addr(&j);
+    let (mut j, maddr) = with_metrics("echo hi", &["--prefork", "2"]);
     // A stalled client, holding a connection open with nothing sent.
     let stalled = TcpStream::connect(maddr).unwrap();
     let mut out = String::new();
@@ -152,24 +149,9 @@ fn metrics_listen_serves_metrics_and_status_without_stalling_jobd() {
 /// their command lines), in the log and on `/status`; a short job is not.
 #[test]
 fn a_slow_job_is_reported_once_with_its_process_tree() {
-    let dir = util::tempdir();
-    let h = util::script(
-        dir.path(),
-        "h.sh",
+    let (mut j, maddr) = with_metrics(
         "IFS= read -r what\n[ \"$what\" = quick ] && { echo quick; exit 0; }\nsleep 30 &\necho \"slow $!\"\nwait",
-    );
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "2",
-            "--slow-job-log",
-            "300ms",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--script",
-            h.to_str().unwrap(),
-        ],
+        &["--prefork", "2", "--slow-job-log", "300ms"],
     );
     let mut q = TcpStream::connect(j.addr).unwrap();
     q.write_all(b"quick\n").unwrap();
@@ -190,7 +172,7 @@ fn a_slow_job_is_reported_once_with_its_process_tree() {
     );
     let age: u64 = util::field(&report, "age_ms").parse().unwrap();
     assert!(age >= 300, "{report}");
-    let page = http(metrics_addr(&j), "GET /status HTTP/1.1\r\n\r\n");
+    let page = http(maddr, "GET /status HTTP/1.1\r\n\r\n");
     let section = page
         .split("Slow jobs")
         .nth(1)
@@ -217,20 +199,7 @@ fn a_slow_job_is_reported_once_with_its_process_tree() {
 /// client reads it; jobd serves jobs meanwhile.
 #[test]
 fn a_big_pools_status_is_sent_whole_to_a_slow_reader() {
-    let dir = util::tempdir();
-    let h = util::script(dir.path(), "h.sh", "echo hi");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "300",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
-    let maddr = metrics_addr(&j);
+    let (mut j, maddr) = with_metrics("echo hi", &["--prefork", "300"]);
     util::wait_until("300 workers idle", || {
         let json = http(maddr, "GET /status.json HTTP/1.1\r\n\r\n");
         json.split("\r\n\r\n")
@@ -285,20 +254,7 @@ fn a_big_pools_status_is_sent_whole_to_a_slow_reader() {
 /// client, reason and latencies (issue 13).
 #[test]
 fn the_status_page_lists_the_last_cancellations() {
-    let dir = util::tempdir();
-    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "1",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
-    let maddr = metrics_addr(&j);
+    let (mut j, maddr) = with_metrics("echo started\nexec sleep 30", &["--prefork", "1"]);
     let (s, l) = j.request_line("");
     assert_eq!(l.trim(), "started");
     let client = s.local_addr().unwrap();
@@ -528,22 +484,10 @@ fn chromium(profile: &std::path::Path, args: &[&str], url: &str) -> String {
 /// screenshot of the page renders.
 #[test]
 fn the_status_page_renders_in_a_real_browser_with_both_running_jobs() {
-    let dir = util::tempdir();
-    let h = util::script(dir.path(), "h.sh", "echo started\nexec sleep 30");
     let profile = tempfile::tempdir().unwrap();
     let shot = profile.path().join("status.png");
-    let mut j = Jobd::start_in(
-        dir,
-        &[
-            "--prefork",
-            "3",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--script",
-            h.to_str().unwrap(),
-        ],
-    );
-    let url = format!("http://{}/status", metrics_addr(&j));
+    let (mut j, maddr) = with_metrics("echo started\nexec sleep 30", &["--prefork", "3"]);
+    let url = format!("http://{maddr}/status");
     let (a, _) = j.request_line("");
     let (b, _) = j.request_line("");
     let peers = [a.local_addr().unwrap(), b.local_addr().unwrap()];
@@ -586,31 +530,12 @@ fn the_status_page_renders_in_a_real_browser_with_both_running_jobs() {
     j.stop_clean();
 }
 
-/// Starts jobd with `--metrics-listen` on an echo handler; the metrics
-/// address.
-fn with_metrics(extra: &[&str]) -> (Jobd, SocketAddr) {
-    let dir = util::tempdir();
-    let h = util::script(dir.path(), "h.sh", "echo hi");
-    let mut args = vec![
-        "--prefork",
-        "1",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--script",
-        h.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let j = Jobd::start_in(dir, &args);
-    let m = metrics_addr(&j);
-    (j, m)
-}
-
 /// Found by benches/metrics_cost.rs: a client that half-closes after its
 /// request (`printf 'GET ...' | nc -N`) got no answer; one that ends its
 /// lines with a bare LF got a 408 two seconds later.
 #[test]
 fn a_half_closed_or_bare_lf_request_is_answered() {
-    let (mut j, maddr) = with_metrics(&[]);
+    let (mut j, maddr) = with_metrics("echo hi", &["--prefork", "1"]);
     let mut s = TcpStream::connect(maddr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -638,7 +563,7 @@ fn a_half_closed_or_bare_lf_request_is_answered() {
 /// are answered.
 #[test]
 fn idle_connections_do_not_lock_a_scraper_out() {
-    let (mut j, maddr) = with_metrics(&[]);
+    let (mut j, maddr) = with_metrics("echo hi", &["--prefork", "1"]);
     let idle: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(maddr).unwrap())
         .collect();
@@ -672,7 +597,7 @@ fn the_metrics_listener_out_of_descriptors_rests_and_recovers() {
         eprintln!("skipped: prlimit on another process needs root here");
         return;
     }
-    let (mut j, maddr) = with_metrics(&[]);
+    let (mut j, maddr) = with_metrics("echo hi", &["--prefork", "1"]);
     // Set up, and serving (the limit must not hit its start).
     j.wait_log(|l| l.contains("disconnect detection on"));
     assert_eq!(util::request_all(j.addr, "").trim(), "hi");
