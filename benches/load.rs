@@ -857,7 +857,6 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-
 fn round3(x: f64) -> serde_json::Value {
     if x.is_finite() {
         serde_json::json!((x * 1000.0).round() / 1000.0)

@@ -547,7 +547,6 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.filter(|x| x.is_finite())
         .map_or("-".into(), |x| format!("{x:.prec$}"))
